@@ -1,0 +1,404 @@
+//! KServe v2 JSON bodies: decoding requests into [`InferRequest`] and encoding [`InferResponse`]s.
+//!
+//! `data` may be flat or nested row-major; it is flattened while parsing, then converted to the declared
+//! datatype with range checks, so a value that does not fit is refused rather than wrapped or rounded away.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiError, InferRequest, InferResponse, NamedTensor};
+use crate::tensor::{DataType, Tensor, element_count, push_bytes_element};
+
+#[derive(Deserialize)]
+struct RequestBody {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<InputBody>,
+    #[serde(default)]
+    outputs: Option<Vec<OutputBody>>,
+}
+
+#[derive(Deserialize)]
+struct InputBody {
+    name: String,
+    shape: Vec<u64>,
+    datatype: String,
+    data: FlatData,
+}
+
+#[derive(Deserialize)]
+struct OutputBody {
+    name: String,
+}
+
+/// One JSON scalar of a `data` array.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+    Str(String),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Uint(u) => write!(f, "{u}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// The scalars of `data` in row-major order, however deeply it was nested.
+struct FlatData(Vec<Scalar>);
+
+impl<'de> Deserialize<'de> for FlatData {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<FlatData, D::Error> {
+        let mut scalars = Vec::new();
+        deserializer.deserialize_any(Flatten(&mut scalars))?;
+        Ok(FlatData(scalars))
+    }
+}
+
+struct Flatten<'a>(&'a mut Vec<Scalar>);
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of numbers, booleans or strings")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.0.push(Scalar::Bool(v));
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.0.push(Scalar::Int(v));
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.0.push(Scalar::Uint(v));
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.0.push(Scalar::Float(v));
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.push(Scalar::Str(v.to_owned()));
+        Ok(())
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
+        self.0.push(Scalar::Str(v));
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Flatten(self.0))?.is_some() {}
+        Ok(())
+    }
+}
+
+/// Decodes a KServe v2 JSON inference request.
+pub fn decode_request(body: &[u8]) -> Result<InferRequest, ApiError> {
+    let body: RequestBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("invalid inference request: {e}")))?;
+    let inputs = body.inputs.into_iter().map(decode_input).collect::<Result<Vec<_>, _>>()?;
+    let outputs = body.outputs.map(|outputs| outputs.into_iter().map(|o| o.name).collect());
+    Ok(InferRequest { id: body.id, inputs, outputs })
+}
+
+fn decode_input(input: InputBody) -> Result<NamedTensor, ApiError> {
+    let name = input.name;
+    let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+        let known: Vec<&str> = DataType::ALL.iter().map(|dt| dt.as_str()).collect();
+        ApiError::malformed(format!(
+            "input '{name}' has unknown datatype '{}'; expected one of {}",
+            input.datatype,
+            known.join(", ")
+        ))
+    })?;
+    let shape = input
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<usize>, _>>()
+        .map_err(|_| ApiError::malformed(format!("input '{name}' has a dimension too large for this machine")))?;
+    let scalars = input.data.0;
+    // Compare counts before converting, so a huge declared shape never drives an allocation.
+    let expected = element_count(&shape).ok().filter(|&n| n == scalars.len()).ok_or_else(|| {
+        ApiError::malformed(format!(
+            "input '{name}' has shape {:?} but {} data element{} given",
+            input.shape,
+            scalars.len(),
+            if scalars.len() == 1 { " was" } else { "s were" }
+        ))
+    })?;
+    let data = encode_scalars(datatype, &scalars, expected)
+        .map_err(|(ix, value)| ApiError::malformed(format!("input '{name}' ({datatype}): element {ix} {value}")))?;
+    let tensor = Tensor::new(datatype, shape, data).map_err(|e| ApiError::malformed(format!("input '{name}': {e}")))?;
+    Ok(NamedTensor { name, tensor })
+}
+
+/// Appends one integer scalar, refusing non-integers and values outside the type's range.
+macro_rules! push_integer {
+    ($out:ident, $scalar:ident, $fail:ident, $datatype:ident, $ty:ty) => {{
+        let wide = integer($scalar).ok_or_else(|| $fail("an integer"))?;
+        let value = <$ty>::try_from(wide).map_err(|_| $fail(&format!("in the {} range", $datatype)))?;
+        $out.extend_from_slice(&value.to_le_bytes());
+    }};
+}
+
+/// Converts scalars to the little-endian layout of `datatype`; on failure, the element index and why.
+fn encode_scalars(datatype: DataType, scalars: &[Scalar], count: usize) -> Result<Bytes, (usize, String)> {
+    let size = datatype.element_size().unwrap_or(8);
+    let mut out = Vec::with_capacity(count * size);
+    for (ix, scalar) in scalars.iter().enumerate() {
+        let fail = |what: &str| (ix, format!("is {scalar}, which is not {what}"));
+        match datatype {
+            DataType::Bool => match scalar {
+                Scalar::Bool(b) => out.push(u8::from(*b)),
+                _ => return Err(fail("a boolean")),
+            },
+            DataType::Uint8 => push_integer!(out, scalar, fail, datatype, u8),
+            DataType::Uint16 => push_integer!(out, scalar, fail, datatype, u16),
+            DataType::Uint32 => push_integer!(out, scalar, fail, datatype, u32),
+            DataType::Uint64 => push_integer!(out, scalar, fail, datatype, u64),
+            DataType::Int8 => push_integer!(out, scalar, fail, datatype, i8),
+            DataType::Int16 => push_integer!(out, scalar, fail, datatype, i16),
+            DataType::Int32 => push_integer!(out, scalar, fail, datatype, i32),
+            DataType::Int64 => push_integer!(out, scalar, fail, datatype, i64),
+            DataType::Fp32 => {
+                let v = float(scalar).ok_or_else(|| fail("a number"))?;
+                let narrowed = v as f32;
+                if v.is_finite() && !narrowed.is_finite() {
+                    return Err(fail("in the FP32 range"));
+                }
+                out.extend_from_slice(&narrowed.to_le_bytes());
+            }
+            DataType::Fp64 => out.extend_from_slice(&float(scalar).ok_or_else(|| fail("a number"))?.to_le_bytes()),
+            DataType::Bytes => match scalar {
+                Scalar::Str(s) => push_bytes_element(&mut out, s.as_bytes()).map_err(|e| (ix, e.to_string()))?,
+                _ => return Err(fail("a string")),
+            },
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+fn integer(scalar: &Scalar) -> Option<i128> {
+    match scalar {
+        Scalar::Int(i) => Some(i128::from(*i)),
+        Scalar::Uint(u) => Some(i128::from(*u)),
+        _ => None,
+    }
+}
+
+fn float(scalar: &Scalar) -> Option<f64> {
+    match scalar {
+        Scalar::Int(i) => Some(*i as f64),
+        Scalar::Uint(u) => Some(*u as f64),
+        Scalar::Float(x) => Some(*x),
+        _ => None,
+    }
+}
+
+#[derive(Serialize)]
+struct ResponseBody<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputTensor<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutputTensor<'a> {
+    name: &'a str,
+    datatype: DataType,
+    shape: &'a [usize],
+    data: TensorData<'a>,
+}
+
+/// Serialises a tensor's elements as a flat JSON array without building an intermediate vector.
+struct TensorData<'a>(&'a Tensor);
+
+macro_rules! serialize_le {
+    ($seq:ident, $data:expr, $ty:ty) => {
+        for chunk in $data.chunks_exact(std::mem::size_of::<$ty>()) {
+            let mut raw = [0u8; std::mem::size_of::<$ty>()];
+            raw.copy_from_slice(chunk);
+            $seq.serialize_element(&<$ty>::from_le_bytes(raw))?;
+        }
+    };
+}
+
+impl Serialize for TensorData<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let tensor = self.0;
+        let data = tensor.data();
+        let mut seq = serializer.serialize_seq(Some(tensor.element_count()))?;
+        match tensor.dtype() {
+            DataType::Bool => {
+                for &b in data.iter() {
+                    seq.serialize_element(&(b != 0))?;
+                }
+            }
+            DataType::Uint8 => serialize_le!(seq, data, u8),
+            DataType::Uint16 => serialize_le!(seq, data, u16),
+            DataType::Uint32 => serialize_le!(seq, data, u32),
+            DataType::Uint64 => serialize_le!(seq, data, u64),
+            DataType::Int8 => serialize_le!(seq, data, i8),
+            DataType::Int16 => serialize_le!(seq, data, i16),
+            DataType::Int32 => serialize_le!(seq, data, i32),
+            DataType::Int64 => serialize_le!(seq, data, i64),
+            DataType::Fp32 => serialize_le!(seq, data, f32),
+            DataType::Fp64 => serialize_le!(seq, data, f64),
+            DataType::Bytes => {
+                for element in tensor.bytes_elements() {
+                    seq.serialize_element(&String::from_utf8_lossy(element))?;
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+/// Encodes an inference response as KServe v2 JSON.
+pub fn encode_response(response: &InferResponse) -> Result<Vec<u8>, ApiError> {
+    let body = ResponseBody {
+        model_name: &response.model_name,
+        model_version: &response.model_version,
+        id: response.id.as_deref(),
+        outputs: response
+            .outputs
+            .iter()
+            .map(|o| OutputTensor {
+                name: &o.name,
+                datatype: o.tensor.dtype(),
+                shape: o.tensor.shape(),
+                data: TensorData(&o.tensor),
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&body).map_err(|e| ApiError::Inference(format!("cannot encode the response: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::InferOutput;
+
+    fn decode_one(json: &str) -> Result<Tensor, ApiError> {
+        let mut request = decode_request(json.as_bytes())?;
+        Ok(request.inputs.remove(0).tensor)
+    }
+
+    fn input(datatype: &str, shape: &str, data: &str) -> String {
+        format!(r#"{{"inputs":[{{"name":"x","shape":{shape},"datatype":"{datatype}","data":{data}}}]}}"#)
+    }
+
+    #[test]
+    fn flat_and_nested_data_agree() {
+        let flat = decode_one(&input("FP32", "[2,2]", "[1,2,3,4.5]")).unwrap();
+        let nested = decode_one(&input("FP32", "[2,2]", "[[1,2],[3,4.5]]")).unwrap();
+        assert_eq!(flat, nested);
+        assert_eq!(&flat.data()[12..], 4.5f32.to_le_bytes());
+    }
+
+    #[test]
+    fn every_datatype_decodes_and_encodes() {
+        let cases = [
+            ("BOOL", "[true,false]"),
+            ("UINT8", "[0,255]"),
+            ("UINT16", "[0,65535]"),
+            ("UINT32", "[0,4294967295]"),
+            ("UINT64", "[0,18446744073709551615]"),
+            ("INT8", "[-128,127]"),
+            ("INT16", "[-32768,32767]"),
+            ("INT32", "[-2147483648,2147483647]"),
+            ("INT64", "[-9223372036854775808,9223372036854775807]"),
+            ("FP32", "[-1.5,0.25]"),
+            ("FP64", "[-1.5,1e300]"),
+            ("BYTES", r#"["a","héllo"]"#),
+        ];
+        for (datatype, data) in cases {
+            let tensor = decode_one(&input(datatype, "[2]", data)).unwrap();
+            let response = InferResponse {
+                model_name: "m".into(),
+                model_version: "1".into(),
+                id: None,
+                outputs: vec![InferOutput { name: "x".into(), tensor }],
+            };
+            let json: serde_json::Value = serde_json::from_slice(&encode_response(&response).unwrap()).unwrap();
+            let expected: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(json["outputs"][0]["data"], expected, "{datatype}");
+            assert_eq!(json["outputs"][0]["datatype"], datatype);
+        }
+    }
+
+    #[test]
+    fn out_of_range_and_wrong_kinds_are_refused() {
+        for (datatype, data) in [
+            ("UINT8", "[256]"),
+            ("INT8", "[-129]"),
+            ("UINT64", "[-1]"),
+            ("INT32", "[1.5]"),
+            ("FP32", "[1e300]"),
+            ("FP32", r#"["1"]"#),
+            ("BOOL", "[1]"),
+            ("BYTES", "[1]"),
+        ] {
+            let err = decode_one(&input(datatype, "[1]", data)).unwrap_err();
+            assert!(matches!(err, ApiError::MalformedRequest(_)), "{datatype} {data}: {err}");
+        }
+    }
+
+    #[test]
+    fn shape_and_data_must_agree() {
+        let err = decode_one(&input("FP32", "[2,4]", "[1,2,3]")).unwrap_err();
+        assert_eq!(err.to_string(), "input 'x' has shape [2, 4] but 3 data elements were given");
+        assert!(decode_one(&input("FP32", "[1000000000000,4]", "[1,2,3,4]")).is_err());
+        assert!(decode_one(&input("FP32", "[18446744073709551615,18446744073709551615]", "[1]")).is_err());
+        assert!(decode_one(&input("FP32", "[1e12,4]", "[1]")).is_err());
+        assert!(decode_one(&input("FP32", "[-1,4]", "[1]")).is_err());
+        assert!(decode_one(&input("FP99", "[1]", "[1]")).is_err());
+    }
+
+    #[test]
+    fn malformed_json_is_refused() {
+        for body in ["", "{", "[]", "{\"inputs\": 3}", "{\"inputs\":[{\"name\":\"x\"}]}", &"[".repeat(10_000)] {
+            assert!(matches!(decode_request(body.as_bytes()), Err(ApiError::MalformedRequest(_))), "{body:.40}");
+        }
+    }
+
+    #[test]
+    fn outputs_and_id_are_read() {
+        let body = r#"{"id":"42","inputs":[],"outputs":[{"name":"label","parameters":{"binary_data":false}}]}"#;
+        let request = decode_request(body.as_bytes()).unwrap();
+        assert_eq!(request.id.as_deref(), Some("42"));
+        assert_eq!(request.outputs, Some(vec!["label".to_owned()]));
+    }
+}

@@ -1,0 +1,141 @@
+//! Route table and handlers of the KServe v2 REST API.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use super::{json, json_body, json_bytes};
+use crate::api::{self, ApiError};
+use crate::lifecycle::ModelTable;
+
+#[derive(Clone, Debug)]
+struct AppState {
+    table: Arc<ModelTable>,
+    max_request_bytes: usize,
+}
+
+/// The REST API over a model table, refusing bodies over `max_request_bytes` with 413.
+pub fn router(table: Arc<ModelTable>, max_request_bytes: usize) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(version_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(version_ready))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(version_infer))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_request_bytes))
+        .with_state(AppState { table, max_request_bytes })
+}
+
+#[derive(Serialize)]
+struct Live {
+    live: bool,
+}
+
+#[derive(Serialize)]
+struct Ready {
+    ready: bool,
+}
+
+async fn live() -> Response {
+    json_body(&Live { live: true })
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let ready = state.table.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, json_body(&Ready { ready })).into_response()
+}
+
+async fn server_metadata() -> Response {
+    json_body(&api::server_metadata())
+}
+
+type ModelPath = Result<Path<String>, PathRejection>;
+type VersionPath = Result<Path<(String, String)>, PathRejection>;
+
+fn path_error(e: PathRejection) -> ApiError {
+    ApiError::malformed(format!("invalid path: {}", e.body_text()))
+}
+
+async fn model_metadata(State(state): State<AppState>, path: ModelPath) -> Result<Response, ApiError> {
+    let Path(model) = path.map_err(path_error)?;
+    Ok(json_body(&api::model_metadata(&state.table, &model, None)?))
+}
+
+async fn version_metadata(State(state): State<AppState>, path: VersionPath) -> Result<Response, ApiError> {
+    let Path((model, version)) = path.map_err(path_error)?;
+    Ok(json_body(&api::model_metadata(&state.table, &model, Some(&version))?))
+}
+
+async fn model_ready(State(state): State<AppState>, path: ModelPath) -> Result<Response, ApiError> {
+    let Path(model) = path.map_err(path_error)?;
+    api::model_ready(&state.table, &model, None)?;
+    Ok(json_body(&Ready { ready: true }))
+}
+
+async fn version_ready(State(state): State<AppState>, path: VersionPath) -> Result<Response, ApiError> {
+    let Path((model, version)) = path.map_err(path_error)?;
+    api::model_ready(&state.table, &model, Some(&version))?;
+    Ok(json_body(&Ready { ready: true }))
+}
+
+async fn infer(
+    State(state): State<AppState>,
+    path: ModelPath,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(model) = path.map_err(path_error)?;
+    run_infer(&state, &model, None, body).await
+}
+
+async fn version_infer(
+    State(state): State<AppState>,
+    path: VersionPath,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path((model, version)) = path.map_err(path_error)?;
+    run_infer(&state, &model, Some(&version), body).await
+}
+
+async fn run_infer(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let serving = api::resolve(&state.table, model, version)?;
+    let body = body.map_err(|e| body_error(e, state.max_request_bytes))?;
+    let request = json::decode_request(&body)?;
+    drop(body);
+    let response = api::infer(serving, request).await?;
+    Ok(json_bytes(json::encode_response(&response)?))
+}
+
+fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge { limit }
+    } else {
+        ApiError::malformed(format!("cannot read the request body: {}", rejection.body_text()))
+    }
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}

@@ -1,0 +1,200 @@
+//! The inference operation: check a decoded request against the model's signature, queue it, and pick the
+//! requested outputs from the answer.
+
+use std::sync::Arc;
+
+use tracing::instrument;
+
+use super::{ApiError, scheduler_error};
+use crate::backend::Signature;
+use crate::backend::signature::describe;
+use crate::lifecycle::{ModelTable, ServingVersion};
+use crate::tensor::Tensor;
+
+/// A named input or output tensor.
+#[derive(Debug, Clone)]
+pub struct NamedTensor {
+    pub name: String,
+    pub tensor: Tensor,
+}
+
+/// A decoded inference request, whatever transport it came by.
+#[derive(Debug, Default)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<NamedTensor>,
+    /// Names of the outputs wanted; `None` asks for all of them.
+    pub outputs: Option<Vec<String>>,
+}
+
+#[derive(Debug)]
+pub struct InferOutput {
+    pub name: String,
+    pub tensor: Tensor,
+}
+
+#[derive(Debug)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: Option<String>,
+    pub outputs: Vec<InferOutput>,
+}
+
+/// The version a request for `model` (and `version`, if pinned) goes to. Transports resolve before decoding
+/// the body, so a request for an unknown model is answered 404 whatever its body holds.
+pub fn resolve(table: &ModelTable, model: &str, version: Option<&str>) -> Result<Arc<ServingVersion>, ApiError> {
+    Ok(table.resolve(model, version)?)
+}
+
+/// Runs one inference on a resolved version. The request holds the `Arc` of its version until it is answered,
+/// so a version replaced meanwhile finishes its work before it is freed.
+#[instrument(skip_all, fields(model = %serving.name, version = serving.version))]
+pub async fn infer(serving: Arc<ServingVersion>, request: InferRequest) -> Result<InferResponse, ApiError> {
+    let output_indices = select_outputs(&serving.signature, &serving.name, request.outputs.as_deref())?;
+    let inputs = order_inputs(&serving.signature, &serving.name, request.inputs)?;
+    let mut outputs = serving
+        .scheduler
+        .infer(inputs)
+        .await
+        .map_err(|e| scheduler_error(e, &serving.name, serving.version))?
+        .into_iter()
+        .map(Some)
+        .collect::<Vec<_>>();
+    let outputs = output_indices
+        .into_iter()
+        .map(|ix| {
+            let tensor = outputs
+                .get_mut(ix)
+                .and_then(Option::take)
+                .ok_or_else(|| ApiError::Inference(format!("the model returned no value for output {ix}")))?;
+            Ok(InferOutput { name: serving.signature.outputs[ix].name.clone(), tensor })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(InferResponse {
+        model_name: serving.name.clone(),
+        model_version: serving.version.to_string(),
+        id: request.id,
+        outputs,
+    })
+}
+
+/// Puts the inputs in signature order, refusing missing, repeated, unknown or ill-fitting ones.
+fn order_inputs(signature: &Signature, model: &str, inputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, ApiError> {
+    let mut slots: Vec<Option<Tensor>> = vec![None; signature.inputs.len()];
+    for input in inputs {
+        let Some(ix) = signature.inputs.iter().position(|spec| spec.name == input.name) else {
+            return Err(ApiError::invalid_input(format!(
+                "unknown input '{}'; model '{model}' takes {}",
+                input.name,
+                list_specs(signature)
+            )));
+        };
+        let spec = &signature.inputs[ix];
+        if slots[ix].is_some() {
+            return Err(ApiError::invalid_input(format!("input '{}' is given more than once", spec.name)));
+        }
+        if !spec.accepts(input.tensor.dtype(), input.tensor.shape()) {
+            return Err(ApiError::invalid_input(format!(
+                "input '{}' expects {}, got {}",
+                spec.name,
+                spec.describe(),
+                describe(input.tensor.dtype(), input.tensor.shape())
+            )));
+        }
+        slots[ix] = Some(input.tensor);
+    }
+    slots
+        .into_iter()
+        .zip(&signature.inputs)
+        .map(|(slot, spec)| {
+            slot.ok_or_else(|| {
+                ApiError::invalid_input(format!(
+                    "missing input '{}' ({}); model '{model}' takes {}",
+                    spec.name,
+                    spec.describe(),
+                    list_specs(signature)
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Indices of the requested outputs, in the order asked; all outputs when none are named.
+fn select_outputs(signature: &Signature, model: &str, wanted: Option<&[String]>) -> Result<Vec<usize>, ApiError> {
+    let Some(wanted) = wanted else {
+        return Ok((0..signature.outputs.len()).collect());
+    };
+    let mut indices = Vec::with_capacity(wanted.len());
+    for name in wanted {
+        let ix = signature.output_index(name).ok_or_else(|| {
+            let names: Vec<&str> = signature.outputs.iter().map(|o| o.name.as_str()).collect();
+            ApiError::invalid_input(format!("unknown output '{name}'; model '{model}' outputs {}", names.join(", ")))
+        })?;
+        if indices.contains(&ix) {
+            return Err(ApiError::invalid_input(format!("output '{name}' is requested more than once")));
+        }
+        indices.push(ix);
+    }
+    Ok(indices)
+}
+
+fn list_specs(signature: &Signature) -> String {
+    let specs: Vec<String> =
+        signature.inputs.iter().map(|spec| format!("'{}' {}", spec.name, spec.describe())).collect();
+    specs.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::backend::TensorSpec;
+    use crate::tensor::DataType;
+
+    fn signature() -> Signature {
+        let spec = |name: &str, shape: Vec<i64>| TensorSpec {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            dim_names: vec![None; shape.len()],
+            shape,
+        };
+        Signature { inputs: vec![spec("a", vec![-1, 2]), spec("b", vec![1])], outputs: vec![spec("y", vec![-1])] }
+    }
+
+    fn input(name: &str, shape: Vec<usize>) -> NamedTensor {
+        let bytes = shape.iter().product::<usize>() * 4;
+        NamedTensor {
+            name: name.into(),
+            tensor: Tensor::new(DataType::Fp32, shape, Bytes::from(vec![0; bytes])).unwrap(),
+        }
+    }
+
+    #[test]
+    fn orders_inputs_by_signature() {
+        let ordered = order_inputs(&signature(), "m", vec![input("b", vec![1]), input("a", vec![3, 2])]).unwrap();
+        assert_eq!(ordered[0].shape(), [3, 2]);
+        assert_eq!(ordered[1].shape(), [1]);
+    }
+
+    #[test]
+    fn names_the_input_and_both_signatures() {
+        let err = order_inputs(&signature(), "m", vec![input("a", vec![2, 5]), input("b", vec![1])]).unwrap_err();
+        assert_eq!(err.to_string(), "input 'a' expects FP32 [-1,2], got FP32 [2,5]");
+        let err = order_inputs(&signature(), "m", vec![input("a", vec![2, 2])]).unwrap_err();
+        assert_eq!(err.to_string(), "missing input 'b' (FP32 [1]); model 'm' takes 'a' FP32 [-1,2], 'b' FP32 [1]");
+        let err = order_inputs(&signature(), "m", vec![input("c", vec![1])]).unwrap_err();
+        assert!(err.to_string().starts_with("unknown input 'c'"), "{err}");
+        let err = order_inputs(&signature(), "m", vec![input("b", vec![1]), input("b", vec![1])]).unwrap_err();
+        assert_eq!(err.to_string(), "input 'b' is given more than once");
+    }
+
+    #[test]
+    fn selects_outputs() {
+        assert_eq!(select_outputs(&signature(), "m", None).unwrap(), [0]);
+        assert_eq!(select_outputs(&signature(), "m", Some(&["y".into()])).unwrap(), [0]);
+        assert!(select_outputs(&signature(), "m", Some(&["z".into()])).is_err());
+        assert!(select_outputs(&signature(), "m", Some(&["y".into(), "y".into()])).is_err());
+    }
+}

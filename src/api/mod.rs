@@ -1,0 +1,140 @@
+//! Transport-agnostic API operations. REST (and later gRPC) decode into these types, call these functions and
+//! encode what they return; each transport maps [`ApiError`] to its status codes in one place.
+
+pub mod http;
+mod infer;
+
+use thiserror::Error;
+
+pub use infer::{InferOutput, InferRequest, InferResponse, NamedTensor, infer, resolve};
+
+use crate::backend::{BackendError, TensorSpec};
+use crate::lifecycle::{LookupError, ModelTable};
+use crate::scheduler::SchedulerError;
+
+/// Every way an API call can fail, whatever the transport.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    ModelUnavailable(String),
+    /// The request cannot be decoded (malformed JSON, bad tensor data).
+    #[error("{0}")]
+    MalformedRequest(String),
+    /// The request decodes but does not fit the model's signature.
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("model '{model}' version {version} is overloaded; retry later")]
+    Overloaded { model: String, version: u64 },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl ApiError {
+    pub fn malformed(message: impl Into<String>) -> ApiError {
+        ApiError::MalformedRequest(message.into())
+    }
+
+    pub fn invalid_input(message: impl Into<String>) -> ApiError {
+        ApiError::InvalidInput(message.into())
+    }
+
+    /// A short, closed-set name for logs and metrics.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::ModelUnavailable(_) => "model_unavailable",
+            ApiError::MalformedRequest(_) => "malformed_request",
+            ApiError::InvalidInput(_) => "invalid_input",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Inference(_) => "inference",
+            ApiError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl From<LookupError> for ApiError {
+    fn from(e: LookupError) -> ApiError {
+        match e {
+            LookupError::ModelNotFound { .. } | LookupError::VersionNotFound { .. } => {
+                ApiError::ModelNotFound(e.to_string())
+            }
+            LookupError::Unavailable { .. } => ApiError::ModelUnavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> ApiError {
+        ApiError::Inference(e.to_string())
+    }
+}
+
+/// `GET /v2`: who we are and which protocol extensions we serve.
+#[derive(Debug, serde::Serialize)]
+pub struct ServerMetadata {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub extensions: Vec<&'static str>,
+}
+
+pub fn server_metadata() -> ServerMetadata {
+    ServerMetadata { name: "infergate", version: env!("CARGO_PKG_VERSION"), extensions: Vec::new() }
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]`.
+#[derive(Debug, serde::Serialize)]
+pub struct ModelMetadata {
+    pub name: String,
+    pub versions: Vec<String>,
+    pub platform: &'static str,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// The model's metadata; without a version, the signature is the one of the version unversioned requests reach.
+pub fn model_metadata(table: &ModelTable, model: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
+    let serving = table.resolve(model, version)?;
+    let entry = table.entry(model)?;
+    let versions = entry
+        .versions
+        .load()
+        .versions
+        .iter()
+        .filter(|(_, state)| matches!(state, crate::lifecycle::VersionState::Ready(_)))
+        .map(|(v, _)| v.to_string())
+        .collect();
+    Ok(ModelMetadata {
+        name: serving.name.clone(),
+        versions,
+        platform: "onnx",
+        inputs: serving.signature.inputs.clone(),
+        outputs: serving.signature.outputs.clone(),
+    })
+}
+
+/// Whether the model (or the given version) can take requests now.
+pub fn model_ready(table: &ModelTable, model: &str, version: Option<&str>) -> Result<(), ApiError> {
+    table.resolve(model, version).map(|_| ())?;
+    Ok(())
+}
+
+fn scheduler_error(e: SchedulerError, model: &str, version: u64) -> ApiError {
+    match e {
+        SchedulerError::Overloaded => ApiError::Overloaded { model: model.to_owned(), version },
+        SchedulerError::Stopped => ApiError::ShuttingDown,
+        SchedulerError::Backend(e) => e.into(),
+    }
+}

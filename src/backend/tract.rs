@@ -1,0 +1,174 @@
+//! The embedded backend: tract-onnx, pure Rust, nothing to install.
+//!
+//! tract needs a symbol for every dimension that is not fixed; ONNX exporters (skl2onnx among them) often leave
+//! the batch dimension unnamed, so each dynamic input dimension gets its declared name, or `N` for an unnamed
+//! leading (batch) dimension, before the model is optimised.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, IntoTensor, TDim, TValue, TVec,
+    TypedSimplePlan, TypedSimpleState,
+};
+
+use super::signature::{TensorSpec, graph_inputs};
+use super::{Backend, BackendError, Session, Signature};
+use crate::tensor::{DataType, Tensor, push_bytes_element};
+
+/// A model version optimised by tract, ready to spawn sessions.
+pub struct TractBackend {
+    plan: Arc<TypedSimplePlan>,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for TractBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TractBackend").field("signature", &self.signature).finish_non_exhaustive()
+    }
+}
+
+impl TractBackend {
+    /// Reads, checks and optimises an ONNX file. Every failure names the file and the reason.
+    pub fn load(path: &Path) -> Result<TractBackend, BackendError> {
+        let fail = |reason: String| BackendError::Load { path: path.display().to_string(), reason };
+        // Read the whole file rather than mapping it: a file truncated under a map would crash the process.
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut bytes.as_slice())
+            .map_err(|e| fail(format!("not a valid ONNX file: {e}")))?;
+        drop(bytes);
+        let graph = proto.graph.as_ref().ok_or_else(|| fail("the ONNX file holds no graph".to_owned()))?;
+        let inputs = graph_inputs(graph).map_err(fail)?;
+        let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+
+        let dir = path.parent().and_then(Path::to_str);
+        let parsed = onnx.parse(&proto, dir).map_err(|e| fail(format!("{e:#}")))?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(fail(format!("the graph uses undefined values {:?}", parsed.unresolved_inputs)));
+        }
+        let mut model = parsed.model;
+        for (ix, spec) in inputs.iter().enumerate() {
+            let node_name = model
+                .input_outlets()
+                .ok()
+                .and_then(|outlets| outlets.get(ix))
+                .map(|outlet| model.node(outlet.node).name.clone());
+            if node_name.as_deref() != Some(spec.name.as_str()) {
+                return Err(fail(format!("graph input {ix} should be '{}', tract found {node_name:?}", spec.name)));
+            }
+            let dims: TVec<TDim> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(axis, &dim)| match (dim, &spec.dim_names[axis]) {
+                    (d, _) if d >= 0 => TDim::Val(d),
+                    (_, Some(name)) => TDim::Sym(model.symbols.sym(name)),
+                    (_, None) if axis == 0 => TDim::Sym(model.symbols.sym("N")),
+                    (_, None) => TDim::Sym(model.symbols.sym(&format!("{}_{axis}", spec.name))),
+                })
+                .collect();
+            let fact = InferenceFact::dt_shape(tract_datum(spec.datatype), dims);
+            model.set_input_fact(ix, fact).map_err(|e| fail(format!("{e:#}")))?;
+        }
+        let typed = model.into_optimized().map_err(|e| fail(format!("{e:#}")))?;
+
+        let mut outputs = Vec::with_capacity(output_names.len());
+        for (ix, name) in output_names.into_iter().enumerate() {
+            let fact = typed.output_fact(ix).map_err(|e| fail(format!("output '{name}': {e:#}")))?;
+            let datatype = our_datatype(fact.datum_type)
+                .ok_or_else(|| fail(format!("output '{name}' has type {:?}, which is not served", fact.datum_type)))?;
+            let shape = fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect::<Vec<_>>();
+            let dim_names = vec![None; shape.len()];
+            outputs.push(TensorSpec { name, datatype, shape, dim_names });
+        }
+        let plan = typed.into_runnable().map_err(|e| fail(format!("{e:#}")))?;
+        Ok(TractBackend { plan, signature: Signature { inputs, outputs } })
+    }
+}
+
+impl Backend for TractBackend {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn session(&self) -> Result<Box<dyn Session>, BackendError> {
+        let state = TypedSimpleState::new(&self.plan).map_err(|e| BackendError::Compute(format!("{e:#}")))?;
+        Ok(Box::new(TractSession { state }))
+    }
+}
+
+struct TractSession {
+    state: TypedSimpleState,
+}
+
+impl Session for TractSession {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        let values = inputs.iter().map(to_tract).collect::<Result<TVec<TValue>, _>>()?;
+        let outputs = self.state.run(values).map_err(|e| BackendError::Compute(format!("{e:#}")))?;
+        outputs.iter().map(|value| from_tract(value)).collect()
+    }
+}
+
+fn tract_datum(datatype: DataType) -> DatumType {
+    match datatype {
+        DataType::Bool => DatumType::Bool,
+        DataType::Uint8 => DatumType::U8,
+        DataType::Uint16 => DatumType::U16,
+        DataType::Uint32 => DatumType::U32,
+        DataType::Uint64 => DatumType::U64,
+        DataType::Int8 => DatumType::I8,
+        DataType::Int16 => DatumType::I16,
+        DataType::Int32 => DatumType::I32,
+        DataType::Int64 => DatumType::I64,
+        DataType::Fp32 => DatumType::F32,
+        DataType::Fp64 => DatumType::F64,
+        DataType::Bytes => DatumType::String,
+    }
+}
+
+fn our_datatype(datum: DatumType) -> Option<DataType> {
+    DataType::ALL.into_iter().find(|&dt| tract_datum(dt) == datum)
+}
+
+fn compute_error(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Compute(e.to_string())
+}
+
+fn to_tract(tensor: &Tensor) -> Result<TValue, BackendError> {
+    if tensor.dtype() == DataType::Bytes {
+        let strings = tensor
+            .bytes_elements()
+            .map(|element| String::from_utf8(element.to_vec()))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|_| compute_error("BYTES input is not valid UTF-8, which string models need"))?;
+        let array = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(tensor.shape(), strings)
+            .map_err(compute_error)?;
+        return Ok(array.into_tensor().into_tvalue());
+    }
+    let mut value =
+        tract_onnx::prelude::Tensor::zero_dt(tract_datum(tensor.dtype()), tensor.shape()).map_err(compute_error)?;
+    value.as_bytes_mut().copy_from_slice(tensor.data());
+    Ok(value.into_tvalue())
+}
+
+fn from_tract(value: &tract_onnx::prelude::Tensor) -> Result<Tensor, BackendError> {
+    let datatype = our_datatype(value.datum_type())
+        .ok_or_else(|| compute_error(format!("the model produced {:?}, which is not served", value.datum_type())))?;
+    let data = if datatype == DataType::Bytes {
+        let mut buf = Vec::new();
+        for s in value.to_plain_array_view::<String>().map_err(compute_error)?.iter() {
+            push_bytes_element(&mut buf, s.as_bytes()).map_err(compute_error)?;
+        }
+        Bytes::from(buf)
+    } else {
+        Bytes::copy_from_slice(value.as_bytes())
+    };
+    Tensor::new(datatype, value.shape().to_vec(), data).map_err(compute_error)
+}

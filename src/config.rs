@@ -1,0 +1,291 @@
+//! The one validated server configuration.
+//!
+//! Layers, lowest first: built-in defaults, the TOML file given by `--config`, then `INFERGATE_*` environment
+//! variables and command-line flags (clap merges those two, flags winning). Cross-field checks run once, here,
+//! so the rest of the server never sees an invalid combination.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Parser)]
+#[command(name = "infergate", version, about = "A model serving gateway for ONNX models (KServe v2 protocol).")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, also accepted without the subcommand (serve is the default).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the models of a model repository (the default).
+    Serve(ServeArgs),
+}
+
+impl Cli {
+    /// The serve flags, whether given after `serve` or with no subcommand.
+    pub fn into_serve_args(self) -> ServeArgs {
+        match self.command {
+            Some(Command::Serve(args)) => args,
+            None => self.serve,
+        }
+    }
+}
+
+/// Flags of `infergate serve`. Every one is optional here so that an unset flag falls back to the config file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Server configuration file (TOML); flags and environment variables override it.
+    #[arg(long, env = "INFERGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Folder holding the models: <repository>/<model>/<version>/model.onnx [default: ./models]
+    #[arg(long, env = "INFERGATE_MODEL_REPOSITORY")]
+    pub model_repository: Option<PathBuf>,
+    /// Address the servers listen on [default: 0.0.0.0]
+    #[arg(long, env = "INFERGATE_HOST")]
+    pub host: Option<IpAddr>,
+    /// Port of the KServe v2 REST API [default: 8000]
+    #[arg(long, env = "INFERGATE_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// Port reserved for the gRPC API [default: 8001]
+    #[arg(long, env = "INFERGATE_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
+    /// Port reserved for Prometheus metrics [default: 8002]
+    #[arg(long, env = "INFERGATE_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+    /// Largest accepted request body in bytes; larger ones are answered 413 [default: 67108864]
+    #[arg(long, env = "INFERGATE_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the server exits [default: 30]
+    #[arg(long, env = "INFERGATE_SHUTDOWN_GRACE_SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
+    /// Log format [default: text]
+    #[arg(long, env = "INFERGATE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `infergate=debug`) [default: info]
+    #[arg(long, env = "INFERGATE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The `--config` file. Same names as the flags, in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    model_repository: Option<PathBuf>,
+    host: Option<IpAddr>,
+    http_port: Option<u16>,
+    grpc_port: Option<u16>,
+    metrics_port: Option<u16>,
+    max_request_bytes: Option<usize>,
+    shutdown_grace_seconds: Option<u64>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+}
+
+/// The validated configuration every part of the server reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub model_repository: PathBuf,
+    pub host: IpAddr,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+    pub max_request_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("model repository {path} is not a readable folder: {reason}")]
+    Repository { path: PathBuf, reason: String },
+    #[error("{first} and {second} are both set to port {port}; each server needs its own port")]
+    PortClash { first: &'static str, second: &'static str, port: u16 },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Largest request body we accept at all: one protobuf/HTTP message past 2 GiB is never legitimate here.
+const MAX_REQUEST_BYTES_CEILING: usize = 2 << 30;
+/// Longest shutdown grace period; Kubernetes' own default is 30 s.
+const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 3600;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            model_repository: PathBuf::from("./models"),
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            http_port: 8000,
+            grpc_port: 8001,
+            metrics_port: 8002,
+            max_request_bytes: 64 << 20,
+            shutdown_grace: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Layers defaults, the config file and the flags/environment, then validates the result.
+    pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => ConfigFile::default(),
+        };
+        let defaults = Config::default();
+        let config = Config {
+            model_repository: args.model_repository.or(file.model_repository).unwrap_or(defaults.model_repository),
+            host: args.host.or(file.host).unwrap_or(defaults.host),
+            http_port: args.http_port.or(file.http_port).unwrap_or(defaults.http_port),
+            grpc_port: args.grpc_port.or(file.grpc_port).unwrap_or(defaults.grpc_port),
+            metrics_port: args.metrics_port.or(file.metrics_port).unwrap_or(defaults.metrics_port),
+            max_request_bytes: args.max_request_bytes.or(file.max_request_bytes).unwrap_or(defaults.max_request_bytes),
+            shutdown_grace: args
+                .shutdown_grace_seconds
+                .or(file.shutdown_grace_seconds)
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.shutdown_grace),
+            log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),
+            log_level: args.log_level.or(file.log_level).unwrap_or(defaults.log_level),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field checks, run once at start.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ports =
+            [("--http-port", self.http_port), ("--grpc-port", self.grpc_port), ("--metrics-port", self.metrics_port)];
+        for (i, &(first, port)) in ports.iter().enumerate() {
+            for &(second, other) in &ports[i + 1..] {
+                // Port 0 asks the OS for a free port, so several zeros never clash.
+                if port != 0 && port == other {
+                    return Err(ConfigError::PortClash { first, second, port });
+                }
+            }
+        }
+        if self.max_request_bytes == 0 || self.max_request_bytes > MAX_REQUEST_BYTES_CEILING {
+            return Err(ConfigError::Invalid(format!(
+                "--max-request-bytes must be between 1 and {MAX_REQUEST_BYTES_CEILING}, got {}",
+                self.max_request_bytes
+            )));
+        }
+        if self.shutdown_grace.as_secs() > MAX_SHUTDOWN_GRACE_SECONDS {
+            return Err(ConfigError::Invalid(format!(
+                "--shutdown-grace-seconds must be at most {MAX_SHUTDOWN_GRACE_SECONDS}, got {}",
+                self.shutdown_grace.as_secs()
+            )));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(ConfigError::Invalid(format!("--log-level '{}' is not a valid filter: {e}", self.log_level)));
+        }
+        check_repository(&self.model_repository)
+    }
+}
+
+fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile { path: path.to_owned(), message: e.to_string() })
+}
+
+fn check_repository(path: &Path) -> Result<(), ConfigError> {
+    let reason = match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => match std::fs::read_dir(path) {
+            Ok(_) => return Ok(()),
+            Err(e) => e.to_string(),
+        },
+        Ok(_) => "not a folder".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    Err(ConfigError::Repository { path: path.to_owned(), reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs { model_repository: Some(PathBuf::from("models")), ..ServeArgs::default() }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::resolve(args()).unwrap();
+        assert_eq!(config.http_port, 8000);
+        assert_eq!(config.grpc_port, 8001);
+        assert_eq!(config.metrics_port, 8002);
+        assert_eq!(config.max_request_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn equal_ports_are_refused() {
+        let err = Config::resolve(ServeArgs { grpc_port: Some(8000), ..args() }).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--http-port and --grpc-port are both set to port 8000; each server needs its own port"
+        );
+        let zeros = ServeArgs { http_port: Some(0), grpc_port: Some(0), metrics_port: Some(0), ..args() };
+        assert!(Config::resolve(zeros).is_ok());
+    }
+
+    #[test]
+    fn missing_repository_is_refused() {
+        let err =
+            Config::resolve(ServeArgs { model_repository: Some("/nonexistent/models".into()), ..args() }).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/models"), "{err}");
+    }
+
+    #[test]
+    fn bad_limits_are_refused() {
+        assert!(Config::resolve(ServeArgs { max_request_bytes: Some(0), ..args() }).is_err());
+        assert!(Config::resolve(ServeArgs { shutdown_grace_seconds: Some(100_000), ..args() }).is_err());
+        assert!(Config::resolve(ServeArgs { log_level: Some("info,[".into()), ..args() }).is_err());
+    }
+
+    #[test]
+    fn file_is_layered_under_flags() {
+        let dir = std::env::temp_dir().join(format!("infergate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server.toml");
+        std::fs::write(&path, "http_port = 9000\nmetrics_port = 9002\nlog_format = \"json\"\n").unwrap();
+        let config =
+            Config::resolve(ServeArgs { config: Some(path.clone()), metrics_port: Some(9102), ..args() }).unwrap();
+        assert_eq!(config.http_port, 9000);
+        assert_eq!(config.metrics_port, 9102);
+        assert_eq!(config.log_format, LogFormat::Json);
+
+        std::fs::write(&path, "http_prot = 9000\n").unwrap();
+        let err = Config::resolve(ServeArgs { config: Some(path), ..args() }).unwrap_err();
+        assert!(err.to_string().contains("http_prot"), "{err}");
+    }
+
+    #[test]
+    fn cli_parses_with_and_without_subcommand() {
+        let cli = Cli::try_parse_from(["infergate", "--http-port", "1234"]).unwrap();
+        assert_eq!(cli.into_serve_args().http_port, Some(1234));
+        let cli = Cli::try_parse_from(["infergate", "serve", "--http-port", "4321"]).unwrap();
+        assert_eq!(cli.into_serve_args().http_port, Some(4321));
+        assert!(Cli::try_parse_from(["infergate", "--http-port", "70000"]).is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! The table of served models and the states of their versions.
+//!
+//! Each model's versions are one [`VersionSet`] value behind an `ArcSwap`: a change builds a new set and stores
+//! it in one step, and a request holds the `Arc<ServingVersion>` it started on until it has been answered.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use thiserror::Error;
+
+use crate::backend::tract::TractBackend;
+use crate::backend::{Backend, BackendError, Signature};
+use crate::repository::{self, BackendChoice, ModelSpec};
+use crate::scheduler::{DEFAULT_QUEUE_CAPACITY, Scheduler};
+
+/// A loaded version that takes traffic.
+#[derive(Debug)]
+pub struct ServingVersion {
+    pub name: String,
+    pub version: u64,
+    pub backend_name: &'static str,
+    pub signature: Signature,
+    pub scheduler: Scheduler,
+}
+
+/// Where one version stands.
+#[derive(Debug, Clone)]
+pub enum VersionState {
+    Loading,
+    Ready(Arc<ServingVersion>),
+    Failed(String),
+}
+
+/// Every version of one model, swapped as a whole.
+#[derive(Debug, Clone, Default)]
+pub struct VersionSet {
+    pub versions: BTreeMap<u64, VersionState>,
+    /// Set when the model as a whole cannot be served (e.g. its model.toml is invalid).
+    pub model_error: Option<String>,
+}
+
+impl VersionSet {
+    /// The highest ready version, which unversioned requests go to.
+    pub fn latest_ready(&self) -> Option<&Arc<ServingVersion>> {
+        self.versions.values().rev().find_map(|state| match state {
+            VersionState::Ready(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    fn unavailable_reason(&self) -> String {
+        if let Some(error) = &self.model_error {
+            return error.clone();
+        }
+        let reasons: Vec<String> = self
+            .versions
+            .iter()
+            .map(|(v, state)| match state {
+                VersionState::Loading => format!("version {v} is loading"),
+                VersionState::Failed(reason) => format!("version {v} failed: {reason}"),
+                VersionState::Ready(_) => format!("version {v} is ready"),
+            })
+            .collect();
+        if reasons.is_empty() { "no version is available".to_owned() } else { reasons.join("; ") }
+    }
+}
+
+#[derive(Debug)]
+pub struct ModelEntry {
+    pub name: String,
+    pub versions: ArcSwap<VersionSet>,
+}
+
+#[derive(Debug, Error)]
+pub enum LookupError {
+    #[error("unknown model '{model}'")]
+    ModelNotFound { model: String },
+    #[error("model '{model}' has no version '{version}'")]
+    VersionNotFound { model: String, version: String },
+    #[error("model '{model}' is not available: {reason}")]
+    Unavailable { model: String, reason: String },
+}
+
+/// name → model, shared by every request.
+#[derive(Debug, Default)]
+pub struct ModelTable {
+    models: DashMap<String, Arc<ModelEntry>>,
+    startup_complete: AtomicBool,
+}
+
+impl ModelTable {
+    /// True once every model the repository asked for at start has been loaded or has failed.
+    pub fn is_ready(&self) -> bool {
+        self.startup_complete.load(Ordering::Acquire)
+    }
+
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.models.iter().map(|e| e.key().clone()).collect();
+        names.sort();
+        names
+    }
+
+    pub fn entry(&self, model: &str) -> Result<Arc<ModelEntry>, LookupError> {
+        self.models
+            .get(model)
+            .map(|e| Arc::clone(e.value()))
+            .ok_or_else(|| LookupError::ModelNotFound { model: model.to_owned() })
+    }
+
+    /// The version a request goes to: the one named, or the highest ready one.
+    pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<ServingVersion>, LookupError> {
+        let entry = self.entry(model)?;
+        let set = entry.versions.load();
+        let unavailable = |reason: String| LookupError::Unavailable { model: model.to_owned(), reason };
+        match version {
+            None => set.latest_ready().cloned().ok_or_else(|| unavailable(set.unavailable_reason())),
+            Some(text) => {
+                let not_found = || LookupError::VersionNotFound { model: model.to_owned(), version: text.to_owned() };
+                let number: u64 = text.parse().map_err(|_| not_found())?;
+                match set.versions.get(&number).ok_or_else(not_found)? {
+                    VersionState::Ready(v) => Ok(Arc::clone(v)),
+                    VersionState::Loading => Err(unavailable(format!("version {number} is loading"))),
+                    VersionState::Failed(reason) => Err(unavailable(format!("version {number} failed: {reason}"))),
+                }
+            }
+        }
+    }
+
+    /// Loads every model of a local repository folder. Broken models and versions are logged and recorded with
+    /// their reason; the others serve regardless. Marks the table ready when done.
+    pub async fn load_local_repository(self: &Arc<Self>, root: &Path) {
+        let root = root.to_owned();
+        let listings = match tokio::task::spawn_blocking(move || repository::local::scan(&root)).await {
+            Ok(Ok(listings)) => listings,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot scan the model repository");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the repository scan failed");
+                Vec::new()
+            }
+        };
+        let mut to_load = Vec::new();
+        for listing in listings {
+            let mut set = VersionSet::default();
+            match listing.versions {
+                Err(e) => {
+                    tracing::error!(model = %listing.name, error = %e, "model cannot be served");
+                    set.model_error = Some(e.to_string());
+                }
+                Ok(versions) => {
+                    for v in versions {
+                        let state = match v.spec {
+                            Ok(spec) => {
+                                to_load.push(spec);
+                                VersionState::Loading
+                            }
+                            Err(e) => {
+                                tracing::error!(model = %listing.name, version = v.version, error = %e, "version cannot be served");
+                                VersionState::Failed(e.to_string())
+                            }
+                        };
+                        set.versions.insert(v.version, state);
+                    }
+                }
+            }
+            let entry = ModelEntry { name: listing.name.clone(), versions: ArcSwap::from_pointee(set) };
+            self.models.insert(listing.name, Arc::new(entry));
+        }
+        for spec in to_load {
+            let (name, version) = (spec.name.clone(), spec.version);
+            let state = match tokio::task::spawn_blocking(move || load_version(&spec)).await {
+                Ok(Ok(serving)) => VersionState::Ready(Arc::new(serving)),
+                Ok(Err(e)) => {
+                    tracing::error!(model = %name, version, error = %e, "version failed to load");
+                    VersionState::Failed(e.to_string())
+                }
+                Err(e) => {
+                    tracing::error!(model = %name, version, error = %e, "version loader failed");
+                    VersionState::Failed(format!("the loader failed: {e}"))
+                }
+            };
+            self.set_version_state(&name, version, state);
+        }
+        self.startup_complete.store(true, Ordering::Release);
+        tracing::info!(models = self.models.len(), "model repository loaded");
+    }
+
+    fn set_version_state(&self, model: &str, version: u64, state: VersionState) {
+        if let Some(entry) = self.models.get(model) {
+            entry.versions.rcu(|set| {
+                let mut next = VersionSet::clone(set);
+                next.versions.insert(version, state.clone());
+                next
+            });
+        }
+    }
+}
+
+/// Loads, checks and starts one version; blocking, run off the async workers.
+fn load_version(spec: &ModelSpec) -> Result<ServingVersion, BackendError> {
+    let started = Instant::now();
+    let backend: Arc<dyn Backend> = match spec.config.backend {
+        BackendChoice::Auto | BackendChoice::Tract => Arc::new(TractBackend::load(&spec.model_path)?),
+    };
+    let label = format!("{}-{}", spec.name, spec.version);
+    let scheduler = Scheduler::start(&label, Arc::clone(&backend), DEFAULT_QUEUE_CAPACITY)?;
+    tracing::info!(
+        model = %spec.name,
+        version = spec.version,
+        backend = backend.name(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "version ready"
+    );
+    Ok(ServingVersion {
+        name: spec.name.clone(),
+        version: spec.version,
+        backend_name: backend.name(),
+        signature: backend.signature().clone(),
+        scheduler,
+    })
+}

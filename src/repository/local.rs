@@ -1,0 +1,144 @@
+//! The local folder source: `<repository>/<model>/[model.toml]` and `<repository>/<model>/<version>/model.onnx`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{ModelConfig, ModelListing, ModelSpec, RepositoryError, VersionListing, is_valid_model_name};
+
+pub const MODEL_FILE: &str = "model.onnx";
+pub const MODEL_CONFIG_FILE: &str = "model.toml";
+
+/// Lists every model of a repository folder with the versions its policy selects. Folders whose names cannot
+/// be model names (hidden ones among them) are skipped with a warning; one broken model never hides the others.
+pub fn scan(root: &Path) -> Result<Vec<ModelListing>, RepositoryError> {
+    let mut names = Vec::new();
+    for entry in read_dir(root)? {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            tracing::warn!(path = %entry.path().display(), "skipping a folder whose name is not UTF-8");
+            continue;
+        };
+        if !entry.path().is_dir() {
+            continue;
+        }
+        if !is_valid_model_name(&name) {
+            if !name.starts_with('.') {
+                tracing::warn!(path = %entry.path().display(), "skipping: model names use letters, digits, '_', '-', '.'");
+            }
+            continue;
+        }
+        names.push(name);
+    }
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let versions = scan_model(&root.join(&name), &name);
+            ModelListing { name, versions }
+        })
+        .collect())
+}
+
+fn scan_model(dir: &Path, name: &str) -> Result<Vec<VersionListing>, RepositoryError> {
+    let config = read_model_config(dir)?;
+    let mut present: Vec<u64> = read_dir(dir)?
+        .into_iter()
+        .filter(|entry| entry.path().is_dir())
+        .filter_map(|entry| entry.file_name().to_str().and_then(parse_version))
+        .collect();
+    present.sort_unstable();
+    if present.is_empty() {
+        return Err(RepositoryError::NoVersions { path: dir.to_owned() });
+    }
+    let (selected, missing) = config.version_policy.select(&present);
+    let config = Arc::new(config);
+    let mut listings: Vec<VersionListing> = selected
+        .into_iter()
+        .map(|version| {
+            let model_path = dir.join(version.to_string()).join(MODEL_FILE);
+            let spec = if model_path.is_file() {
+                Ok(ModelSpec { name: name.to_owned(), version, model_path, config: Arc::clone(&config) })
+            } else {
+                Err(RepositoryError::MissingModelFile { path: model_path })
+            };
+            VersionListing { version, spec }
+        })
+        .collect();
+    listings.extend(missing.into_iter().map(|version| VersionListing {
+        version,
+        spec: Err(RepositoryError::MissingVersion { version, path: dir.join(version.to_string()) }),
+    }));
+    listings.sort_by_key(|listing| listing.version);
+    Ok(listings)
+}
+
+/// Versions are positive decimal numbers without sign or leading zeros ("1", "42"), so each has one folder name.
+fn parse_version(name: &str) -> Option<u64> {
+    if name.starts_with('0') || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+fn read_model_config(dir: &Path) -> Result<ModelConfig, RepositoryError> {
+    let path = dir.join(MODEL_CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
+        Err(e) => return Err(RepositoryError::Read { path, reason: e.to_string() }),
+    };
+    ModelConfig::parse(&text).map_err(|message| RepositoryError::ModelConfig { path, message })
+}
+
+fn read_dir(path: &Path) -> Result<Vec<std::fs::DirEntry>, RepositoryError> {
+    let read_error = |e: std::io::Error| RepositoryError::Read { path: PathBuf::from(path), reason: e.to_string() };
+    std::fs::read_dir(path).map_err(read_error)?.collect::<Result<Vec<_>, _>>().map_err(read_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_canonical_numbers() {
+        assert_eq!(parse_version("1"), Some(1));
+        assert_eq!(parse_version("42"), Some(42));
+        for bad in ["0", "01", "-1", "+1", "1a", "", "99999999999999999999999"] {
+            assert_eq!(parse_version(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn scans_the_bundled_repository() {
+        let listings = scan(Path::new("models")).unwrap();
+        let names: Vec<&str> = listings.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["iris", "mlp"]);
+        let iris = listings[0].versions.as_ref().unwrap();
+        assert_eq!(iris.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn reports_broken_layouts() {
+        let root = std::env::temp_dir().join(format!("infergate-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::create_dir_all(root.join("nofile/1")).unwrap();
+        std::fs::create_dir_all(root.join("typo/1")).unwrap();
+        std::fs::write(root.join("typo/model.toml"), "versoin_policy = \"all\"").unwrap();
+        std::fs::create_dir_all(root.join("pinned/2")).unwrap();
+        std::fs::write(root.join("pinned/2/model.onnx"), b"").unwrap();
+        std::fs::write(root.join("pinned/model.toml"), "version_policy = { specific = [2, 3] }").unwrap();
+        std::fs::create_dir_all(root.join(".hidden/1")).unwrap();
+
+        let listings = scan(&root).unwrap();
+        let find = |name: &str| listings.iter().find(|l| l.name == name).unwrap();
+        assert!(listings.iter().all(|l| l.name != ".hidden"));
+        assert!(matches!(find("empty").versions, Err(RepositoryError::NoVersions { .. })));
+        assert!(matches!(find("typo").versions, Err(RepositoryError::ModelConfig { .. })));
+        let nofile = find("nofile").versions.as_ref().unwrap();
+        assert!(matches!(nofile[0].spec, Err(RepositoryError::MissingModelFile { .. })));
+        let pinned = find("pinned").versions.as_ref().unwrap();
+        assert!(pinned[0].spec.is_ok());
+        assert!(matches!(pinned[1].spec, Err(RepositoryError::MissingVersion { version: 3, .. })));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,72 @@
+//! Model repository sources. Every source yields the same [`ModelSpec`]s, so the lifecycle does not care where a
+//! model came from.
+
+pub mod local;
+mod model_config;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+pub use model_config::{BackendChoice, ModelConfig, VersionPolicy};
+
+/// One model version to load: where its file is and how the model is configured.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub version: u64,
+    pub model_path: PathBuf,
+    pub config: Arc<ModelConfig>,
+}
+
+/// What a source found for one model: the versions its policy selects, or why the model cannot be served.
+#[derive(Debug)]
+pub struct ModelListing {
+    pub name: String,
+    pub versions: Result<Vec<VersionListing>, RepositoryError>,
+}
+
+/// One selected version: ready to load, or refused with a reason (e.g. the folder lacks its model file).
+#[derive(Debug)]
+pub struct VersionListing {
+    pub version: u64,
+    pub spec: Result<ModelSpec, RepositoryError>,
+}
+
+#[derive(Debug, Error)]
+pub enum RepositoryError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("invalid {path}: {message}")]
+    ModelConfig { path: PathBuf, message: String },
+    #[error("{path} holds no numeric version folder")]
+    NoVersions { path: PathBuf },
+    #[error("version {version} is named in the version policy but {path} does not exist")]
+    MissingVersion { version: u64, path: PathBuf },
+    #[error("{path} is missing: a version folder must hold model.onnx")]
+    MissingModelFile { path: PathBuf },
+}
+
+/// Model names travel in URLs and metric labels: letters, digits, '_', '-' and '.', not starting with '.'.
+pub fn is_valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names() {
+        for ok in ["iris", "my-model_2", "resnet.v1"] {
+            assert!(is_valid_model_name(ok), "{ok}");
+        }
+        for bad in ["", ".hidden", "..", "a/b", "a b", "ü", &"x".repeat(129)] {
+            assert!(!is_valid_model_name(bad), "{bad}");
+        }
+    }
+}

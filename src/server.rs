@@ -1,0 +1,128 @@
+//! Starting and stopping the whole server: bind the listeners, load the repository, serve until asked to stop,
+//! then drain in-flight requests within the grace period.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api;
+use crate::config::Config;
+use crate::lifecycle::ModelTable;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// How the server ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every in-flight request was answered.
+    Drained,
+    /// The grace period ran out with requests still in flight.
+    GraceExpired,
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`] then [`Server::wait`].
+#[derive(Debug)]
+pub struct Server {
+    http_addr: SocketAddr,
+    table: Arc<ModelTable>,
+    shutdown: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    grace: Duration,
+}
+
+/// Asks a server to stop; cheap to clone and usable from a signal handler.
+#[derive(Debug, Clone)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl ShutdownTrigger {
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Server {
+    /// Binds the REST listener, starts loading the model repository in the background and serves. The server is
+    /// live at once and ready (`/v2/health/ready`) once every model has loaded or failed.
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let http_addr = SocketAddr::new(config.host, config.http_port);
+        let listener = TcpListener::bind(http_addr).await.map_err(|source| ServerError::Bind {
+            what: "HTTP",
+            addr: http_addr,
+            source,
+        })?;
+        let http_addr = listener.local_addr().map_err(ServerError::Serve)?;
+
+        let table = Arc::new(ModelTable::default());
+        let loader = Arc::clone(&table);
+        let repository = config.model_repository.clone();
+        tokio::spawn(async move { loader.load_local_repository(&repository).await });
+
+        let (shutdown, mut stop) = watch::channel(false);
+        let app = api::http::router(Arc::clone(&table), config.max_request_bytes);
+        let http = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|&stop| stop).await;
+                })
+                .await
+        });
+        tracing::info!(%http_addr, repository = %config.model_repository.display(), "infergate listening");
+        Ok(Server { http_addr, table, shutdown, http, grace: config.shutdown_grace })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn models(&self) -> &Arc<ModelTable> {
+        &self.table
+    }
+
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        ShutdownTrigger(self.shutdown.clone())
+    }
+
+    /// Stops accepting connections and lets in-flight requests finish.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits until the server has stopped: after a shutdown request, until in-flight requests are answered or
+    /// the grace period runs out.
+    pub async fn wait(self) -> Result<Stopped, ServerError> {
+        let Server { mut http, shutdown, grace, .. } = self;
+        let mut stopping = shutdown.subscribe();
+        tokio::select! {
+            result = &mut http => return finished(result),
+            _ = stopping.wait_for(|&stop| stop) => {}
+        }
+        tracing::info!(grace_seconds = grace.as_secs(), "shutting down: draining in-flight requests");
+        match tokio::time::timeout(grace, &mut http).await {
+            Ok(result) => finished(result),
+            Err(_) => {
+                tracing::warn!("grace period over with requests still in flight; exiting");
+                http.abort();
+                Ok(Stopped::GraceExpired)
+            }
+        }
+    }
+}
+
+fn finished(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<Stopped, ServerError> {
+    match result {
+        Ok(Ok(())) => Ok(Stopped::Drained),
+        Ok(Err(e)) => Err(ServerError::Serve(e)),
+        Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+    }
+}

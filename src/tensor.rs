@@ -1,0 +1,274 @@
+//! Our own tensor type: a datatype, a shape and contiguous little-endian bytes.
+//!
+//! Every transport decodes into [`Tensor`] and every backend computes on it, so the request path never boxes
+//! individual elements. BYTES tensors hold their elements as the KServe binary layout does: each element is a
+//! 4-byte little-endian length followed by that many bytes.
+
+use std::fmt;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+/// The KServe v2 tensor datatypes infergate serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataType {
+    Bool,
+    Uint8,
+    Uint16,
+    Uint32,
+    Uint64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    Fp32,
+    Fp64,
+    Bytes,
+}
+
+impl DataType {
+    pub const ALL: [DataType; 12] = [
+        DataType::Bool,
+        DataType::Uint8,
+        DataType::Uint16,
+        DataType::Uint32,
+        DataType::Uint64,
+        DataType::Int8,
+        DataType::Int16,
+        DataType::Int32,
+        DataType::Int64,
+        DataType::Fp32,
+        DataType::Fp64,
+        DataType::Bytes,
+    ];
+
+    /// The protocol's name for the datatype ("FP32", "INT64", ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::Bool => "BOOL",
+            DataType::Uint8 => "UINT8",
+            DataType::Uint16 => "UINT16",
+            DataType::Uint32 => "UINT32",
+            DataType::Uint64 => "UINT64",
+            DataType::Int8 => "INT8",
+            DataType::Int16 => "INT16",
+            DataType::Int32 => "INT32",
+            DataType::Int64 => "INT64",
+            DataType::Fp32 => "FP32",
+            DataType::Fp64 => "FP64",
+            DataType::Bytes => "BYTES",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DataType> {
+        DataType::ALL.into_iter().find(|dt| dt.as_str() == name)
+    }
+
+    /// Bytes per element, or `None` for BYTES whose elements vary in size.
+    pub fn element_size(self) -> Option<usize> {
+        match self {
+            DataType::Bool | DataType::Uint8 | DataType::Int8 => Some(1),
+            DataType::Uint16 | DataType::Int16 => Some(2),
+            DataType::Uint32 | DataType::Int32 | DataType::Fp32 => Some(4),
+            DataType::Uint64 | DataType::Int64 | DataType::Fp64 => Some(8),
+            DataType::Bytes => None,
+        }
+    }
+}
+
+impl serde::Serialize for DataType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TensorError {
+    #[error("shape {shape:?} has too many elements")]
+    ShapeOverflow { shape: Vec<usize> },
+    #[error("shape {shape:?} holds {expected} elements but {actual} were given")]
+    ElementCount { shape: Vec<usize>, expected: usize, actual: usize },
+    #[error("{dtype} data of shape {shape:?} needs {expected} bytes but {actual} were given")]
+    ByteLength { dtype: DataType, shape: Vec<usize>, expected: usize, actual: usize },
+    #[error("BOOL data must hold only the bytes 0 and 1")]
+    InvalidBool,
+    #[error("BYTES data is malformed: {0}")]
+    MalformedBytes(&'static str),
+}
+
+/// Number of elements of a shape, refusing shapes whose product overflows.
+pub fn element_count(shape: &[usize]) -> Result<usize, TensorError> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| TensorError::ShapeOverflow { shape: shape.to_vec() })
+}
+
+/// A dense tensor. Construction checks that the bytes match the datatype and shape, so a `Tensor` is always
+/// well formed.
+#[derive(Clone, PartialEq)]
+pub struct Tensor {
+    dtype: DataType,
+    shape: Vec<usize>,
+    data: Bytes,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tensor")
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+impl Tensor {
+    pub fn new(dtype: DataType, shape: Vec<usize>, data: Bytes) -> Result<Tensor, TensorError> {
+        let count = element_count(&shape)?;
+        match dtype.element_size() {
+            Some(size) => {
+                let expected =
+                    count.checked_mul(size).ok_or_else(|| TensorError::ShapeOverflow { shape: shape.clone() })?;
+                if expected != data.len() {
+                    return Err(TensorError::ByteLength { dtype, shape, expected, actual: data.len() });
+                }
+                if dtype == DataType::Bool && data.iter().any(|&b| b > 1) {
+                    return Err(TensorError::InvalidBool);
+                }
+            }
+            None => {
+                let actual = count_bytes_elements(&data)?;
+                if actual != count {
+                    return Err(TensorError::ElementCount { shape, expected: count, actual });
+                }
+            }
+        }
+        Ok(Tensor { dtype, shape, data })
+    }
+
+    pub fn dtype(&self) -> DataType {
+        self.dtype
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    pub fn element_count(&self) -> usize {
+        // Checked at construction.
+        self.shape.iter().product()
+    }
+
+    /// The elements of a BYTES tensor, each without its length prefix.
+    pub fn bytes_elements(&self) -> BytesElements<'_> {
+        BytesElements { rest: if self.dtype == DataType::Bytes { &self.data } else { &[] } }
+    }
+}
+
+/// Iterates the elements of a length-prefixed BYTES buffer (already validated by [`Tensor::new`]).
+#[derive(Debug)]
+pub struct BytesElements<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for BytesElements<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (len, rest) = split_length_prefix(self.rest).ok()??;
+        let (element, rest) = rest.split_at(len);
+        self.rest = rest;
+        Some(element)
+    }
+}
+
+/// Splits one length prefix off a BYTES buffer: `Ok(None)` at the end, an error when truncated.
+fn split_length_prefix(buf: &[u8]) -> Result<Option<(usize, &[u8])>, TensorError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let (prefix, rest) = buf.split_first_chunk::<4>().ok_or(TensorError::MalformedBytes("truncated length prefix"))?;
+    let len = u32::from_le_bytes(*prefix) as usize;
+    if len > rest.len() {
+        return Err(TensorError::MalformedBytes("element longer than the remaining data"));
+    }
+    Ok(Some((len, rest)))
+}
+
+fn count_bytes_elements(mut buf: &[u8]) -> Result<usize, TensorError> {
+    let mut count = 0;
+    while let Some((len, rest)) = split_length_prefix(buf)? {
+        buf = &rest[len..];
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Appends one BYTES element (length prefix, then content) to a buffer.
+pub fn push_bytes_element(buf: &mut Vec<u8>, element: &[u8]) -> Result<(), TensorError> {
+    let len = u32::try_from(element.len()).map_err(|_| TensorError::MalformedBytes("element longer than 4 GiB"))?;
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(element);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datatype_names_round_trip() {
+        for dt in DataType::ALL {
+            assert_eq!(DataType::parse(dt.as_str()), Some(dt));
+        }
+        assert_eq!(DataType::parse("FP16X"), None);
+    }
+
+    #[test]
+    fn new_checks_byte_length() {
+        let ok = Tensor::new(DataType::Fp32, vec![2, 2], Bytes::from(vec![0u8; 16]));
+        assert!(ok.is_ok());
+        let err = Tensor::new(DataType::Fp32, vec![2, 2], Bytes::from(vec![0u8; 12])).unwrap_err();
+        assert!(matches!(err, TensorError::ByteLength { expected: 16, actual: 12, .. }));
+    }
+
+    #[test]
+    fn huge_shapes_are_refused_without_allocating() {
+        let err = Tensor::new(DataType::Fp64, vec![usize::MAX / 2, 4], Bytes::new()).unwrap_err();
+        assert!(matches!(err, TensorError::ShapeOverflow { .. }));
+        let err = Tensor::new(DataType::Fp32, vec![1_000_000_000_000, 4], Bytes::new()).unwrap_err();
+        assert!(matches!(err, TensorError::ByteLength { .. }));
+    }
+
+    #[test]
+    fn bytes_elements_round_trip() {
+        let mut buf = Vec::new();
+        for s in ["a", "", "hello"] {
+            push_bytes_element(&mut buf, s.as_bytes()).unwrap();
+        }
+        let t = Tensor::new(DataType::Bytes, vec![3], Bytes::from(buf)).unwrap();
+        let elements: Vec<&[u8]> = t.bytes_elements().collect();
+        assert_eq!(elements, vec![&b"a"[..], b"", b"hello"]);
+    }
+
+    #[test]
+    fn malformed_bytes_are_refused() {
+        let err = Tensor::new(DataType::Bytes, vec![1], Bytes::from_static(&[9, 0, 0, 0, 1])).unwrap_err();
+        assert!(matches!(err, TensorError::MalformedBytes(_)));
+        let err = Tensor::new(DataType::Bytes, vec![1], Bytes::from_static(&[1, 0])).unwrap_err();
+        assert!(matches!(err, TensorError::MalformedBytes(_)));
+        let err = Tensor::new(DataType::Bytes, vec![2], Bytes::from_static(&[0, 0, 0, 0])).unwrap_err();
+        assert!(matches!(err, TensorError::ElementCount { expected: 2, actual: 1, .. }));
+    }
+}

@@ -1,0 +1,138 @@
+//! Starts a real infergate server in-process on 127.0.0.1, port 0, and talks to it over HTTP.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use infergate::{Config, Server};
+use serde_json::Value;
+
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn bundled_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+pub fn config(repository: &Path) -> Config {
+    Config {
+        model_repository: repository.to_owned(),
+        host: "127.0.0.1".parse().unwrap(),
+        http_port: 0,
+        grpc_port: 0,
+        metrics_port: 0,
+        ..Config::default()
+    }
+}
+
+pub struct TestServer {
+    pub server: Server,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        config.validate().unwrap();
+        let server = Server::start(config).await.unwrap();
+        let base = format!("http://{}", server.http_addr());
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+        let test = TestServer { server, base, client };
+        test.wait_ready().await;
+        test
+    }
+
+    pub async fn bundled() -> TestServer {
+        TestServer::start(config(&bundled_models())).await
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(r) = self.client.get(self.url("/v2/health/ready")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server not ready within {READY_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        split(response).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, serde_json::to_vec(body).unwrap()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self.client.post(self.url(path)).body(body).send().await.unwrap();
+        split(response).await
+    }
+}
+
+async fn split(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    (status, value)
+}
+
+/// A golden record made by tools/make_models.py with the Python onnxruntime.
+pub struct Golden {
+    pub model: String,
+    pub version: String,
+    pub request: Value,
+    pub outputs: Value,
+}
+
+pub fn golden(file: &str) -> Golden {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(file);
+    let record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    Golden {
+        model: record["model"].as_str().unwrap().to_owned(),
+        version: record["version"].as_str().unwrap().to_owned(),
+        request: record["request"].clone(),
+        outputs: record["outputs"].clone(),
+    }
+}
+
+/// Checks a response's outputs against the golden ones: same names, datatypes and shapes, integers equal,
+/// floats within `tolerance`.
+pub fn assert_outputs_match(response: &Value, golden: &Value, tolerance: f64) {
+    let outputs = response["outputs"].as_array().unwrap();
+    let expected = golden.as_object().unwrap();
+    assert_eq!(outputs.len(), expected.len(), "{response}");
+    for output in outputs {
+        let name = output["name"].as_str().unwrap();
+        let want = &expected[name];
+        assert_eq!(output["datatype"], want["datatype"], "{name}");
+        assert_eq!(output["shape"], want["shape"], "{name}");
+        let got = output["data"].as_array().unwrap();
+        let want = want["data"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            if w.is_i64() || w.is_u64() {
+                assert_eq!(g, w, "{name}[{i}]");
+            } else {
+                let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
+                assert!((g - w).abs() <= tolerance, "{name}[{i}]: got {g}, ONNX Runtime gave {w}");
+            }
+        }
+    }
+}
+
+/// A fresh, empty folder under the system temp dir, unique to this test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("infergate-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

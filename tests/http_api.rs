@@ -1,0 +1,198 @@
+//! The KServe v2 REST API against the bundled models, served in-process.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TestServer, assert_outputs_match, golden};
+use serde_json::{Value, json};
+
+const TOLERANCE: f64 = 1e-5;
+
+#[tokio::test]
+async fn golden_outputs_match_onnx_runtime() {
+    let server = TestServer::bundled().await;
+    for file in ["iris_v1.json", "iris_v2.json", "mlp_v1.json"] {
+        let g = golden(file);
+        let path = format!("/v2/models/{}/versions/{}/infer", g.model, g.version);
+        let (status, body) = server.post_json(&path, &g.request).await;
+        assert_eq!(status, 200, "{file}: {body}");
+        assert_eq!(body["model_name"], g.model.as_str());
+        assert_eq!(body["model_version"], g.version.as_str());
+        assert_eq!(body["id"], g.request["id"]);
+        assert_outputs_match(&body, &g.outputs, TOLERANCE);
+    }
+}
+
+#[tokio::test]
+async fn readme_example_returns_the_onnx_runtime_classes() {
+    let server = TestServer::bundled().await;
+    let request =
+        json!({"inputs":[{"name":"X","shape":[2,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2,6.7,3.0,5.2,2.3]}]});
+    let (status, body) = server.post_raw("/v2/models/iris/infer", serde_json::to_vec(&request).unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    // Unversioned requests go to the highest version; the golden rows start with the README's two rows.
+    assert_eq!(body["model_version"], "2");
+    let g = golden("iris_v2.json");
+    let labels = &g.outputs["label"]["data"].as_array().unwrap()[..2];
+    assert_eq!(body["outputs"][0]["name"], "label");
+    assert_eq!(body["outputs"][0]["data"].as_array().unwrap(), labels);
+    assert_eq!(body["outputs"][1]["shape"], json!([2, 3]));
+}
+
+#[tokio::test]
+async fn nested_data_and_output_selection() {
+    let server = TestServer::bundled().await;
+    let request = json!({
+        "id": "nested",
+        "inputs": [{"name":"X","shape":[2,4],"datatype":"FP32","data":[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3]]}],
+        "outputs": [{"name": "probabilities"}]
+    });
+    let (status, body) = server.post_json("/v2/models/iris/versions/1/infer", &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "nested");
+    let outputs = body["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0]["name"], "probabilities");
+    let g = golden("iris_v1.json");
+    let want = &g.outputs["probabilities"]["data"].as_array().unwrap()[..6];
+    for (got, want) in outputs[0]["data"].as_array().unwrap().iter().zip(want) {
+        assert!((got.as_f64().unwrap() - want.as_f64().unwrap()).abs() <= TOLERANCE);
+    }
+}
+
+#[tokio::test]
+async fn health_and_metadata() {
+    let server = TestServer::bundled().await;
+    assert_eq!(server.get("/v2/health/live").await, (200, json!({"live": true})));
+    assert_eq!(server.get("/v2/health/ready").await, (200, json!({"ready": true})));
+
+    let (status, meta) = server.get("/v2").await;
+    assert_eq!(status, 200);
+    assert_eq!(meta["name"], "infergate");
+    assert!(meta["extensions"].is_array());
+
+    let (status, meta) = server.get("/v2/models/iris").await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["name"], "iris");
+    assert_eq!(meta["versions"], json!(["1", "2"]));
+    assert_eq!(meta["inputs"], json!([{"name":"X","datatype":"FP32","shape":[-1,4]}]));
+    assert_eq!(
+        meta["outputs"],
+        json!([{"name":"label","datatype":"INT64","shape":[-1]},{"name":"probabilities","datatype":"FP32","shape":[-1,3]}])
+    );
+
+    let (status, meta) = server.get("/v2/models/mlp/versions/1").await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["inputs"], json!([{"name":"input","datatype":"FP32","shape":[-1,64]}]));
+    assert_eq!(meta["outputs"], json!([{"name":"probabilities","datatype":"FP32","shape":[-1,10]}]));
+
+    assert_eq!(server.get("/v2/models/iris/ready").await.0, 200);
+    assert_eq!(server.get("/v2/models/iris/versions/1/ready").await.0, 200);
+    assert_eq!(server.get("/v2/models/iris/versions/3/ready").await.0, 404);
+    assert_eq!(server.get("/v2/models/nope/ready").await.0, 404);
+}
+
+fn iris_input(shape: Value, datatype: &str, data: Value) -> Value {
+    json!({"inputs":[{"name":"X","shape":shape,"datatype":datatype,"data":data}]})
+}
+
+/// Every error case of the protocol: the status and a message that names what is wrong.
+#[tokio::test]
+async fn errors_name_the_problem() {
+    let server = TestServer::bundled().await;
+    let row = json!([5.1, 3.5, 1.4, 0.2]);
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("unknown model", "/v2/models/nope/infer", serde_json::to_vec(&iris_input(json!([1,4]), "FP32", row.clone())).unwrap(), 404, "unknown model 'nope'"),
+        ("unknown version", "/v2/models/iris/versions/7/infer", serde_json::to_vec(&iris_input(json!([1,4]), "FP32", row.clone())).unwrap(), 404, "has no version '7'"),
+        ("non-numeric version", "/v2/models/iris/versions/latest/infer", serde_json::to_vec(&iris_input(json!([1,4]), "FP32", row.clone())).unwrap(), 404, "has no version 'latest'"),
+        ("path trick", "/v2/models/..%2F..%2Fetc/infer", b"{}".to_vec(), 404, "unknown model '../../etc'"),
+        ("malformed JSON", "/v2/models/iris/infer", b"{\"inputs\": [".to_vec(), 400, "invalid inference request"),
+        ("not an object", "/v2/models/iris/infer", b"[1,2,3]".to_vec(), 400, "invalid inference request"),
+        ("empty body", "/v2/models/iris/infer", Vec::new(), 400, "invalid inference request"),
+        ("missing input", "/v2/models/iris/infer", br#"{"inputs":[]}"#.to_vec(), 400, "missing input 'X' (FP32 [-1,4])"),
+        ("extra input", "/v2/models/iris/infer", serde_json::to_vec(&json!({"inputs":[
+            {"name":"X","shape":[1,4],"datatype":"FP32","data":row.clone()},
+            {"name":"Y","shape":[1],"datatype":"FP32","data":[1]}]})).unwrap(), 400, "unknown input 'Y'; model 'iris' takes 'X' FP32 [-1,4]"),
+        ("wrong datatype", "/v2/models/iris/infer", serde_json::to_vec(&iris_input(json!([1,4]), "FP64", row.clone())).unwrap(), 400, "input 'X' expects FP32 [-1,4], got FP64 [1,4]"),
+        ("wrong shape", "/v2/models/iris/infer", serde_json::to_vec(&iris_input(json!([2,2]), "FP32", row.clone())).unwrap(), 400, "input 'X' expects FP32 [-1,4], got FP32 [2,2]"),
+        ("wrong rank", "/v2/models/iris/infer", serde_json::to_vec(&iris_input(json!([4]), "FP32", row.clone())).unwrap(), 400, "input 'X' expects FP32 [-1,4], got FP32 [4]"),
+        ("data shorter than shape", "/v2/models/iris/infer", serde_json::to_vec(&iris_input(json!([2,4]), "FP32", row.clone())).unwrap(), 400, "input 'X' has shape [2, 4] but 4 data elements were given"),
+        ("huge shape", "/v2/models/iris/infer", serde_json::to_vec(&iris_input(json!([1_000_000_000_000u64,4]), "FP32", row.clone())).unwrap(), 400, "input 'X' has shape [1000000000000, 4]"),
+        ("float shape", "/v2/models/iris/infer", br#"{"inputs":[{"name":"X","shape":[1e12,4],"datatype":"FP32","data":[1,2,3,4]}]}"#.to_vec(), 400, "invalid inference request"),
+        ("negative shape", "/v2/models/iris/infer", serde_json::to_vec(&iris_input(json!([-1,4]), "FP32", row.clone())).unwrap(), 400, "invalid inference request"),
+        ("unknown datatype", "/v2/models/iris/infer", serde_json::to_vec(&iris_input(json!([1,4]), "FP128", row.clone())).unwrap(), 400, "unknown datatype 'FP128'"),
+        ("string data", "/v2/models/iris/infer", serde_json::to_vec(&iris_input(json!([1,4]), "FP32", json!(["a","b","c","d"]))).unwrap(), 400, "element 0 is \"a\", which is not a number"),
+        ("unknown output", "/v2/models/iris/infer", serde_json::to_vec(&json!({"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","data":row.clone()}],"outputs":[{"name":"proba"}]})).unwrap(), 400, "unknown output 'proba'; model 'iris' outputs label, probabilities"),
+        ("no route", "/v2/nothing/here", Vec::new(), 404, "no route for POST /v2/nothing/here"),
+        ("wrong method", "/v2/health/live", Vec::new(), 405, "POST is not allowed on /v2/health/live"),
+    ];
+    for (what, path, body, status, message) in cases {
+        let (got, reply) = server.post_raw(path, body).await;
+        assert_eq!(got, status, "{what}: {reply}");
+        let error = reply["error"].as_str().unwrap_or_else(|| panic!("{what}: no error field in {reply}"));
+        assert!(error.contains(message), "{what}: {error:?} does not contain {message:?}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let mut config = common::config(&common::bundled_models());
+    config.max_request_bytes = 4096;
+    let server = TestServer::start(config).await;
+    let big = iris_input(json!([400, 4]), "FP32", json!(vec![1.5; 1600]));
+    let (status, body) = server.post_json("/v2/models/iris/infer", &big).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"], "request body is larger than the limit of 4096 bytes");
+    // Bodies under the limit still work.
+    let (status, body) =
+        server.post_json("/v2/models/iris/infer", &iris_input(json!([1, 4]), "FP32", json!([1, 2, 3, 4]))).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// 100 malformed requests, sent concurrently with good ones: only 4xx answers for the bad, and the good keep
+/// getting ONNX Runtime's answers in between.
+#[tokio::test]
+async fn malformed_flood_does_not_disturb_good_requests() {
+    let server = TestServer::bundled().await;
+    let g = golden("iris_v1.json");
+    let good_path = "/v2/models/iris/versions/1/infer";
+    let bad_bodies: Vec<Vec<u8>> = (0..100)
+        .map(|i| match i % 10 {
+            0 => b"{not json".to_vec(),
+            1 => {
+                serde_json::to_vec(&iris_input(json!([1_000_000_000_000u64, 4]), "FP32", json!([1, 2, 3, 4]))).unwrap()
+            }
+            2 => br#"{"inputs":[{"name":"X","shape":[1e12,4],"datatype":"FP32","data":[1,2,3,4]}]}"#.to_vec(),
+            3 => serde_json::to_vec(&iris_input(json!([1, 4]), "INT64", json!([1, 2, 3, 4]))).unwrap(),
+            4 => serde_json::to_vec(&iris_input(json!([1, 5]), "FP32", json!([1, 2, 3, 4, 5]))).unwrap(),
+            5 => serde_json::to_vec(&iris_input(json!([4, 1]), "FP32", json!([1, 2, 3, 4]))).unwrap(),
+            6 => serde_json::to_vec(&iris_input(json!([2, 4]), "FP32", json!([[1, 2, 3, 4], [5, 6, 7]]))).unwrap(),
+            7 => serde_json::to_vec(&iris_input(json!([1, 4]), "FP32", json!([1, null, 3, 4]))).unwrap(),
+            8 => format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+            _ => vec![0xff, 0xfe, 0x00, 0x01],
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (i, body) in bad_bodies.into_iter().enumerate() {
+        let client = server.client.clone();
+        let url = server.url(good_path);
+        tasks.push(tokio::spawn(async move {
+            let response = client.post(url).body(body).send().await.unwrap();
+            let status = response.status().as_u16();
+            let reply: Value = response.json().await.unwrap();
+            assert!((400..500).contains(&status), "bad request {i}: status {status}: {reply}");
+            assert!(reply["error"].is_string(), "bad request {i}: {reply}");
+        }));
+        if i % 10 == 9 {
+            let (status, body) = server.post_json(good_path, &g.request).await;
+            assert_eq!(status, 200, "{body}");
+            assert_outputs_match(&body, &g.outputs, TOLERANCE);
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (status, body) = server.post_json(good_path, &g.request).await;
+    assert_eq!(status, 200);
+    assert_outputs_match(&body, &g.outputs, TOLERANCE);
+}

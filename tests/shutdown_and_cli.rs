@@ -1,0 +1,112 @@
+//! Graceful shutdown, and the binary's command line: refusals at start, SIGTERM handling.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use infergate::server::Stopped;
+use serde_json::json;
+
+/// A request slow enough to be in flight when shutdown starts: the iris forest on thousands of rows.
+fn slow_iris_request(rows: usize) -> serde_json::Value {
+    let data: Vec<f32> = (0..rows).flat_map(|i| [5.0 + (i % 20) as f32 * 0.1, 3.0, 1.5, 0.2]).collect();
+    json!({"inputs":[{"name":"X","shape":[rows,4],"datatype":"FP32","data":data}]})
+}
+
+#[tokio::test]
+async fn shutdown_drains_an_in_flight_request() {
+    let server = TestServer::bundled().await;
+    let client = server.client.clone();
+    let url = server.url("/v2/models/iris/versions/2/infer");
+    let body = serde_json::to_vec(&slow_iris_request(600)).unwrap();
+    let in_flight = tokio::spawn(async move {
+        let started = Instant::now();
+        let response = client.post(url).body(body).send().await.unwrap();
+        let status = response.status().as_u16();
+        let reply: serde_json::Value = response.json().await.unwrap();
+        (status, reply, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!in_flight.is_finished(), "the slow request finished before shutdown; make it slower");
+
+    let addr = server.server.http_addr();
+    server.server.shutdown();
+    // New connections are refused while the in-flight request finishes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+
+    let stopped = server.server.wait().await.unwrap();
+    assert_eq!(stopped, Stopped::Drained);
+    let (status, reply, took) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["outputs"][0]["shape"], json!([600]));
+    assert!(took > Duration::from_millis(300));
+}
+
+fn infergate() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_infergate"));
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("INFERGATE_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// Arguments, environment variables, and what the refusal must say.
+type RefusalCase = (&'static [&'static str], &'static [(&'static str, &'static str)], &'static str);
+
+#[test]
+fn invalid_configurations_are_refused_at_start() {
+    let cases: [RefusalCase; 5] = [
+        (&["--http-port", "9000", "--grpc-port", "9000"], &[], "--http-port and --grpc-port are both set to port 9000"),
+        (&["serve", "--model-repository", "/nonexistent/models"], &[], "model repository /nonexistent/models"),
+        (&["--max-request-bytes", "0"], &[], "--max-request-bytes must be between 1"),
+        (&[], &[("INFERGATE_METRICS_PORT", "8000")], "--http-port and --metrics-port are both set to port 8000"),
+        (&["--config", "/nonexistent/server.toml"], &[], "cannot read config file /nonexistent/server.toml"),
+    ];
+    for (args, env, message) in cases {
+        let output = infergate().args(args).envs(env.iter().copied()).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    let output = infergate().args(["--log-format", "xml"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn sigterm_stops_the_binary_cleanly() {
+    let mut child = infergate()
+        .args(["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"])
+        .args(["--log-format", "json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The first log line names the bound address; every line is JSON.
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["message"], "infergate listening");
+    let addr = first["http_addr"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = lines.next().unwrap().unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["message"] == "model repository loaded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never loaded");
+    }
+    assert!(std::net::TcpStream::connect(&addr).is_ok());
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("SIGTERM received")), "{rest:?}");
+}

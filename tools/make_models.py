@@ -1,0 +1,133 @@
+"""Builds the bundled models in models/ and their golden outputs in tests/golden/.
+
+Run with the pinned packages of tools/requirements.txt:
+    python3 -m venv .venv && .venv/bin/pip install -r tools/requirements.txt
+    .venv/bin/python tools/make_models.py
+
+The golden outputs are computed with the Python onnxruntime, so the server's answers are checked against
+ONNX Runtime's own results for the same inputs.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+GOLDEN = ROOT / "tests" / "golden"
+OPSETS = {"": 17, "ai.onnx.ml": 3}
+
+
+def iris_forest(n_estimators: int, max_depth: int, random_state: int) -> onnx.ModelProto:
+    x, y = load_iris(return_X_y=True)
+    clf = RandomForestClassifier(
+        n_estimators=n_estimators, max_depth=max_depth, random_state=random_state
+    )
+    clf.fit(x.astype(np.float32), y)
+    return convert_sklearn(
+        clf,
+        initial_types=[("X", FloatTensorType([None, 4]))],
+        options={id(clf): {"zipmap": False}},
+        target_opset=OPSETS,
+    )
+
+
+def mlp(seed: int) -> onnx.ModelProto:
+    """A 64 -> 256 -> 256 -> 10 perceptron with ReLU and a softmax, He-initialised from a fixed seed."""
+    rng = np.random.default_rng(seed)
+    sizes = [64, 256, 256, 10]
+    initializers, nodes = [], []
+    current = "input"
+    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+        w = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        b = (rng.standard_normal(fan_out) * 0.01).astype(np.float32)
+        initializers += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        out = f"gemm{i}"
+        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out]))
+        if i < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [out], [f"relu{i}"]))
+            current = f"relu{i}"
+        else:
+            current = out
+    nodes.append(helper.make_node("Softmax", [current], ["probabilities"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def save(model: onnx.ModelProto, name: str, version: int) -> pathlib.Path:
+    path = MODELS / name / str(version) / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def datatype(array: np.ndarray) -> str:
+    return {"float32": "FP32", "float64": "FP64", "int64": "INT64"}[array.dtype.name]
+
+
+def golden(path: pathlib.Path, name: str, version: int, input_name: str, x: np.ndarray) -> None:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    results = session.run(None, {input_name: x})
+    outputs = {
+        meta.name: {
+            "datatype": datatype(value),
+            "shape": list(value.shape),
+            "data": value.reshape(-1).tolist(),
+        }
+        for meta, value in zip(session.get_outputs(), results)
+    }
+    record = {
+        "model": name,
+        "version": str(version),
+        "onnxruntime": ort.__version__,
+        "request": {
+            "id": f"golden-{name}-{version}",
+            "inputs": [
+                {
+                    "name": input_name,
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "data": x.reshape(-1).tolist(),
+                }
+            ],
+        },
+        "outputs": outputs,
+    }
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    (GOLDEN / f"{name}_v{version}.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def main() -> None:
+    iris_x, _ = load_iris(return_X_y=True)
+    # The README's example rows first, then every fifth row of the data set.
+    iris_rows = np.concatenate(
+        [np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]), iris_x[::5]]
+    ).astype(np.float32)
+    for version, (trees, depth, seed) in {1: (100, 5, 42), 2: (200, 4, 7)}.items():
+        path = save(iris_forest(trees, depth, seed), "iris", version)
+        golden(path, "iris", version, "X", iris_rows)
+
+    path = save(mlp(seed=2024), "mlp", 1)
+    mlp_rows = np.random.default_rng(7).standard_normal((8, 64)).astype(np.float32)
+    golden(path, "mlp", 1, "input", mlp_rows)
+
+
+if __name__ == "__main__":
+    main()
