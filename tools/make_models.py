@@ -23,6 +23,7 @@ from sklearn.ensemble import RandomForestClassifier
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 GOLDEN = ROOT / "tests" / "golden"
+FIXTURES = ROOT / "tests" / "fixtures"
 OPSETS = {"": 17, "ai.onnx.ml": 3}
 
 
@@ -71,9 +72,48 @@ def mlp(seed: int) -> onnx.ModelProto:
     return model
 
 
+def passthrough() -> onnx.ModelProto:
+    """One input per served datatype, each copied to an output: checks every datatype end to end."""
+    types = {
+        "BOOL": TensorProto.BOOL,
+        "UINT8": TensorProto.UINT8,
+        "UINT16": TensorProto.UINT16,
+        "UINT32": TensorProto.UINT32,
+        "UINT64": TensorProto.UINT64,
+        "INT8": TensorProto.INT8,
+        "INT16": TensorProto.INT16,
+        "INT32": TensorProto.INT32,
+        "INT64": TensorProto.INT64,
+        "FP32": TensorProto.FLOAT,
+        "FP64": TensorProto.DOUBLE,
+        "BYTES": TensorProto.STRING,
+    }
+    nodes = [helper.make_node("Identity", [f"in_{n}"], [f"out_{n}"]) for n in types]
+    graph = helper.make_graph(
+        nodes,
+        "passthrough",
+        [helper.make_tensor_value_info(f"in_{n}", t, ["batch", 2]) for n, t in types.items()],
+        [helper.make_tensor_value_info(f"out_{n}", t, ["batch", 2]) for n, t in types.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def iris_with_zipmap() -> onnx.ModelProto:
+    """The iris forest converted with its ZipMap, an ONNX-ML operator tract does not implement."""
+    x, y = load_iris(return_X_y=True)
+    clf = RandomForestClassifier(n_estimators=3, max_depth=2, random_state=0).fit(x.astype(np.float32), y)
+    return convert_sklearn(
+        clf, initial_types=[("X", FloatTensorType([None, 4]))], target_opset=OPSETS
+    )
+
+
 def save(model: onnx.ModelProto, name: str, version: int) -> pathlib.Path:
     path = MODELS / name / str(version) / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
+    model.graph.name = f"{name}_v{version}"  # skl2onnx names graphs with a random id; keep builds reproducible
     path.write_bytes(model.SerializeToString())
     return path
 
@@ -123,6 +163,12 @@ def main() -> None:
     for version, (trees, depth, seed) in {1: (100, 5, 42), 2: (200, 4, 7)}.items():
         path = save(iris_forest(trees, depth, seed), "iris", version)
         golden(path, "iris", version, "X", iris_rows)
+
+    for name, model in {"passthrough": passthrough(), "zipmap": iris_with_zipmap()}.items():
+        path = FIXTURES / name / "1" / "model.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.graph.name = name
+        path.write_bytes(model.SerializeToString())
 
     path = save(mlp(seed=2024), "mlp", 1)
     mlp_rows = np.random.default_rng(7).standard_normal((8, 64)).astype(np.float32)
