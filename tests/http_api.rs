@@ -196,3 +196,25 @@ async fn malformed_flood_does_not_disturb_good_requests() {
     assert_eq!(status, 200);
     assert_outputs_match(&body, &g.outputs, TOLERANCE);
 }
+
+/// A request of about a megabyte is decoded off the async workers and answered like a small one.
+#[tokio::test]
+async fn large_requests_are_answered_correctly() {
+    let server = TestServer::bundled().await;
+    let g = golden("mlp_v1.json");
+    let rows = g.request["inputs"][0]["data"].as_array().unwrap().clone();
+    let repeats = 125; // 8 golden rows × 125 = 1000 rows of 64 floats
+    let data: Vec<Value> = (0..repeats).flat_map(|_| rows.iter().cloned()).collect();
+    let request = json!({"inputs":[{"name":"input","shape":[8 * repeats, 64],"datatype":"FP32","data":data}]});
+    let body = serde_json::to_vec(&request).unwrap();
+    assert!(body.len() > 512 * 1024, "{} bytes", body.len());
+    let (status, reply) = server.post_raw("/v2/models/mlp/infer", body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["outputs"][0]["shape"], json!([8 * repeats, 10]));
+    let got = reply["outputs"][0]["data"].as_array().unwrap();
+    let want = g.outputs["probabilities"]["data"].as_array().unwrap();
+    for (i, value) in got.iter().enumerate() {
+        let expected = want[i % want.len()].as_f64().unwrap();
+        assert!((value.as_f64().unwrap() - expected).abs() <= TOLERANCE, "element {i}");
+    }
+}

@@ -1,7 +1,9 @@
 //! KServe v2 JSON bodies: decoding requests into [`InferRequest`] and encoding [`InferResponse`]s.
 //!
-//! `data` may be flat or nested row-major; it is flattened while parsing, then converted to the declared
-//! datatype with range checks, so a value that does not fit is refused rather than wrapped or rounded away.
+//! Each input's `data` is kept as raw JSON until its datatype and shape are known, then parsed straight into
+//! the tensor's little-endian bytes: no intermediate value per element, so a body never expands beyond the
+//! tensor it describes. `data` may be flat or nested row-major; values that do not fit the datatype are refused
+//! rather than wrapped or rounded away.
 
 use std::fmt;
 
@@ -9,25 +11,28 @@ use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::api::{ApiError, InferRequest, InferResponse, NamedTensor};
 use crate::tensor::{DataType, Tensor, element_count, push_bytes_element};
 
 #[derive(Deserialize)]
-struct RequestBody {
+struct RequestBody<'a> {
     #[serde(default)]
     id: Option<String>,
-    inputs: Vec<InputBody>,
+    #[serde(borrow)]
+    inputs: Vec<InputBody<'a>>,
     #[serde(default)]
     outputs: Option<Vec<OutputBody>>,
 }
 
 #[derive(Deserialize)]
-struct InputBody {
+struct InputBody<'a> {
     name: String,
     shape: Vec<u64>,
     datatype: String,
-    data: FlatData,
+    #[serde(borrow)]
+    data: &'a RawValue,
 }
 
 #[derive(Deserialize)]
@@ -35,17 +40,68 @@ struct OutputBody {
     name: String,
 }
 
-/// One JSON scalar of a `data` array.
-#[derive(Debug, Clone, PartialEq)]
-enum Scalar {
+/// Decodes a KServe v2 JSON inference request.
+pub fn decode_request(body: &[u8]) -> Result<InferRequest, ApiError> {
+    let body: RequestBody<'_> =
+        serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("invalid inference request: {e}")))?;
+    let inputs = body.inputs.into_iter().map(decode_input).collect::<Result<Vec<_>, _>>()?;
+    let outputs = body.outputs.map(|outputs| outputs.into_iter().map(|o| o.name).collect());
+    Ok(InferRequest { id: body.id, inputs, outputs })
+}
+
+fn decode_input(input: InputBody<'_>) -> Result<NamedTensor, ApiError> {
+    let name = input.name;
+    let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+        let known: Vec<&str> = DataType::ALL.iter().map(|dt| dt.as_str()).collect();
+        ApiError::malformed(format!(
+            "input '{name}' has unknown datatype '{}'; expected one of {}",
+            input.datatype,
+            known.join(", ")
+        ))
+    })?;
+    let count_error =
+        |given: String| ApiError::malformed(format!("input '{name}' has shape {:?} but {given} given", input.shape));
+    let shape = input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<usize>, _>>();
+    let expected = shape.as_deref().ok().and_then(|shape| element_count(shape).ok());
+    // A shape too large for this machine is refused the same way as any shape the data does not fill.
+    let (Ok(shape), Some(expected)) = (shape, expected) else {
+        return Err(count_error("its data cannot fill it".to_owned()));
+    };
+
+    let raw = input.data.get();
+    // Every JSON element but the last takes at least two characters ("0,"): a bound on what the data can hold.
+    let capacity = expected.min(raw.len() / 2 + 1) * datatype.element_size().unwrap_or(8);
+    let mut sink = TensorSink { datatype, out: Vec::with_capacity(capacity), count: 0, limit: expected };
+    let mut parser = serde_json::Deserializer::from_str(raw);
+    let parsed = parser.deserialize_any(Flatten(&mut sink));
+    if sink.count > expected {
+        return Err(count_error(format!("more than {expected} data elements were")));
+    }
+    parsed.map_err(|e| ApiError::malformed(format!("input '{name}' ({datatype}): {e}")))?;
+    if sink.count != expected {
+        let plural = if sink.count == 1 { "was" } else { "were" };
+        return Err(count_error(format!(
+            "{} data element{} {plural}",
+            sink.count,
+            if sink.count == 1 { "" } else { "s" }
+        )));
+    }
+    let tensor = Tensor::new(datatype, shape, Bytes::from(sink.out))
+        .map_err(|e| ApiError::malformed(format!("input '{name}': {e}")))?;
+    Ok(NamedTensor { name, tensor })
+}
+
+/// One JSON scalar of a `data` array, as the parser met it.
+#[derive(Debug, Clone, Copy)]
+enum Scalar<'a> {
     Bool(bool),
     Int(i64),
     Uint(u64),
     Float(f64),
-    Str(String),
+    Str(&'a str),
 }
 
-impl fmt::Display for Scalar {
+impl fmt::Display for Scalar<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Scalar::Bool(b) => write!(f, "{b}"),
@@ -57,24 +113,99 @@ impl fmt::Display for Scalar {
     }
 }
 
-/// The scalars of `data` in row-major order, however deeply it was nested.
-struct FlatData(Vec<Scalar>);
+impl Scalar<'_> {
+    fn integer(self) -> Option<i128> {
+        match self {
+            Scalar::Int(i) => Some(i128::from(i)),
+            Scalar::Uint(u) => Some(i128::from(u)),
+            _ => None,
+        }
+    }
 
-impl<'de> Deserialize<'de> for FlatData {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<FlatData, D::Error> {
-        let mut scalars = Vec::new();
-        deserializer.deserialize_any(Flatten(&mut scalars))?;
-        Ok(FlatData(scalars))
+    fn float(self) -> Option<f64> {
+        match self {
+            Scalar::Int(i) => Some(i as f64),
+            Scalar::Uint(u) => Some(u as f64),
+            Scalar::Float(x) => Some(x),
+            _ => None,
+        }
     }
 }
 
-struct Flatten<'a>(&'a mut Vec<Scalar>);
+/// Receives the scalars of one input in row-major order and appends them in the tensor's layout.
+struct TensorSink {
+    datatype: DataType,
+    out: Vec<u8>,
+    count: usize,
+    /// Elements the shape holds; one more stops the parse.
+    limit: usize,
+}
+
+/// Appends one integer scalar, refusing non-integers and values outside the type's range.
+macro_rules! push_integer {
+    ($out:expr, $scalar:ident, $fail:ident, $datatype:expr, $ty:ty) => {{
+        let wide = $scalar.integer().ok_or_else(|| $fail("an integer"))?;
+        let value = <$ty>::try_from(wide).map_err(|_| $fail(&format!("in the {} range", $datatype)))?;
+        $out.extend_from_slice(&value.to_le_bytes());
+    }};
+}
+
+impl TensorSink {
+    fn push(&mut self, scalar: Scalar<'_>) -> Result<(), String> {
+        let ix = self.count;
+        self.count += 1;
+        if self.count > self.limit {
+            return Err("more data elements than the shape holds".to_owned());
+        }
+        let fail = |what: &str| format!("element {ix} is {scalar}, which is not {what}");
+        let datatype = self.datatype;
+        match datatype {
+            DataType::Bool => match scalar {
+                Scalar::Bool(b) => self.out.push(u8::from(b)),
+                _ => return Err(fail("a boolean")),
+            },
+            DataType::Uint8 => push_integer!(self.out, scalar, fail, datatype, u8),
+            DataType::Uint16 => push_integer!(self.out, scalar, fail, datatype, u16),
+            DataType::Uint32 => push_integer!(self.out, scalar, fail, datatype, u32),
+            DataType::Uint64 => push_integer!(self.out, scalar, fail, datatype, u64),
+            DataType::Int8 => push_integer!(self.out, scalar, fail, datatype, i8),
+            DataType::Int16 => push_integer!(self.out, scalar, fail, datatype, i16),
+            DataType::Int32 => push_integer!(self.out, scalar, fail, datatype, i32),
+            DataType::Int64 => push_integer!(self.out, scalar, fail, datatype, i64),
+            DataType::Fp32 => {
+                let wide = scalar.float().ok_or_else(|| fail("a number"))?;
+                let narrow = wide as f32;
+                if wide.is_finite() && !narrow.is_finite() {
+                    return Err(fail("in the FP32 range"));
+                }
+                self.out.extend_from_slice(&narrow.to_le_bytes());
+            }
+            DataType::Fp64 => {
+                self.out.extend_from_slice(&scalar.float().ok_or_else(|| fail("a number"))?.to_le_bytes())
+            }
+            DataType::Bytes => match scalar {
+                Scalar::Str(s) => push_bytes_element(&mut self.out, s.as_bytes()).map_err(|e| e.to_string())?,
+                _ => return Err(fail("a string")),
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Walks nested arrays, handing every scalar to the sink.
+struct Flatten<'s>(&'s mut TensorSink);
 
 impl<'de> DeserializeSeed<'de> for Flatten<'_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         deserializer.deserialize_any(self)
+    }
+}
+
+impl Flatten<'_> {
+    fn push<E: de::Error>(self, scalar: Scalar<'_>) -> Result<(), E> {
+        self.0.push(scalar).map_err(E::custom)
     }
 }
 
@@ -86,142 +217,28 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.0.push(Scalar::Bool(v));
-        Ok(())
+        self.push(Scalar::Bool(v))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.0.push(Scalar::Int(v));
-        Ok(())
+        self.push(Scalar::Int(v))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.0.push(Scalar::Uint(v));
-        Ok(())
+        self.push(Scalar::Uint(v))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.0.push(Scalar::Float(v));
-        Ok(())
+        self.push(Scalar::Float(v))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.0.push(Scalar::Str(v.to_owned()));
-        Ok(())
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
-        self.0.push(Scalar::Str(v));
-        Ok(())
+        self.push(Scalar::Str(v))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Flatten(self.0))?.is_some() {}
+        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
         Ok(())
-    }
-}
-
-/// Decodes a KServe v2 JSON inference request.
-pub fn decode_request(body: &[u8]) -> Result<InferRequest, ApiError> {
-    let body: RequestBody =
-        serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("invalid inference request: {e}")))?;
-    let inputs = body.inputs.into_iter().map(decode_input).collect::<Result<Vec<_>, _>>()?;
-    let outputs = body.outputs.map(|outputs| outputs.into_iter().map(|o| o.name).collect());
-    Ok(InferRequest { id: body.id, inputs, outputs })
-}
-
-fn decode_input(input: InputBody) -> Result<NamedTensor, ApiError> {
-    let name = input.name;
-    let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
-        let known: Vec<&str> = DataType::ALL.iter().map(|dt| dt.as_str()).collect();
-        ApiError::malformed(format!(
-            "input '{name}' has unknown datatype '{}'; expected one of {}",
-            input.datatype,
-            known.join(", ")
-        ))
-    })?;
-    let shape = input
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<Vec<usize>, _>>()
-        .map_err(|_| ApiError::malformed(format!("input '{name}' has a dimension too large for this machine")))?;
-    let scalars = input.data.0;
-    // Compare counts before converting, so a huge declared shape never drives an allocation.
-    let expected = element_count(&shape).ok().filter(|&n| n == scalars.len()).ok_or_else(|| {
-        ApiError::malformed(format!(
-            "input '{name}' has shape {:?} but {} data element{} given",
-            input.shape,
-            scalars.len(),
-            if scalars.len() == 1 { " was" } else { "s were" }
-        ))
-    })?;
-    let data = encode_scalars(datatype, &scalars, expected)
-        .map_err(|(ix, value)| ApiError::malformed(format!("input '{name}' ({datatype}): element {ix} {value}")))?;
-    let tensor = Tensor::new(datatype, shape, data).map_err(|e| ApiError::malformed(format!("input '{name}': {e}")))?;
-    Ok(NamedTensor { name, tensor })
-}
-
-/// Appends one integer scalar, refusing non-integers and values outside the type's range.
-macro_rules! push_integer {
-    ($out:ident, $scalar:ident, $fail:ident, $datatype:ident, $ty:ty) => {{
-        let wide = integer($scalar).ok_or_else(|| $fail("an integer"))?;
-        let value = <$ty>::try_from(wide).map_err(|_| $fail(&format!("in the {} range", $datatype)))?;
-        $out.extend_from_slice(&value.to_le_bytes());
-    }};
-}
-
-/// Converts scalars to the little-endian layout of `datatype`; on failure, the element index and why.
-fn encode_scalars(datatype: DataType, scalars: &[Scalar], count: usize) -> Result<Bytes, (usize, String)> {
-    let size = datatype.element_size().unwrap_or(8);
-    let mut out = Vec::with_capacity(count * size);
-    for (ix, scalar) in scalars.iter().enumerate() {
-        let fail = |what: &str| (ix, format!("is {scalar}, which is not {what}"));
-        match datatype {
-            DataType::Bool => match scalar {
-                Scalar::Bool(b) => out.push(u8::from(*b)),
-                _ => return Err(fail("a boolean")),
-            },
-            DataType::Uint8 => push_integer!(out, scalar, fail, datatype, u8),
-            DataType::Uint16 => push_integer!(out, scalar, fail, datatype, u16),
-            DataType::Uint32 => push_integer!(out, scalar, fail, datatype, u32),
-            DataType::Uint64 => push_integer!(out, scalar, fail, datatype, u64),
-            DataType::Int8 => push_integer!(out, scalar, fail, datatype, i8),
-            DataType::Int16 => push_integer!(out, scalar, fail, datatype, i16),
-            DataType::Int32 => push_integer!(out, scalar, fail, datatype, i32),
-            DataType::Int64 => push_integer!(out, scalar, fail, datatype, i64),
-            DataType::Fp32 => {
-                let v = float(scalar).ok_or_else(|| fail("a number"))?;
-                let narrowed = v as f32;
-                if v.is_finite() && !narrowed.is_finite() {
-                    return Err(fail("in the FP32 range"));
-                }
-                out.extend_from_slice(&narrowed.to_le_bytes());
-            }
-            DataType::Fp64 => out.extend_from_slice(&float(scalar).ok_or_else(|| fail("a number"))?.to_le_bytes()),
-            DataType::Bytes => match scalar {
-                Scalar::Str(s) => push_bytes_element(&mut out, s.as_bytes()).map_err(|e| (ix, e.to_string()))?,
-                _ => return Err(fail("a string")),
-            },
-        }
-    }
-    Ok(Bytes::from(out))
-}
-
-fn integer(scalar: &Scalar) -> Option<i128> {
-    match scalar {
-        Scalar::Int(i) => Some(i128::from(*i)),
-        Scalar::Uint(u) => Some(i128::from(*u)),
-        _ => None,
-    }
-}
-
-fn float(scalar: &Scalar) -> Option<f64> {
-    match scalar {
-        Scalar::Int(i) => Some(*i as f64),
-        Scalar::Uint(u) => Some(*u as f64),
-        Scalar::Float(x) => Some(*x),
-        _ => None,
     }
 }
 
@@ -380,6 +397,10 @@ mod tests {
     fn shape_and_data_must_agree() {
         let err = decode_one(&input("FP32", "[2,4]", "[1,2,3]")).unwrap_err();
         assert_eq!(err.to_string(), "input 'x' has shape [2, 4] but 3 data elements were given");
+        let err = decode_one(&input("FP32", "[1,2]", "[1,2,3]")).unwrap_err();
+        assert_eq!(err.to_string(), "input 'x' has shape [1, 2] but more than 2 data elements were given");
+        let err = decode_one(&input("FP32", "[1]", "[[]]")).unwrap_err();
+        assert_eq!(err.to_string(), "input 'x' has shape [1] but 0 data elements were given");
         assert!(decode_one(&input("FP32", "[1000000000000,4]", "[1,2,3,4]")).is_err());
         assert!(decode_one(&input("FP32", "[18446744073709551615,18446744073709551615]", "[1]")).is_err());
         assert!(decode_one(&input("FP32", "[1e12,4]", "[1]")).is_err());

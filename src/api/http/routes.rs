@@ -15,6 +15,10 @@ use super::{json, json_body, json_bytes};
 use crate::api::{self, ApiError};
 use crate::lifecycle::ModelTable;
 
+/// Bodies larger than this are decoded on the blocking pool: parsing megabytes of JSON on an async worker
+/// would stall every other connection that worker serves.
+const INLINE_DECODE_LIMIT: usize = 256 * 1024;
+
 #[derive(Clone, Debug)]
 struct AppState {
     table: Arc<ModelTable>,
@@ -118,8 +122,13 @@ async fn run_infer(
 ) -> Result<Response, ApiError> {
     let serving = api::resolve(&state.table, model, version)?;
     let body = body.map_err(|e| body_error(e, state.max_request_bytes))?;
-    let request = json::decode_request(&body)?;
-    drop(body);
+    let request = if body.len() > INLINE_DECODE_LIMIT {
+        tokio::task::spawn_blocking(move || json::decode_request(&body))
+            .await
+            .map_err(|e| ApiError::Inference(format!("the request decoder failed: {e}")))??
+    } else {
+        json::decode_request(&body)?
+    };
     let response = api::infer(serving, request).await?;
     Ok(json_bytes(json::encode_response(&response)?))
 }
