@@ -96,6 +96,8 @@ pub enum TensorError {
     ElementCount { shape: Vec<usize>, expected: usize, actual: usize },
     #[error("{dtype} data of shape {shape:?} needs {expected} bytes but {actual} were given")]
     ByteLength { dtype: DataType, shape: Vec<usize>, expected: usize, actual: usize },
+    #[error("cannot batch: {0}")]
+    Batch(&'static str),
     #[error("BOOL data must hold only the bytes 0 and 1")]
     InvalidBool,
     #[error("BYTES data is malformed: {0}")]
@@ -174,6 +176,73 @@ impl Tensor {
     pub fn bytes_elements(&self) -> BytesElements<'_> {
         BytesElements { rest: if self.dtype == DataType::Bytes { &self.data } else { &[] } }
     }
+}
+
+/// Stacks tensors along dimension 0 with one copy of each part's bytes. The parts must share the datatype and
+/// the dimensions after the first (the batcher only stacks such requests).
+pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor, TensorError> {
+    let first = parts.first().ok_or(TensorError::Batch("nothing to stack"))?;
+    if first.shape.is_empty() {
+        return Err(TensorError::Batch("a scalar has no rows to stack"));
+    }
+    let mut rows = 0usize;
+    let mut len = 0usize;
+    for part in parts {
+        if part.dtype != first.dtype || part.shape.get(1..) != first.shape.get(1..) {
+            return Err(TensorError::Batch("parts differ in datatype or in dimensions after the first"));
+        }
+        rows += part.shape[0];
+        len += part.data.len();
+    }
+    let mut data = Vec::with_capacity(len);
+    for part in parts {
+        data.extend_from_slice(&part.data);
+    }
+    let mut shape = first.shape.clone();
+    shape[0] = rows;
+    Tensor::new(first.dtype, shape, Bytes::from(data))
+}
+
+/// Splits a tensor along dimension 0 into consecutive parts of the given row counts, without copying.
+pub fn split_rows(tensor: &Tensor, rows: &[usize]) -> Result<Vec<Tensor>, TensorError> {
+    let total: usize = rows.iter().sum();
+    if tensor.shape.first() != Some(&total) {
+        return Err(TensorError::Batch("the first dimension does not hold the batch's rows"));
+    }
+    let per_row = element_count(&tensor.shape[1..])?;
+    let row_offsets = byte_offsets_of_rows(tensor, per_row, total)?;
+    let mut parts = Vec::with_capacity(rows.len());
+    let mut start_row = 0;
+    for &n in rows {
+        let (start, end) = (row_offsets[start_row], row_offsets[start_row + n]);
+        let mut shape = tensor.shape.clone();
+        shape[0] = n;
+        parts.push(Tensor { dtype: tensor.dtype, shape, data: tensor.data.slice(start..end) });
+        start_row += n;
+    }
+    Ok(parts)
+}
+
+/// Byte offset of the start of each row, plus the end: `rows + 1` entries.
+fn byte_offsets_of_rows(tensor: &Tensor, per_row: usize, rows: usize) -> Result<Vec<usize>, TensorError> {
+    if let Some(size) = tensor.dtype.element_size() {
+        let row_bytes = per_row * size;
+        return Ok((0..=rows).map(|r| r * row_bytes).collect());
+    }
+    let mut offsets = Vec::with_capacity(rows + 1);
+    offsets.push(0);
+    let mut rest: &[u8] = &tensor.data;
+    let mut offset = 0;
+    for _ in 0..rows {
+        for _ in 0..per_row {
+            let (len, after) =
+                split_length_prefix(rest)?.ok_or(TensorError::MalformedBytes("fewer elements than the shape"))?;
+            rest = &after[len..];
+            offset += 4 + len;
+        }
+        offsets.push(offset);
+    }
+    Ok(offsets)
 }
 
 /// Iterates the elements of a length-prefixed BYTES buffer (already validated by [`Tensor::new`]).
@@ -260,6 +329,38 @@ mod tests {
         let t = Tensor::new(DataType::Bytes, vec![3], Bytes::from(buf)).unwrap();
         let elements: Vec<&[u8]> = t.bytes_elements().collect();
         assert_eq!(elements, vec![&b"a"[..], b"", b"hello"]);
+    }
+
+    fn fp32(shape: Vec<usize>, values: &[f32]) -> Tensor {
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor::new(DataType::Fp32, shape, Bytes::from(data)).unwrap()
+    }
+
+    #[test]
+    fn concat_then_split_gives_each_part_back() {
+        let a = fp32(vec![1, 2], &[1.0, 2.0]);
+        let b = fp32(vec![2, 2], &[3.0, 4.0, 5.0, 6.0]);
+        let stacked = concat_rows(&[&a, &b]).unwrap();
+        assert_eq!(stacked, fp32(vec![3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        assert_eq!(split_rows(&stacked, &[1, 2]).unwrap(), vec![a, b]);
+        assert!(split_rows(&stacked, &[1, 1]).is_err());
+        assert!(concat_rows(&[&fp32(vec![1, 2], &[0.0, 0.0]), &fp32(vec![1, 1], &[0.0])]).is_err());
+    }
+
+    #[test]
+    fn bytes_tensors_split_on_element_boundaries() {
+        let make = |items: &[&str], rows: usize| {
+            let mut buf = Vec::new();
+            for s in items {
+                push_bytes_element(&mut buf, s.as_bytes()).unwrap();
+            }
+            Tensor::new(DataType::Bytes, vec![rows, 2], Bytes::from(buf)).unwrap()
+        };
+        let a = make(&["a", "bb"], 1);
+        let b = make(&["", "dddd", "e", "ffffff"], 2);
+        let stacked = concat_rows(&[&a, &b]).unwrap();
+        assert_eq!(stacked.shape(), [3, 2]);
+        assert_eq!(split_rows(&stacked, &[1, 2]).unwrap(), vec![a, b]);
     }
 
     #[test]

@@ -200,7 +200,9 @@ async fn malformed_flood_does_not_disturb_good_requests() {
 /// A request of about a megabyte is decoded off the async workers and answered like a small one.
 #[tokio::test]
 async fn large_requests_are_answered_correctly() {
-    let server = TestServer::bundled().await;
+    let root = common::temp_dir("large-requests");
+    common::repository_with(&root, "mlp", "mlp/1/model.onnx", "max_batch_size = 0\n");
+    let server = TestServer::start(common::config(&root)).await;
     let g = golden("mlp_v1.json");
     let rows = g.request["inputs"][0]["data"].as_array().unwrap().clone();
     let repeats = 125; // 8 golden rows × 125 = 1000 rows of 64 floats

@@ -2,6 +2,7 @@
 //! requested outputs from the answer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::instrument;
 
@@ -25,6 +26,8 @@ pub struct InferRequest {
     pub inputs: Vec<NamedTensor>,
     /// Names of the outputs wanted; `None` asks for all of them.
     pub outputs: Option<Vec<String>>,
+    /// How long the caller will wait; the version's default applies when shorter or when this is `None`.
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -55,7 +58,7 @@ pub async fn infer(serving: Arc<ServingVersion>, request: InferRequest) -> Resul
     let inputs = order_inputs(&serving.signature, &serving.name, request.inputs)?;
     let mut outputs = serving
         .scheduler
-        .infer(inputs)
+        .infer(inputs, request.timeout)
         .await
         .map_err(|e| scheduler_error(e, &serving.name, serving.version))?
         .into_iter()

@@ -3,10 +3,12 @@
 
 pub mod http;
 mod infer;
+mod model_config;
 
 use thiserror::Error;
 
 pub use infer::{InferOutput, InferRequest, InferResponse, NamedTensor, infer, resolve};
+pub use model_config::{ModelConfigView, model_config};
 
 use crate::backend::{BackendError, TensorSpec};
 use crate::lifecycle::{LookupError, ModelTable};
@@ -29,6 +31,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("model '{model}' version {version} is overloaded; retry later")]
     Overloaded { model: String, version: u64 },
+    #[error("the request's deadline passed before it was computed")]
+    DeadlineExceeded,
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -57,6 +61,7 @@ impl ApiError {
             ApiError::InvalidInput(_) => "invalid_input",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Overloaded { .. } => "overloaded",
+            ApiError::DeadlineExceeded => "deadline_exceeded",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Inference(_) => "inference",
@@ -135,6 +140,10 @@ fn scheduler_error(e: SchedulerError, model: &str, version: u64) -> ApiError {
     match e {
         SchedulerError::Overloaded => ApiError::Overloaded { model: model.to_owned(), version },
         SchedulerError::Stopped => ApiError::ShuttingDown,
+        SchedulerError::DeadlineExceeded => ApiError::DeadlineExceeded,
+        SchedulerError::BatchTooLarge { .. } | SchedulerError::InvalidBatch(_) => {
+            ApiError::invalid_input(e.to_string())
+        }
         SchedulerError::Backend(e) => e.into(),
     }
 }

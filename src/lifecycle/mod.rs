@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -15,8 +15,8 @@ use thiserror::Error;
 
 use crate::backend::tract::TractBackend;
 use crate::backend::{Backend, BackendError, Signature};
-use crate::repository::{self, BackendChoice, ModelSpec};
-use crate::scheduler::{DEFAULT_QUEUE_CAPACITY, Scheduler};
+use crate::repository::{self, BackendChoice, ModelConfig, ModelSpec};
+use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig};
 
 /// A loaded version that takes traffic.
 #[derive(Debug)]
@@ -25,6 +25,7 @@ pub struct ServingVersion {
     pub version: u64,
     pub backend_name: &'static str,
     pub signature: Signature,
+    pub config: Arc<ModelConfig>,
     pub scheduler: Scheduler,
 }
 
@@ -209,8 +210,11 @@ fn load_version(spec: &ModelSpec) -> Result<ServingVersion, BackendError> {
     let backend: Arc<dyn Backend> = match spec.config.backend {
         BackendChoice::Auto | BackendChoice::Tract => Arc::new(TractBackend::load(&spec.model_path)?),
     };
+    let config = &spec.config;
+    check_batchable(backend.signature(), config.max_batch_size)
+        .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
     let label = format!("{}-{}", spec.name, spec.version);
-    let scheduler = Scheduler::start(&label, Arc::clone(&backend), DEFAULT_QUEUE_CAPACITY)?;
+    let scheduler = Scheduler::start(&label, Arc::clone(&backend), scheduler_config(config))?;
     tracing::info!(
         model = %spec.name,
         version = spec.version,
@@ -223,6 +227,62 @@ fn load_version(spec: &ModelSpec) -> Result<ServingVersion, BackendError> {
         version: spec.version,
         backend_name: backend.name(),
         signature: backend.signature().clone(),
+        config: Arc::clone(&spec.config),
         scheduler,
     })
+}
+
+/// Batching stacks requests along dimension 0, so every input and output must have a free first dimension.
+fn check_batchable(signature: &Signature, max_batch_size: usize) -> Result<(), String> {
+    if max_batch_size == 0 {
+        return Ok(());
+    }
+    let fixed = signature.inputs.iter().chain(&signature.outputs).find(|spec| spec.shape.first() != Some(&-1));
+    match fixed {
+        Some(spec) => Err(format!(
+            "max_batch_size = {max_batch_size} needs a dynamic first (batch) dimension on every input and output, \
+             but '{}' is {}",
+            spec.name,
+            spec.describe()
+        )),
+        None => Ok(()),
+    }
+}
+
+fn scheduler_config(config: &ModelConfig) -> SchedulerConfig {
+    let batching = &config.batching;
+    let mut preferred_batch_sizes = batching.preferred_batch_sizes.clone();
+    preferred_batch_sizes.sort_unstable();
+    preferred_batch_sizes.dedup();
+    SchedulerConfig {
+        policy: BatchPolicy {
+            max_batch_size: config.max_batch_size,
+            max_queue_delay: Duration::from_micros(batching.max_queue_delay_us),
+            preferred_batch_sizes,
+            max_queue_size: batching.max_queue_size,
+        },
+        instances: batching.instances,
+        default_timeout: (batching.default_timeout_ms > 0).then(|| Duration::from_millis(batching.default_timeout_ms)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::TensorSpec;
+    use crate::tensor::DataType;
+
+    fn spec(name: &str, shape: Vec<i64>) -> TensorSpec {
+        TensorSpec { name: name.into(), datatype: DataType::Fp32, dim_names: vec![None; shape.len()], shape }
+    }
+
+    #[test]
+    fn batching_needs_a_dynamic_first_dimension() {
+        let ok = Signature { inputs: vec![spec("x", vec![-1, 4])], outputs: vec![spec("y", vec![-1])] };
+        assert!(check_batchable(&ok, 8).is_ok());
+        let fixed = Signature { inputs: vec![spec("x", vec![-1, 4])], outputs: vec![spec("y", vec![3])] };
+        let err = check_batchable(&fixed, 8).unwrap_err();
+        assert!(err.contains("'y' is FP32 [3]"), "{err}");
+        assert!(check_batchable(&fixed, 0).is_ok());
+    }
 }

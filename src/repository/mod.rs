@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-pub use model_config::{BackendChoice, ModelConfig, VersionPolicy};
+pub use model_config::{BackendChoice, BatchingConfig, ModelConfig, VersionPolicy};
 
 /// One model version to load: where its file is and how the model is configured.
 #[derive(Debug, Clone)]

@@ -57,16 +57,90 @@ pub struct ModelConfig {
     pub backend: BackendChoice,
     #[serde(default)]
     pub version_policy: VersionPolicy,
+    /// Most rows one backend run may hold; 0 means the model has no batch dimension and is never batched.
+    #[serde(default)]
+    pub max_batch_size: usize,
+    #[serde(default)]
+    pub batching: BatchingConfig,
 }
+
+/// `[batching]`: how requests wait for and share a backend run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// How long the first request of a batch may wait for company, in microseconds; 0 = eager.
+    pub max_queue_delay_us: u64,
+    /// Batch sizes (rows) dispatched without waiting for the delay.
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Most requests waiting per version; past it requests are answered 429.
+    pub max_queue_size: usize,
+    /// Deadline of a request that sets none, in milliseconds; 0 = none.
+    pub default_timeout_ms: u64,
+    /// Backend runs of this version that may go at once, each on its own thread.
+    pub instances: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig {
+            max_queue_delay_us: 0,
+            preferred_batch_sizes: Vec::new(),
+            max_queue_size: DEFAULT_MAX_QUEUE_SIZE,
+            default_timeout_ms: 0,
+            instances: 1,
+        }
+    }
+}
+
+/// Requests a version may hold waiting. Enough to absorb a burst from a few hundred concurrent clients on a
+/// sub-millisecond model; past it, callers are told to retry rather than pile up memory.
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 256;
+/// Upper bounds that catch typos (an extra zero or three) rather than restrict real deployments.
+const MAX_QUEUE_SIZE_LIMIT: usize = 1_000_000;
+const MAX_INSTANCES: usize = 64;
+const MAX_QUEUE_DELAY_US: u64 = 10_000_000;
 
 impl ModelConfig {
     pub fn parse(text: &str) -> Result<ModelConfig, String> {
         let config: ModelConfig = toml::from_str(text).map_err(|e| e.message().to_owned())?;
-        match &config.version_policy {
-            VersionPolicy::Latest(0) => Err("version_policy latest must be at least 1".to_owned()),
-            VersionPolicy::Specific(v) if v.is_empty() => Err("version_policy specific lists no version".to_owned()),
-            _ => Ok(config),
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match &self.version_policy {
+            VersionPolicy::Latest(0) => return Err("version_policy latest must be at least 1".to_owned()),
+            VersionPolicy::Specific(v) if v.is_empty() => {
+                return Err("version_policy specific lists no version".to_owned());
+            }
+            _ => {}
         }
+        let b = &self.batching;
+        if b.instances == 0 || b.instances > MAX_INSTANCES {
+            return Err(format!("batching.instances must be between 1 and {MAX_INSTANCES}, got {}", b.instances));
+        }
+        if b.max_queue_size == 0 || b.max_queue_size > MAX_QUEUE_SIZE_LIMIT {
+            return Err(format!(
+                "batching.max_queue_size must be between 1 and {MAX_QUEUE_SIZE_LIMIT}, got {}",
+                b.max_queue_size
+            ));
+        }
+        if b.max_queue_delay_us > MAX_QUEUE_DELAY_US {
+            return Err(format!(
+                "batching.max_queue_delay_us must be at most {MAX_QUEUE_DELAY_US}, got {}",
+                b.max_queue_delay_us
+            ));
+        }
+        if self.max_batch_size == 0 && !b.preferred_batch_sizes.is_empty() {
+            return Err("batching.preferred_batch_sizes needs max_batch_size > 0".to_owned());
+        }
+        if let Some(&bad) = b.preferred_batch_sizes.iter().find(|&&p| p == 0 || p > self.max_batch_size) {
+            return Err(format!(
+                "batching.preferred_batch_sizes must lie between 1 and max_batch_size ({}), got {bad}",
+                self.max_batch_size
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -93,6 +167,29 @@ mod tests {
         assert!(ModelConfig::parse("version_policy = { latest = 0 }").is_err());
         assert!(ModelConfig::parse("version_policy = { specific = [] }").is_err());
         assert!(ModelConfig::parse("version_policy = { latest = -1 }").is_err());
+    }
+
+    #[test]
+    fn batching_settings() {
+        let c = ModelConfig::parse(
+            "max_batch_size = 32\n[batching]\nmax_queue_delay_us = 500\npreferred_batch_sizes = [8, 16]\ninstances = 2",
+        )
+        .unwrap();
+        assert_eq!(c.max_batch_size, 32);
+        assert_eq!(c.batching.max_queue_delay_us, 500);
+        assert_eq!(c.batching.preferred_batch_sizes, [8, 16]);
+        assert_eq!(c.batching.instances, 2);
+        assert_eq!(c.batching.max_queue_size, DEFAULT_MAX_QUEUE_SIZE);
+        for bad in [
+            "[batching]\ninstances = 0",
+            "[batching]\nmax_queue_size = 0",
+            "[batching]\npreferred_batch_sizes = [4]",
+            "max_batch_size = 8\n[batching]\npreferred_batch_sizes = [16]",
+            "[batching]\nmax_queue_delay_us = 99999999999",
+            "[batching]\nmax_delay = 5",
+        ] {
+            assert!(ModelConfig::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

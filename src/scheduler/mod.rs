@@ -1,29 +1,32 @@
-//! Per-version request queue and the instance thread that computes it.
+//! Per-version dynamic batching: a bounded queue, and instance threads that each take the next batch when free.
 //!
-//! Inference never runs on tokio workers: each served version owns a dedicated thread fed by a bounded queue.
-//! The async side waits on a oneshot; a full queue is answered "overloaded" at once instead of growing.
+//! Inference never runs on tokio workers. The async side pushes a job and waits on a oneshot, with its deadline;
+//! instance threads ask the [`BatchQueue`] what to run, stack the inputs along dimension 0, run the backend once
+//! and hand every caller its own rows. A free instance takes whatever is queued, so light traffic pays no window
+//! and batches grow by themselves under load.
+
+pub mod batch_queue;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+pub use batch_queue::{BatchPolicy, BatchQueue, Next, Queued};
+
 use crate::backend::{Backend, BackendError, Session};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, concat_rows, split_rows};
 
-/// Requests a version may hold waiting for its instance thread. Enough to absorb a burst from a few hundred
-/// concurrent clients on a sub-millisecond model; past it, callers are told to retry rather than pile up memory.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
-
-/// One queued request: its inputs, where its answer goes, when it arrived and the span it belongs to.
-struct Job {
-    inputs: Vec<Tensor>,
-    reply: oneshot::Sender<Result<Vec<Tensor>, BackendError>>,
-    enqueued: Instant,
-    span: tracing::Span,
+/// How one version is scheduled.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub policy: BatchPolicy,
+    /// Backend runs that may go at once, each on its own thread.
+    pub instances: usize,
+    /// Deadline of requests that set none.
+    pub default_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Error)]
@@ -32,76 +35,294 @@ pub enum SchedulerError {
     Overloaded,
     #[error("this model version is shutting down")]
     Stopped,
+    #[error("the request's deadline passed before it could be computed")]
+    DeadlineExceeded,
+    #[error("the request holds {rows} rows but max_batch_size is {max}")]
+    BatchTooLarge { rows: usize, max: usize },
+    #[error("{0}")]
+    InvalidBatch(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
 
-/// Handle to a version's queue; cheap to clone. The instance thread ends once every handle is dropped and the
-/// jobs already queued have been answered, which is how a version drains.
-#[derive(Clone, Debug)]
+type Reply = Result<Vec<Tensor>, SchedulerError>;
+
+/// The shorter of two optional timeouts; `None` is no limit.
+pub fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One queued request: its inputs, where its answer goes, when it arrived, its deadline and its span.
+struct Job {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    reply: oneshot::Sender<Reply>,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+    span: tracing::Span,
+}
+
+impl Queued for Job {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn stacks_with(&self, other: &Job) -> bool {
+        self.inputs.len() == other.inputs.len()
+            && self.inputs.iter().zip(&other.inputs).all(|(a, b)| a.shape().get(1..) == b.shape().get(1..))
+    }
+
+    fn enqueued(&self) -> Instant {
+        self.enqueued
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+struct State {
+    queue: BatchQueue<Job>,
+    /// Set when the version is dropped: instances answer what is queued, then end.
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a job arrives or the version closes.
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the queue half-updated (every update is one call), so a
+        // poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The queue of one served version. Dropping it closes the queue: the instance threads answer every queued
+/// request, then end, which is how a version drains.
 pub struct Scheduler {
-    queue: SyncSender<Job>,
+    shared: Arc<Shared>,
+    config: SchedulerConfig,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 impl Scheduler {
-    /// Starts the instance thread and waits until its session exists, so a version that cannot create one is
+    /// Starts the instance threads and waits until each has its session, so a version that cannot create one is
     /// never served.
-    pub fn start(label: &str, backend: Arc<dyn Backend>, queue_capacity: usize) -> Result<Scheduler, BackendError> {
-        let (queue, jobs) = mpsc::sync_channel::<Job>(queue_capacity);
-        // Capacity 1: the thread sends exactly one message, whether its session could be created.
-        let (started_tx, started_rx) = mpsc::sync_channel(1);
-        let thread_name = format!("infer-{label}");
-        std::thread::Builder::new()
-            .name(thread_name.chars().take(15).collect())
-            .spawn(move || match backend.session() {
-                Ok(session) => {
-                    let _ = started_tx.send(Ok(()));
-                    instance_loop(&*backend, session, jobs);
-                }
-                Err(e) => {
-                    let _ = started_tx.send(Err(e));
-                }
-            })
-            .map_err(|e| BackendError::Compute(format!("cannot start the instance thread: {e}")))?;
-        started_rx
-            .recv()
-            .map_err(|_| BackendError::Compute("the instance thread ended before starting".to_owned()))??;
-        Ok(Scheduler { queue })
+    pub fn start(label: &str, backend: Arc<dyn Backend>, config: SchedulerConfig) -> Result<Scheduler, BackendError> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { queue: BatchQueue::new(config.policy.clone()), closed: false }),
+            wake: Condvar::new(),
+        });
+        let scheduler = Scheduler { shared: Arc::clone(&shared), config };
+        for instance in 0..scheduler.config.instances {
+            // Capacity 1: the thread sends exactly one message, whether its session could be created.
+            let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+            let (shared, backend) = (Arc::clone(&shared), Arc::clone(&backend));
+            let name: String = format!("{label}/{instance}").chars().take(15).collect();
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || match backend.session() {
+                    Ok(session) => {
+                        let _ = started_tx.send(Ok(()));
+                        Instance { shared, backend, session }.run();
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                    }
+                })
+                .map_err(|e| BackendError::Compute(format!("cannot start an instance thread: {e}")))?;
+            started_rx
+                .recv()
+                .map_err(|_| BackendError::Compute("an instance thread ended before starting".to_owned()))??;
+        }
+        Ok(scheduler)
     }
 
-    /// Queues one request and waits for its outputs.
-    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, SchedulerError> {
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Requests waiting for an instance.
+    pub fn queue_len(&self) -> usize {
+        self.shared.lock().queue.len()
+    }
+
+    /// Queues one request and waits for its outputs, until `timeout` (or the version's default) runs out.
+    pub async fn infer(&self, inputs: Vec<Tensor>, timeout: Option<Duration>) -> Reply {
+        let enqueued = Instant::now();
+        let rows = self.rows_of(&inputs)?;
+        let deadline = shorter(timeout, self.config.default_timeout).map(|t| enqueued + t);
         let (reply, answer) = oneshot::channel();
-        let job = Job { inputs, reply, enqueued: Instant::now(), span: tracing::Span::current() };
-        self.queue.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => SchedulerError::Overloaded,
-            TrySendError::Disconnected(_) => SchedulerError::Stopped,
-        })?;
-        Ok(answer.await.map_err(|_| SchedulerError::Stopped)??)
+        let job = Job { inputs, rows, reply, enqueued, deadline, span: tracing::Span::current() };
+        {
+            let mut state = self.shared.lock();
+            if state.closed {
+                return Err(SchedulerError::Stopped);
+            }
+            state.queue.push(job).map_err(|_| SchedulerError::Overloaded)?;
+        }
+        self.shared.wake.notify_one();
+        let answer = match deadline {
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline.into(), answer).await.map_err(|_| SchedulerError::DeadlineExceeded)?
+            }
+            None => answer.await,
+        };
+        answer.map_err(|_| SchedulerError::Stopped)?
+    }
+
+    /// Rows a request adds to a batch; refuses requests that cannot be batched as they are.
+    fn rows_of(&self, inputs: &[Tensor]) -> Result<usize, SchedulerError> {
+        let max = self.config.policy.max_batch_size;
+        if max == 0 {
+            return Ok(1);
+        }
+        let mut rows = None;
+        for input in inputs {
+            let Some(&n) = input.shape().first() else {
+                return Err(SchedulerError::InvalidBatch("a batched model takes no scalar inputs".to_owned()));
+            };
+            match rows {
+                None => rows = Some(n),
+                Some(r) if r != n => {
+                    return Err(SchedulerError::InvalidBatch(format!(
+                        "inputs disagree on the batch dimension: {r} and {n} rows"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let rows = rows.unwrap_or(1);
+        if rows > max {
+            return Err(SchedulerError::BatchTooLarge { rows, max });
+        }
+        if rows == 0 {
+            return Err(SchedulerError::InvalidBatch("a request must hold at least one row".to_owned()));
+        }
+        Ok(rows)
     }
 }
 
-fn instance_loop(backend: &dyn Backend, mut session: Box<dyn Session>, jobs: mpsc::Receiver<Job>) {
-    for job in jobs {
-        // The client has gone: computing its answer would only delay the others.
-        if job.reply.is_closed() {
-            continue;
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+/// One instance thread: its session, and the queue it serves.
+struct Instance {
+    shared: Arc<Shared>,
+    backend: Arc<dyn Backend>,
+    session: Box<dyn Session>,
+}
+
+impl Instance {
+    fn run(mut self) {
+        while let Some(batch) = self.next_batch() {
+            self.compute(batch);
         }
-        let _entered = job.span.enter();
-        let queued = job.enqueued.elapsed();
-        let inputs = job.inputs;
-        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| session.run(inputs))) {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::error!("the backend panicked; starting a fresh session");
-                match backend.session() {
-                    Ok(fresh) => session = fresh,
-                    Err(e) => tracing::error!(error = %e, "cannot recreate the session"),
+    }
+
+    /// Blocks until there is a batch to run; `None` once the version is closed and its queue empty.
+    fn next_batch(&self) -> Option<Vec<Job>> {
+        let mut state = self.shared.lock();
+        loop {
+            let now = Instant::now();
+            for job in state.queue.remove_expired(now) {
+                let _ = job.reply.send(Err(SchedulerError::DeadlineExceeded));
+            }
+            state = match state.queue.next(now) {
+                Next::Batch(batch) => {
+                    if !state.queue.is_empty() {
+                        // More work is waiting: let another free instance look at it.
+                        self.shared.wake.notify_one();
+                    }
+                    return Some(batch);
                 }
-                Err(BackendError::Compute("the backend failed on this request".to_owned()))
+                Next::WaitUntil(at) => {
+                    self.shared.wake.wait_timeout(state, at - now).unwrap_or_else(PoisonError::into_inner).0
+                }
+                Next::Idle if state.closed => return None,
+                Next::Idle => self.shared.wake.wait(state).unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+    }
+
+    fn compute(&mut self, batch: Vec<Job>) {
+        let size = batch.len();
+        let rows: Vec<usize> = batch.iter().map(|job| job.rows).collect();
+        let span = tracing::debug_span!(parent: &batch[0].span, "batch", size, rows = rows.iter().sum::<usize>());
+        let _entered = span.enter();
+        let (inputs, replies): (Vec<Vec<Tensor>>, Vec<oneshot::Sender<Reply>>) =
+            batch.into_iter().map(|job| (job.inputs, job.reply)).unzip();
+        let results = if size == 1 {
+            let inputs = inputs.into_iter().next().unwrap_or_default();
+            vec![self.run_session(inputs)]
+        } else {
+            match self.run_stacked(&inputs, &rows) {
+                Ok(per_job) => per_job.into_iter().map(Ok).collect(),
+                // A failed batch fails its own requests, with the reason, and nothing else.
+                Err(e) => (0..size).map(|_| Err(BackendError::Compute(e.to_string()).into())).collect(),
             }
         };
-        tracing::trace!(queued_us = queued.as_micros() as u64, "computed");
-        let _ = job.reply.send(result);
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn run_stacked(&mut self, inputs: &[Vec<Tensor>], rows: &[usize]) -> Result<Vec<Vec<Tensor>>, SchedulerError> {
+        let stacked = (0..inputs[0].len())
+            .map(|ix| {
+                let parts: Vec<&Tensor> = inputs.iter().map(|job| &job[ix]).collect();
+                concat_rows(&parts)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BackendError::Compute(e.to_string()))?;
+        let outputs = self.run_session(stacked)?;
+        let mut per_job: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+        for (ix, output) in outputs.iter().enumerate() {
+            let parts = split_rows(output, rows).map_err(|e| {
+                BackendError::Compute(format!(
+                    "output {ix} of shape {:?} cannot be split back into requests: {e}",
+                    output.shape()
+                ))
+            })?;
+            for (job, part) in per_job.iter_mut().zip(parts) {
+                job.push(part);
+            }
+        }
+        Ok(per_job)
+    }
+
+    /// Runs the session, turning a backend panic into an error for this run and a fresh session for the next.
+    fn run_session(&mut self, inputs: Vec<Tensor>) -> Reply {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.session.run(inputs))) {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                tracing::error!("the backend panicked; starting a fresh session");
+                match self.backend.session() {
+                    Ok(fresh) => self.session = fresh,
+                    Err(e) => tracing::error!(error = %e, "cannot recreate the session"),
+                }
+                Err(BackendError::Compute("the backend failed on this batch".to_owned()).into())
+            }
+        }
     }
 }

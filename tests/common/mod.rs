@@ -136,3 +136,12 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Puts a copy of a bundled model file (e.g. `mlp/1/model.onnx`) into `root` as version 1 of `model`, with this
+/// `model.toml`.
+pub fn repository_with(root: &Path, model: &str, source: &str, toml: &str) {
+    let dir = root.join(model).join("1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(bundled_models().join(source), dir.join("model.onnx")).unwrap();
+    std::fs::write(root.join(model).join("model.toml"), toml).unwrap();
+}

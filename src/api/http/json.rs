@@ -6,6 +6,7 @@
 //! rather than wrapped or rounded away.
 
 use std::fmt;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
@@ -24,6 +25,16 @@ struct RequestBody<'a> {
     inputs: Vec<InputBody<'a>>,
     #[serde(default)]
     outputs: Option<Vec<OutputBody>>,
+    #[serde(default)]
+    parameters: RequestParameters,
+}
+
+/// Request parameters we act on; others are accepted and ignored, as the protocol allows.
+#[derive(Default, Deserialize)]
+struct RequestParameters {
+    /// The request's deadline in microseconds, as Triton's clients send it.
+    #[serde(default)]
+    timeout: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -46,7 +57,8 @@ pub fn decode_request(body: &[u8]) -> Result<InferRequest, ApiError> {
         serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("invalid inference request: {e}")))?;
     let inputs = body.inputs.into_iter().map(decode_input).collect::<Result<Vec<_>, _>>()?;
     let outputs = body.outputs.map(|outputs| outputs.into_iter().map(|o| o.name).collect());
-    Ok(InferRequest { id: body.id, inputs, outputs })
+    let timeout = body.parameters.timeout.map(Duration::from_micros);
+    Ok(InferRequest { id: body.id, inputs, outputs, timeout })
 }
 
 fn decode_input(input: InputBody<'_>) -> Result<NamedTensor, ApiError> {
@@ -416,9 +428,11 @@ mod tests {
     }
 
     #[test]
-    fn outputs_and_id_are_read() {
-        let body = r#"{"id":"42","inputs":[],"outputs":[{"name":"label","parameters":{"binary_data":false}}]}"#;
+    fn outputs_id_and_timeout_are_read() {
+        let body = r#"{"id":"42","inputs":[],"outputs":[{"name":"label","parameters":{"binary_data":false}}],
+            "parameters":{"timeout":1500,"priority":1}}"#;
         let request = decode_request(body.as_bytes()).unwrap();
+        assert_eq!(request.timeout, Some(Duration::from_micros(1500)));
         assert_eq!(request.id.as_deref(), Some("42"));
         assert_eq!(request.outputs, Some(vec!["label".to_owned()]));
     }

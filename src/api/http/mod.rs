@@ -20,6 +20,7 @@ impl ApiError {
             ApiError::MalformedRequest(_) | ApiError::InvalidInput(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -1,12 +1,13 @@
 //! Route table and handlers of the KServe v2 REST API.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -14,6 +15,7 @@ use serde::Serialize;
 use super::{json, json_body, json_bytes};
 use crate::api::{self, ApiError};
 use crate::lifecycle::ModelTable;
+use crate::scheduler;
 
 /// Bodies larger than this are decoded on the blocking pool: parsing megabytes of JSON on an async worker
 /// would stall every other connection that worker serves.
@@ -33,6 +35,8 @@ pub fn router(table: Arc<ModelTable>, max_request_bytes: usize) -> Router {
         .route("/v2", get(server_metadata))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/versions/{version}", get(version_metadata))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(version_config))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route("/v2/models/{model}/versions/{version}/ready", get(version_ready))
         .route("/v2/models/{model}/infer", post(infer))
@@ -84,6 +88,16 @@ async fn version_metadata(State(state): State<AppState>, path: VersionPath) -> R
     Ok(json_body(&api::model_metadata(&state.table, &model, Some(&version))?))
 }
 
+async fn model_config(State(state): State<AppState>, path: ModelPath) -> Result<Response, ApiError> {
+    let Path(model) = path.map_err(path_error)?;
+    Ok(json_body(&api::model_config(&state.table, &model, None)?))
+}
+
+async fn version_config(State(state): State<AppState>, path: VersionPath) -> Result<Response, ApiError> {
+    let Path((model, version)) = path.map_err(path_error)?;
+    Ok(json_body(&api::model_config(&state.table, &model, Some(&version))?))
+}
+
 async fn model_ready(State(state): State<AppState>, path: ModelPath) -> Result<Response, ApiError> {
     let Path(model) = path.map_err(path_error)?;
     api::model_ready(&state.table, &model, None)?;
@@ -99,27 +113,44 @@ async fn version_ready(State(state): State<AppState>, path: VersionPath) -> Resu
 async fn infer(
     State(state): State<AppState>,
     path: ModelPath,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path(model) = path.map_err(path_error)?;
-    run_infer(&state, &model, None, body).await
+    run_infer(&state, &model, None, &headers, body).await
 }
 
 async fn version_infer(
     State(state): State<AppState>,
     path: VersionPath,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((model, version)) = path.map_err(path_error)?;
-    run_infer(&state, &model, Some(&version), body).await
+    run_infer(&state, &model, Some(&version), &headers, body).await
+}
+
+/// Header a caller may set to bound how long it waits, in milliseconds (like the `timeout` parameter).
+const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+
+fn header_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    let millis: u64 = value.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
+        ApiError::malformed(format!("header {TIMEOUT_HEADER} must be a whole number of milliseconds"))
+    })?;
+    Ok(Some(Duration::from_millis(millis)))
 }
 
 async fn run_infer(
     state: &AppState,
     model: &str,
     version: Option<&str>,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let header_timeout = header_timeout(headers)?;
     let serving = api::resolve(&state.table, model, version)?;
     let body = body.map_err(|e| body_error(e, state.max_request_bytes))?;
     let request = if body.len() > INLINE_DECODE_LIMIT {
@@ -129,6 +160,8 @@ async fn run_infer(
     } else {
         json::decode_request(&body)?
     };
+    let mut request = request;
+    request.timeout = scheduler::shorter(request.timeout, header_timeout);
     let response = api::infer(serving, request).await?;
     Ok(json_bytes(json::encode_response(&response)?))
 }
