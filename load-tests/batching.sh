@@ -20,7 +20,9 @@ run() { # mode concurrency
   taskset -c 0 target/release/infergate --host 127.0.0.1 --http-port "$port" --grpc-port 0 --metrics-port 0 \
     --model-repository "$root/$1" --log-level warn &
   server=$!
-  for _ in $(seq 100); do curl -sf "127.0.0.1:$port/v2/health/ready" >/dev/null && break; sleep 0.1; done
+  local ready=
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$port/v2/health/ready" >/dev/null && ready=1 && break; sleep 0.1; done
+  [ -n "$ready" ] || { echo "infergate on port $port never became ready" >&2; exit 1; }
   taskset -c 1 target/release/loadgen --url "http://127.0.0.1:$port" --model mlp --concurrency "$2" \
     --duration "$seconds" --warmup 2 --label "batching-$1" --json >> "${OUT_JSON:-/dev/null}"
   kill "$server"; wait "$server" 2>/dev/null || true

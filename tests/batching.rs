@@ -5,10 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, config, golden, repository_with, temp_dir};
+use common::{TOLERANCE, TestServer, config, golden, iris_rows, repository_with, temp_dir};
 use serde_json::{Value, json};
-
-const TOLERANCE: f64 = 1e-5;
 
 /// A small deterministic generator (xorshift), so a failing interleaving can be replayed.
 struct Rng(u64);
@@ -83,11 +81,6 @@ async fn every_caller_gets_exactly_its_rows() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-fn iris_rows(rows: usize) -> Value {
-    let data: Vec<f32> = (0..rows).flat_map(|i| [5.0 + (i % 20) as f32 * 0.1, 3.0, 1.5, 0.2]).collect();
-    json!({"inputs":[{"name":"X","shape":[rows,4],"datatype":"FP32","data":data}]})
-}
-
 /// Keeps the only instance busy with a slow request, so what follows has to wait in the queue.
 async fn occupy(server: &TestServer, path: &str) -> tokio::task::JoinHandle<u16> {
     let client = server.client.clone();
@@ -111,8 +104,8 @@ async fn deadlines_answer_504_and_the_rest_still_serve() {
     let server = TestServer::start(config(&root)).await;
     let busy = occupy(&server, "/v2/models/iris/infer").await;
 
-    // A header deadline, a `timeout` parameter (µs, as Triton's clients send it) and a wide shape that cannot
-    // stack with the busy batch: all three run out while queued.
+    // A header deadline and a `timeout` parameter (µs, as Triton's clients send it) both run out while queued
+    // behind the busy batch.
     let response = server
         .client
         .post(server.url("/v2/models/iris/infer"))
@@ -152,7 +145,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     repository_with(&root, "iris", "iris/1/model.onnx", "max_batch_size = 1024\n[batching]\nmax_queue_size = 1\n");
     let server = TestServer::start(config(&root)).await;
     let busy = occupy(&server, "/v2/models/iris/infer").await;
-    // Rows of a different width never stack, but this one simply waits: it fills the one queue slot.
+    // This one waits behind the busy batch and fills the one queue slot.
     let client = server.client.clone();
     let url = server.url("/v2/models/iris/infer");
     let queued =

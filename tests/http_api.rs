@@ -3,10 +3,8 @@
 
 mod common;
 
-use common::{TestServer, assert_outputs_match, golden};
+use common::{TOLERANCE, TestServer, assert_outputs_match, golden};
 use serde_json::{Value, json};
-
-const TOLERANCE: f64 = 1e-5;
 
 #[tokio::test]
 async fn golden_outputs_match_onnx_runtime() {

@@ -7,9 +7,7 @@ use common::{TestServer, bundled_models, config, golden, temp_dir};
 use serde_json::json;
 
 fn copy_mlp(root: &std::path::Path, name: &str, version: u64) {
-    let dir = root.join(name).join(version.to_string());
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(bundled_models().join("mlp/1/model.onnx"), dir.join("model.onnx")).unwrap();
+    common::copy_model(root, name, version, "mlp/1/model.onnx");
 }
 
 #[tokio::test]
@@ -38,7 +36,7 @@ async fn broken_models_are_reported_and_the_rest_serve() {
     let g = golden("mlp_v1.json");
     let (status, body) = server.post_json("/v2/models/good/infer", &g.request).await;
     assert_eq!(status, 200, "{body}");
-    common::assert_outputs_match(&body, &g.outputs, 1e-5);
+    common::assert_outputs_match(&body, &g.outputs, common::TOLERANCE);
 
     for (model, reason) in [
         ("garbage", "garbage/1/model.onnx"),
@@ -52,6 +50,11 @@ async fn broken_models_are_reported_and_the_rest_serve() {
         assert!(error.contains(reason), "{model}: {error:?} should mention {reason:?}");
         assert_eq!(server.get(&format!("/v2/models/{model}/ready")).await.0, 503);
     }
+
+    // A model-level failure answers 503 on versioned routes too.
+    let (status, body) = server.post_json("/v2/models/typo/versions/1/infer", &g.request).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("bakend"), "{body}");
 
     // The broken version is reported; unversioned traffic goes to the version that loaded.
     let (status, body) = server.post_json("/v2/models/half/infer", &g.request).await;

@@ -11,18 +11,12 @@ use common::TestServer;
 use infergate::server::Stopped;
 use serde_json::json;
 
-/// A request slow enough to be in flight when shutdown starts: the iris forest on thousands of rows.
-fn slow_iris_request(rows: usize) -> serde_json::Value {
-    let data: Vec<f32> = (0..rows).flat_map(|i| [5.0 + (i % 20) as f32 * 0.1, 3.0, 1.5, 0.2]).collect();
-    json!({"inputs":[{"name":"X","shape":[rows,4],"datatype":"FP32","data":data}]})
-}
-
 #[tokio::test]
 async fn shutdown_drains_an_in_flight_request() {
     let server = TestServer::bundled().await;
     let client = server.client.clone();
     let url = server.url("/v2/models/iris/versions/2/infer");
-    let body = serde_json::to_vec(&slow_iris_request(600)).unwrap();
+    let body = serde_json::to_vec(&common::iris_rows(600)).unwrap();
     let in_flight = tokio::spawn(async move {
         let started = Instant::now();
         let response = client.post(url).body(body).send().await.unwrap();
@@ -88,6 +82,12 @@ fn sigterm_stops_the_binary_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Whatever happens below, the child does not outlive the test by more than two minutes.
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(120));
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    });
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     // The first log line names the bound address; every line is JSON.
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();

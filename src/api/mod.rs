@@ -37,7 +37,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
-    #[error("inference failed: {0}")]
+    /// The backend failed; the message (from [`BackendError`]) says how.
+    #[error("{0}")]
     Inference(String),
     #[error("the server is shutting down")]
     ShuttingDown,

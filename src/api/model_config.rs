@@ -51,31 +51,31 @@ pub struct InstanceGroup {
 /// The configuration a version is served with; without a version, the one unversioned requests reach.
 pub fn model_config(table: &ModelTable, model: &str, version: Option<&str>) -> Result<ModelConfigView, ApiError> {
     let serving = table.resolve(model, version)?;
-    let config = &serving.config;
-    let batched = config.max_batch_size > 0;
+    let scheduling = serving.scheduler.config();
+    let policy = &scheduling.policy;
+    let batched = policy.max_batch_size > 0;
     let tensor = |spec: &TensorSpec| TensorConfig {
         name: spec.name.clone(),
         data_type: triton_type(spec.datatype),
         dims: if batched { spec.shape[1..].to_vec() } else { spec.shape.clone() },
     };
-    let batching = &config.batching;
     Ok(ModelConfigView {
         name: serving.name.clone(),
         version: serving.version.to_string(),
         platform: "onnx",
         backend: serving.backend_name,
-        max_batch_size: config.max_batch_size,
+        max_batch_size: policy.max_batch_size,
         input: serving.signature.inputs.iter().map(tensor).collect(),
         output: serving.signature.outputs.iter().map(tensor).collect(),
         dynamic_batching: batched.then(|| DynamicBatching {
-            preferred_batch_size: serving.scheduler.config().policy.preferred_batch_sizes.clone(),
-            max_queue_delay_microseconds: batching.max_queue_delay_us,
+            preferred_batch_size: policy.preferred_batch_sizes.clone(),
+            max_queue_delay_microseconds: policy.max_queue_delay.as_micros() as u64,
             default_queue_policy: QueuePolicy {
-                max_queue_size: batching.max_queue_size,
-                default_timeout_microseconds: batching.default_timeout_ms.saturating_mul(1000),
+                max_queue_size: policy.max_queue_size,
+                default_timeout_microseconds: scheduling.default_timeout.map_or(0, |t| t.as_micros() as u64),
             },
         }),
-        instance_group: vec![InstanceGroup { count: batching.instances, kind: "KIND_CPU" }],
+        instance_group: vec![InstanceGroup { count: scheduling.instances, kind: "KIND_CPU" }],
     })
 }
 

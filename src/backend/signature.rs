@@ -11,7 +11,7 @@ pub struct TensorSpec {
     pub name: String,
     pub datatype: DataType,
     pub shape: Vec<i64>,
-    /// The ONNX symbolic name of each dimension, when the graph names it.
+    /// The symbol of each free dimension (as the graph names it, or as the backend resolved it); `None` when fixed.
     #[serde(skip)]
     pub dim_names: Vec<Option<String>>,
 }

@@ -50,7 +50,8 @@ impl TractBackend {
             return Err(fail(format!("the graph uses undefined values {:?}", parsed.unresolved_inputs)));
         }
         let mut model = parsed.model;
-        for (ix, spec) in inputs.iter().enumerate() {
+        let mut inputs = inputs;
+        for (ix, spec) in inputs.iter_mut().enumerate() {
             let node_name = model
                 .input_outlets()
                 .ok()
@@ -70,6 +71,8 @@ impl TractBackend {
                     (_, None) => TDim::Sym(model.symbols.sym(&format!("{}_{axis}", spec.name))),
                 })
                 .collect();
+            // Remember the symbol of each free dimension: batching needs every dim 0 to be the same one.
+            spec.dim_names = dims.iter().map(dim_symbol).collect();
             let fact = InferenceFact::dt_shape(tract_datum(spec.datatype), dims);
             model.set_input_fact(ix, fact).map_err(|e| fail(format!("{e:#}")))?;
         }
@@ -81,7 +84,7 @@ impl TractBackend {
             let datatype = our_datatype(fact.datum_type)
                 .ok_or_else(|| fail(format!("output '{name}' has type {:?}, which is not served", fact.datum_type)))?;
             let shape = fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect::<Vec<_>>();
-            let dim_names = vec![None; shape.len()];
+            let dim_names = fact.shape.iter().map(dim_symbol).collect();
             outputs.push(TensorSpec { name, datatype, shape, dim_names });
         }
         let plan = typed.into_runnable().map_err(|e| fail(format!("{e:#}")))?;
@@ -113,6 +116,14 @@ impl Session for TractSession {
         let values = inputs.iter().map(to_tract).collect::<Result<TVec<TValue>, _>>()?;
         let outputs = self.state.run(values).map_err(|e| BackendError::Compute(format!("{e:#}")))?;
         outputs.iter().map(|value| from_tract(value)).collect()
+    }
+}
+
+/// The name of a free dimension ("N", or an expression such as "2*N"); `None` for a fixed one.
+fn dim_symbol(dim: &TDim) -> Option<String> {
+    match dim {
+        TDim::Val(_) => None,
+        other => Some(other.to_string()),
     }
 }
 

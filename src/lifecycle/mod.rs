@@ -25,7 +25,6 @@ pub struct ServingVersion {
     pub version: u64,
     pub backend_name: &'static str,
     pub signature: Signature,
-    pub config: Arc<ModelConfig>,
     pub scheduler: Scheduler,
 }
 
@@ -35,6 +34,17 @@ pub enum VersionState {
     Loading,
     Ready(Arc<ServingVersion>),
     Failed(String),
+}
+
+impl VersionState {
+    /// "version 2 failed: ...", for error messages.
+    pub fn describe(&self, version: u64) -> String {
+        match self {
+            VersionState::Loading => format!("version {version} is loading"),
+            VersionState::Failed(reason) => format!("version {version} failed: {reason}"),
+            VersionState::Ready(_) => format!("version {version} is ready"),
+        }
+    }
 }
 
 /// Every version of one model, swapped as a whole.
@@ -58,15 +68,7 @@ impl VersionSet {
         if let Some(error) = &self.model_error {
             return error.clone();
         }
-        let reasons: Vec<String> = self
-            .versions
-            .iter()
-            .map(|(v, state)| match state {
-                VersionState::Loading => format!("version {v} is loading"),
-                VersionState::Failed(reason) => format!("version {v} failed: {reason}"),
-                VersionState::Ready(_) => format!("version {v} is ready"),
-            })
-            .collect();
+        let reasons: Vec<String> = self.versions.iter().map(|(&v, state)| state.describe(v)).collect();
         if reasons.is_empty() { "no version is available".to_owned() } else { reasons.join("; ") }
     }
 }
@@ -118,6 +120,9 @@ impl ModelTable {
         let entry = self.entry(model)?;
         let set = entry.versions.load();
         let unavailable = |reason: String| LookupError::Unavailable { model: model.to_owned(), reason };
+        if let Some(error) = &set.model_error {
+            return Err(unavailable(error.clone()));
+        }
         match version {
             None => set.latest_ready().cloned().ok_or_else(|| unavailable(set.unavailable_reason())),
             Some(text) => {
@@ -125,8 +130,7 @@ impl ModelTable {
                 let number: u64 = text.parse().map_err(|_| not_found())?;
                 match set.versions.get(&number).ok_or_else(not_found)? {
                     VersionState::Ready(v) => Ok(Arc::clone(v)),
-                    VersionState::Loading => Err(unavailable(format!("version {number} is loading"))),
-                    VersionState::Failed(reason) => Err(unavailable(format!("version {number} failed: {reason}"))),
+                    state => Err(unavailable(state.describe(number))),
                 }
             }
         }
@@ -227,23 +231,27 @@ fn load_version(spec: &ModelSpec) -> Result<ServingVersion, BackendError> {
         version: spec.version,
         backend_name: backend.name(),
         signature: backend.signature().clone(),
-        config: Arc::clone(&spec.config),
         scheduler,
     })
 }
 
-/// Batching stacks requests along dimension 0, so every input and output must have a free first dimension.
+/// Batching stacks requests along dimension 0 and splits outputs back by rows, so every input and output must
+/// have the same free first dimension (the batch), not merely some free one.
 fn check_batchable(signature: &Signature, max_batch_size: usize) -> Result<(), String> {
     if max_batch_size == 0 {
         return Ok(());
     }
-    let fixed = signature.inputs.iter().chain(&signature.outputs).find(|spec| spec.shape.first() != Some(&-1));
-    match fixed {
+    let batch_dim = |spec: &crate::backend::TensorSpec| spec.dim_names.first().cloned().flatten();
+    let mut specs = signature.inputs.iter().chain(&signature.outputs);
+    let batch = signature.inputs.first().and_then(batch_dim);
+    let mismatch = specs.find(|spec| batch.is_none() || batch_dim(spec) != batch);
+    match mismatch {
         Some(spec) => Err(format!(
-            "max_batch_size = {max_batch_size} needs a dynamic first (batch) dimension on every input and output, \
-             but '{}' is {}",
+            "max_batch_size = {max_batch_size} needs every input and output to share one free first (batch) \
+             dimension, but '{}' is {} with first dimension {}",
             spec.name,
-            spec.describe()
+            spec.describe(),
+            batch_dim(spec).unwrap_or_else(|| "fixed".to_owned())
         )),
         None => Ok(()),
     }
@@ -272,17 +280,28 @@ mod tests {
     use crate::backend::TensorSpec;
     use crate::tensor::DataType;
 
-    fn spec(name: &str, shape: Vec<i64>) -> TensorSpec {
-        TensorSpec { name: name.into(), datatype: DataType::Fp32, dim_names: vec![None; shape.len()], shape }
+    fn spec(name: &str, shape: Vec<i64>, first: Option<&str>) -> TensorSpec {
+        let mut dim_names = vec![None; shape.len()];
+        dim_names[0] = first.map(str::to_owned);
+        TensorSpec { name: name.into(), datatype: DataType::Fp32, dim_names, shape }
     }
 
     #[test]
-    fn batching_needs_a_dynamic_first_dimension() {
-        let ok = Signature { inputs: vec![spec("x", vec![-1, 4])], outputs: vec![spec("y", vec![-1])] };
+    fn batching_needs_one_shared_batch_dimension() {
+        let ok = Signature {
+            inputs: vec![spec("x", vec![-1, 4], Some("N"))],
+            outputs: vec![spec("y", vec![-1], Some("N"))],
+        };
         assert!(check_batchable(&ok, 8).is_ok());
-        let fixed = Signature { inputs: vec![spec("x", vec![-1, 4])], outputs: vec![spec("y", vec![3])] };
+        let fixed =
+            Signature { inputs: vec![spec("x", vec![-1, 4], Some("N"))], outputs: vec![spec("y", vec![3], None)] };
         let err = check_batchable(&fixed, 8).unwrap_err();
-        assert!(err.contains("'y' is FP32 [3]"), "{err}");
+        assert!(err.contains("'y' is FP32 [3] with first dimension fixed"), "{err}");
         assert!(check_batchable(&fixed, 0).is_ok());
+        let other_symbol = Signature {
+            inputs: vec![spec("x", vec![-1, 4], Some("N")), spec("table", vec![-1, 4], Some("M"))],
+            outputs: vec![spec("y", vec![-1], Some("N"))],
+        };
+        assert!(check_batchable(&other_symbol, 8).unwrap_err().contains("'table'"));
     }
 }

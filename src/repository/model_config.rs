@@ -98,6 +98,7 @@ pub const DEFAULT_MAX_QUEUE_SIZE: usize = 256;
 /// Upper bounds that catch typos (an extra zero or three) rather than restrict real deployments.
 const MAX_QUEUE_SIZE_LIMIT: usize = 1_000_000;
 const MAX_INSTANCES: usize = 64;
+const MAX_BATCH_SIZE_LIMIT: usize = 1 << 20;
 const MAX_QUEUE_DELAY_US: u64 = 10_000_000;
 
 impl ModelConfig {
@@ -114,6 +115,9 @@ impl ModelConfig {
                 return Err("version_policy specific lists no version".to_owned());
             }
             _ => {}
+        }
+        if self.max_batch_size > MAX_BATCH_SIZE_LIMIT {
+            return Err(format!("max_batch_size must be at most {MAX_BATCH_SIZE_LIMIT}, got {}", self.max_batch_size));
         }
         let b = &self.batching;
         if b.instances == 0 || b.instances > MAX_INSTANCES {
@@ -187,6 +191,7 @@ mod tests {
             "max_batch_size = 8\n[batching]\npreferred_batch_sizes = [16]",
             "[batching]\nmax_queue_delay_us = 99999999999",
             "[batching]\nmax_delay = 5",
+            "max_batch_size = 99999999999",
         ] {
             assert!(ModelConfig::parse(bad).is_err(), "{bad}");
         }

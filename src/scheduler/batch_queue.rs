@@ -107,7 +107,7 @@ impl<E: Queued> BatchQueue<E> {
             if rows == max {
                 break;
             }
-            if (ix == 0 || entry.stacks_with(head)) && rows + entry.rows() <= max {
+            if (ix == 0 || entry.stacks_with(head)) && rows.saturating_add(entry.rows()) <= max {
                 rows += entry.rows();
                 picked.push(ix);
             }

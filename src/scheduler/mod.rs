@@ -185,7 +185,8 @@ impl Scheduler {
             }
             None => answer.await,
         };
-        answer.map_err(|_| SchedulerError::Stopped)?
+        // Instances answer every job they take, even at shutdown; a dropped reply means an instance thread died.
+        answer.map_err(|_| BackendError::Compute("the instance thread stopped before answering".to_owned()))?
     }
 
     /// Rows a request adds to a batch; refuses requests that cannot be batched as they are.
@@ -280,15 +281,16 @@ impl Instance {
         let _entered = span.enter();
         let (inputs, replies): (Vec<Vec<Tensor>>, Vec<oneshot::Sender<Reply>>) =
             batch.into_iter().map(|job| (job.inputs, job.reply)).unzip();
-        let results = if size == 1 {
-            let inputs = inputs.into_iter().next().unwrap_or_default();
-            vec![self.run_session(inputs)]
-        } else {
-            match self.run_stacked(&inputs, &rows) {
-                Ok(per_job) => per_job.into_iter().map(Ok).collect(),
-                // A failed batch fails its own requests, with the reason, and nothing else.
-                Err(e) => (0..size).map(|_| Err(BackendError::Compute(e.to_string()).into())).collect(),
+        let stacked = if size == 1 { None } else { Some(self.run_stacked(&inputs, &rows)) };
+        let results: Vec<Reply> = match stacked {
+            Some(Ok(per_job)) => per_job.into_iter().map(Ok).collect(),
+            // One request the model fails on must not fail the others it was batched with: run each alone, so
+            // every caller gets its own answer or its own error.
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, size, "batch failed; running its requests one by one");
+                inputs.into_iter().map(|inputs| self.run_session(inputs)).collect()
             }
+            None => inputs.into_iter().map(|inputs| self.run_session(inputs)).collect(),
         };
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
@@ -334,3 +336,6 @@ impl Instance {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

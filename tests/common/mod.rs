@@ -8,6 +8,8 @@ use infergate::{Config, Server};
 use serde_json::Value;
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest difference allowed between our floats and ONNX Runtime's.
+pub const TOLERANCE: f64 = 1e-5;
 
 pub fn bundled_models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
@@ -137,11 +139,21 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Puts a copy of a bundled model file (e.g. `mlp/1/model.onnx`) into `root` as version 1 of `model`, with this
-/// `model.toml`.
-pub fn repository_with(root: &Path, model: &str, source: &str, toml: &str) {
-    let dir = root.join(model).join("1");
+/// Copies a bundled model file (e.g. `mlp/1/model.onnx`) into `root` as `version` of `model`.
+pub fn copy_model(root: &Path, model: &str, version: u64, source: &str) {
+    let dir = root.join(model).join(version.to_string());
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(bundled_models().join(source), dir.join("model.onnx")).unwrap();
+}
+
+/// Version 1 of `model`, copied from a bundled model file, with this `model.toml`.
+pub fn repository_with(root: &Path, model: &str, source: &str, toml: &str) {
+    copy_model(root, model, 1, source);
     std::fs::write(root.join(model).join("model.toml"), toml).unwrap();
+}
+
+/// An iris request of `rows` rows; a few hundred keep the embedded backend busy for a noticeable time.
+pub fn iris_rows(rows: usize) -> Value {
+    let data: Vec<f32> = (0..rows).flat_map(|i| [5.0 + (i % 20) as f32 * 0.1, 3.0, 1.5, 0.2]).collect();
+    serde_json::json!({"inputs":[{"name":"X","shape":[rows,4],"datatype":"FP32","data":data}]})
 }

@@ -32,7 +32,7 @@ struct RequestBody<'a> {
 /// Request parameters we act on; others are accepted and ignored, as the protocol allows.
 #[derive(Default, Deserialize)]
 struct RequestParameters {
-    /// The request's deadline in microseconds, as Triton's clients send it.
+    /// The request's deadline in microseconds, as Triton's clients send it; 0 means none.
     #[serde(default)]
     timeout: Option<u64>,
 }
@@ -57,7 +57,7 @@ pub fn decode_request(body: &[u8]) -> Result<InferRequest, ApiError> {
         serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("invalid inference request: {e}")))?;
     let inputs = body.inputs.into_iter().map(decode_input).collect::<Result<Vec<_>, _>>()?;
     let outputs = body.outputs.map(|outputs| outputs.into_iter().map(|o| o.name).collect());
-    let timeout = body.parameters.timeout.map(Duration::from_micros);
+    let timeout = body.parameters.timeout.filter(|&us| us > 0).map(Duration::from_micros);
     Ok(InferRequest { id: body.id, inputs, outputs, timeout })
 }
 

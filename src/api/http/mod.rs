@@ -41,7 +41,9 @@ impl IntoResponse for ApiError {
             tracing::debug!(error_type = self.error_type(), error = %self, "request refused");
         }
         let mut response = (status, json_body(&ErrorBody { error: self.to_string() })).into_response();
-        if matches!(self, ApiError::Overloaded { .. } | ApiError::ShuttingDown | ApiError::ModelUnavailable(_)) {
+        // Worth retrying soon: a full queue drains in moments. A model that failed to load will not recover by
+        // itself, so it gets no Retry-After.
+        if matches!(self, ApiError::Overloaded { .. } | ApiError::ShuttingDown) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{json, json_body, json_bytes};
 use crate::api::{self, ApiError};
@@ -34,13 +34,13 @@ pub fn router(table: Arc<ModelTable>, max_request_bytes: usize) -> Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
         .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(version_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/config", get(model_config))
-        .route("/v2/models/{model}/versions/{version}/config", get(version_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config))
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(version_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
         .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(version_infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_request_bytes))
@@ -71,63 +71,44 @@ async fn server_metadata() -> Response {
     json_body(&api::server_metadata())
 }
 
-type ModelPath = Result<Path<String>, PathRejection>;
-type VersionPath = Result<Path<(String, String)>, PathRejection>;
-
-fn path_error(e: PathRejection) -> ApiError {
-    ApiError::malformed(format!("invalid path: {}", e.body_text()))
+/// `{model}` or `{model}/versions/{version}` of a model route.
+#[derive(Debug, Deserialize)]
+struct ModelRoute {
+    model: String,
+    #[serde(default)]
+    version: Option<String>,
 }
 
-async fn model_metadata(State(state): State<AppState>, path: ModelPath) -> Result<Response, ApiError> {
-    let Path(model) = path.map_err(path_error)?;
-    Ok(json_body(&api::model_metadata(&state.table, &model, None)?))
+type RoutePath = Result<Path<ModelRoute>, PathRejection>;
+
+fn route(path: RoutePath) -> Result<ModelRoute, ApiError> {
+    path.map(|Path(route)| route).map_err(|e| ApiError::malformed(format!("invalid path: {}", e.body_text())))
 }
 
-async fn version_metadata(State(state): State<AppState>, path: VersionPath) -> Result<Response, ApiError> {
-    let Path((model, version)) = path.map_err(path_error)?;
-    Ok(json_body(&api::model_metadata(&state.table, &model, Some(&version))?))
+async fn model_metadata(State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
+    let r = route(path)?;
+    Ok(json_body(&api::model_metadata(&state.table, &r.model, r.version.as_deref())?))
 }
 
-async fn model_config(State(state): State<AppState>, path: ModelPath) -> Result<Response, ApiError> {
-    let Path(model) = path.map_err(path_error)?;
-    Ok(json_body(&api::model_config(&state.table, &model, None)?))
+async fn model_config(State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
+    let r = route(path)?;
+    Ok(json_body(&api::model_config(&state.table, &r.model, r.version.as_deref())?))
 }
 
-async fn version_config(State(state): State<AppState>, path: VersionPath) -> Result<Response, ApiError> {
-    let Path((model, version)) = path.map_err(path_error)?;
-    Ok(json_body(&api::model_config(&state.table, &model, Some(&version))?))
-}
-
-async fn model_ready(State(state): State<AppState>, path: ModelPath) -> Result<Response, ApiError> {
-    let Path(model) = path.map_err(path_error)?;
-    api::model_ready(&state.table, &model, None)?;
-    Ok(json_body(&Ready { ready: true }))
-}
-
-async fn version_ready(State(state): State<AppState>, path: VersionPath) -> Result<Response, ApiError> {
-    let Path((model, version)) = path.map_err(path_error)?;
-    api::model_ready(&state.table, &model, Some(&version))?;
+async fn model_ready(State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
+    let r = route(path)?;
+    api::model_ready(&state.table, &r.model, r.version.as_deref())?;
     Ok(json_body(&Ready { ready: true }))
 }
 
 async fn infer(
     State(state): State<AppState>,
-    path: ModelPath,
+    path: RoutePath,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(model) = path.map_err(path_error)?;
-    run_infer(&state, &model, None, &headers, body).await
-}
-
-async fn version_infer(
-    State(state): State<AppState>,
-    path: VersionPath,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let Path((model, version)) = path.map_err(path_error)?;
-    run_infer(&state, &model, Some(&version), &headers, body).await
+    let r = route(path)?;
+    run_infer(&state, &r.model, r.version.as_deref(), &headers, body).await
 }
 
 /// Header a caller may set to bound how long it waits, in milliseconds (like the `timeout` parameter).
@@ -140,7 +121,8 @@ fn header_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
     let millis: u64 = value.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
         ApiError::malformed(format!("header {TIMEOUT_HEADER} must be a whole number of milliseconds"))
     })?;
-    Ok(Some(Duration::from_millis(millis)))
+    // 0 means no deadline, as for the `timeout` parameter and `default_timeout_ms`.
+    Ok((millis > 0).then(|| Duration::from_millis(millis)))
 }
 
 async fn run_infer(
