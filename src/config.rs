@@ -57,7 +57,7 @@ pub struct ServeArgs {
     /// Port reserved for the gRPC API [default: 8001]
     #[arg(long, env = "INFERGATE_GRPC_PORT")]
     pub grpc_port: Option<u16>,
-    /// Port reserved for Prometheus metrics [default: 8002]
+    /// Port of the Prometheus metrics endpoint (/metrics) [default: 8002]
     #[arg(long, env = "INFERGATE_METRICS_PORT")]
     pub metrics_port: Option<u16>,
     /// Largest accepted request body in bytes; larger ones are answered 413 [default: 67108864]
@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the server exits [default: 30]
     #[arg(long, env = "INFERGATE_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Span of the p50/p90/p99 latency gauges, in seconds [default: 60]
+    #[arg(long, env = "INFERGATE_LATENCY_WINDOW_SECONDS")]
+    pub latency_window_seconds: Option<u64>,
     /// Log format [default: text]
     #[arg(long, env = "INFERGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -92,6 +95,7 @@ struct ConfigFile {
     metrics_port: Option<u16>,
     max_request_bytes: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
+    latency_window_seconds: Option<u64>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
 }
@@ -106,6 +110,7 @@ pub struct Config {
     pub metrics_port: u16,
     pub max_request_bytes: usize,
     pub shutdown_grace: Duration,
+    pub latency_window: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -126,6 +131,8 @@ pub enum ConfigError {
 
 /// Largest request body we accept at all: one protobuf/HTTP message past 2 GiB is never legitimate here.
 const MAX_REQUEST_BYTES_CEILING: usize = 2 << 30;
+/// Longest latency window: an hour of per-second slots per version.
+const MAX_LATENCY_WINDOW_SECONDS: u64 = 3600;
 /// Longest shutdown grace period; Kubernetes' own default is 30 s.
 const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 3600;
 
@@ -139,6 +146,7 @@ impl Default for Config {
             metrics_port: 8002,
             max_request_bytes: 64 << 20,
             shutdown_grace: Duration::from_secs(30),
+            latency_window: Duration::from_secs(60),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
         }
@@ -165,6 +173,11 @@ impl Config {
                 .or(file.shutdown_grace_seconds)
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.shutdown_grace),
+            latency_window: args
+                .latency_window_seconds
+                .or(file.latency_window_seconds)
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.latency_window),
             log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),
             log_level: args.log_level.or(file.log_level).unwrap_or(defaults.log_level),
         };
@@ -194,6 +207,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "--shutdown-grace-seconds must be at most {MAX_SHUTDOWN_GRACE_SECONDS}, got {}",
                 self.shutdown_grace.as_secs()
+            )));
+        }
+        let window = self.latency_window.as_secs();
+        if !(1..=MAX_LATENCY_WINDOW_SECONDS).contains(&window) {
+            return Err(ConfigError::Invalid(format!(
+                "--latency-window-seconds must be between 1 and {MAX_LATENCY_WINDOW_SECONDS}, got {window}"
             )));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
@@ -261,6 +280,7 @@ mod tests {
         assert!(Config::resolve(ServeArgs { max_request_bytes: Some(0), ..args() }).is_err());
         assert!(Config::resolve(ServeArgs { shutdown_grace_seconds: Some(100_000), ..args() }).is_err());
         assert!(Config::resolve(ServeArgs { log_level: Some("info,[".into()), ..args() }).is_err());
+        assert!(Config::resolve(ServeArgs { latency_window_seconds: Some(0), ..args() }).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod repository;
 pub mod scheduler;
 pub mod server;
+pub mod telemetry;
 pub mod tensor;
 
 pub use config::Config;

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::api;
 use crate::config::Config;
 use crate::lifecycle::ModelTable;
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -35,9 +36,11 @@ pub enum Stopped {
 #[derive(Debug)]
 pub struct Server {
     http_addr: SocketAddr,
+    metrics_addr: SocketAddr,
     table: Arc<ModelTable>,
     shutdown: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
+    metrics: JoinHandle<std::io::Result<()>>,
     grace: Duration,
 }
 
@@ -62,27 +65,32 @@ impl Server {
             source,
         })?;
         let http_addr = listener.local_addr().map_err(ServerError::Serve)?;
+        let metrics_addr = SocketAddr::new(config.host, config.metrics_port);
+        let metrics_listener = TcpListener::bind(metrics_addr).await.map_err(|source| ServerError::Bind {
+            what: "metrics",
+            addr: metrics_addr,
+            source,
+        })?;
+        let metrics_addr = metrics_listener.local_addr().map_err(ServerError::Serve)?;
 
-        let table = Arc::new(ModelTable::default());
+        let table = Arc::new(ModelTable::new(Arc::new(Telemetry::new(config.latency_window))));
         let loader = Arc::clone(&table);
         let repository = config.model_repository.clone();
         tokio::spawn(async move { loader.load_local_repository(&repository).await });
 
-        let (shutdown, mut stop) = watch::channel(false);
-        let app = api::http::router(Arc::clone(&table), config.max_request_bytes);
-        let http = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|&stop| stop).await;
-                })
-                .await
-        });
-        tracing::info!(%http_addr, repository = %config.model_repository.display(), "infergate listening");
-        Ok(Server { http_addr, table, shutdown, http, grace: config.shutdown_grace })
+        let (shutdown, stop) = watch::channel(false);
+        let http = serve(listener, api::http::router(Arc::clone(&table), config.max_request_bytes), stop.clone());
+        let metrics = serve(metrics_listener, api::http::metrics_router(Arc::clone(&table)), stop);
+        tracing::info!(%http_addr, %metrics_addr, repository = %config.model_repository.display(), "infergate listening");
+        Ok(Server { http_addr, metrics_addr, table, shutdown, http, metrics, grace: config.shutdown_grace })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     pub fn models(&self) -> &Arc<ModelTable> {
@@ -101,13 +109,15 @@ impl Server {
     /// Waits until the server has stopped: after a shutdown request, until in-flight requests are answered or
     /// the grace period runs out.
     pub async fn wait(self) -> Result<Stopped, ServerError> {
-        let Server { mut http, shutdown, grace, .. } = self;
+        let Server { mut http, metrics, shutdown, grace, .. } = self;
         let mut stopping = shutdown.subscribe();
         tokio::select! {
             result = &mut http => return finished(result),
             _ = stopping.wait_for(|&stop| stop) => {}
         }
         tracing::info!(grace_seconds = grace.as_secs(), "shutting down: draining in-flight requests");
+        // Scrapes are quick; the metrics server gets no grace of its own.
+        metrics.abort();
         match tokio::time::timeout(grace, &mut http).await {
             Ok(result) => finished(result),
             Err(_) => {
@@ -117,6 +127,17 @@ impl Server {
             }
         }
     }
+}
+
+/// Serves a router until `stop` turns true, then lets open requests finish.
+fn serve(listener: TcpListener, app: axum::Router, mut stop: watch::Receiver<bool>) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|&stop| stop).await;
+            })
+            .await
+    })
 }
 
 fn finished(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<Stopped, ServerError> {

@@ -2,7 +2,7 @@
 //! requested outputs from the answer.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::instrument;
 
@@ -54,6 +54,17 @@ pub fn resolve(table: &ModelTable, model: &str, version: Option<&str>) -> Result
 /// so a version replaced meanwhile finishes its work before it is freed.
 #[instrument(skip_all, fields(model = %serving.name, version = serving.version))]
 pub async fn infer(serving: Arc<ServingVersion>, request: InferRequest) -> Result<InferResponse, ApiError> {
+    let started = Instant::now();
+    let rows = request.inputs.first().and_then(|input| input.tensor.shape().first().copied()).unwrap_or(1);
+    let result = run(&serving, request).await;
+    match &result {
+        Ok(_) => serving.metrics.observe_ok(rows, started.elapsed()),
+        Err(e) => serving.metrics.observe_error(e.error_type()),
+    }
+    result
+}
+
+async fn run(serving: &ServingVersion, request: InferRequest) -> Result<InferResponse, ApiError> {
     let output_indices = select_outputs(&serving.signature, &serving.name, request.outputs.as_deref())?;
     let inputs = order_inputs(&serving.signature, &serving.name, request.inputs)?;
     let mut outputs = serving

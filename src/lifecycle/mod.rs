@@ -17,6 +17,7 @@ use crate::backend::tract::TractBackend;
 use crate::backend::{Backend, BackendError, Signature};
 use crate::repository::{self, BackendChoice, ModelConfig, ModelSpec};
 use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig};
+use crate::telemetry::{Telemetry, VersionMetrics};
 
 /// A loaded version that takes traffic.
 #[derive(Debug)]
@@ -26,6 +27,7 @@ pub struct ServingVersion {
     pub backend_name: &'static str,
     pub signature: Signature,
     pub scheduler: Scheduler,
+    pub metrics: VersionMetrics,
 }
 
 /// Where one version stands.
@@ -37,6 +39,15 @@ pub enum VersionState {
 }
 
 impl VersionState {
+    /// The state's name in metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VersionState::Loading => "loading",
+            VersionState::Ready(_) => "ready",
+            VersionState::Failed(_) => "failed",
+        }
+    }
+
     /// "version 2 failed: ...", for error messages.
     pub fn describe(&self, version: u64) -> String {
         match self {
@@ -90,13 +101,35 @@ pub enum LookupError {
 }
 
 /// name → model, shared by every request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ModelTable {
     models: DashMap<String, Arc<ModelEntry>>,
     startup_complete: AtomicBool,
+    telemetry: Arc<Telemetry>,
 }
 
 impl ModelTable {
+    pub fn new(telemetry: Arc<Telemetry>) -> ModelTable {
+        ModelTable { models: DashMap::new(), startup_complete: AtomicBool::new(false), telemetry }
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// Every version serving now.
+    pub fn serving_versions(&self) -> Vec<Arc<ServingVersion>> {
+        let mut serving = Vec::new();
+        for entry in self.models.iter() {
+            for state in entry.versions.load().versions.values() {
+                if let VersionState::Ready(v) = state {
+                    serving.push(Arc::clone(v));
+                }
+            }
+        }
+        serving
+    }
+
     /// True once every model the repository asked for at start has been loaded or has failed.
     pub fn is_ready(&self) -> bool {
         self.startup_complete.load(Ordering::Acquire)
@@ -164,10 +197,12 @@ impl ModelTable {
                         let state = match v.spec {
                             Ok(spec) => {
                                 to_load.push(spec);
+                                self.telemetry.set_version_state(&listing.name, v.version, "loading");
                                 VersionState::Loading
                             }
                             Err(e) => {
                                 tracing::error!(model = %listing.name, version = v.version, error = %e, "version cannot be served");
+                                self.telemetry.set_version_state(&listing.name, v.version, "failed");
                                 VersionState::Failed(e.to_string())
                             }
                         };
@@ -180,7 +215,8 @@ impl ModelTable {
         }
         for spec in to_load {
             let (name, version) = (spec.name.clone(), spec.version);
-            let state = match tokio::task::spawn_blocking(move || load_version(&spec)).await {
+            let telemetry = Arc::clone(&self.telemetry);
+            let state = match tokio::task::spawn_blocking(move || load_version(&spec, &telemetry)).await {
                 Ok(Ok(serving)) => VersionState::Ready(Arc::new(serving)),
                 Ok(Err(e)) => {
                     tracing::error!(model = %name, version, error = %e, "version failed to load");
@@ -198,6 +234,7 @@ impl ModelTable {
     }
 
     fn set_version_state(&self, model: &str, version: u64, state: VersionState) {
+        self.telemetry.set_version_state(model, version, state.name());
         if let Some(entry) = self.models.get(model) {
             entry.versions.rcu(|set| {
                 let mut next = VersionSet::clone(set);
@@ -209,7 +246,7 @@ impl ModelTable {
 }
 
 /// Loads, checks and starts one version; blocking, run off the async workers.
-fn load_version(spec: &ModelSpec) -> Result<ServingVersion, BackendError> {
+fn load_version(spec: &ModelSpec, telemetry: &Telemetry) -> Result<ServingVersion, BackendError> {
     let started = Instant::now();
     let backend: Arc<dyn Backend> = match spec.config.backend {
         BackendChoice::Auto | BackendChoice::Tract => Arc::new(TractBackend::load(&spec.model_path)?),
@@ -218,7 +255,9 @@ fn load_version(spec: &ModelSpec) -> Result<ServingVersion, BackendError> {
     check_batchable(backend.signature(), config.max_batch_size)
         .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
     let label = format!("{}-{}", spec.name, spec.version);
-    let scheduler = Scheduler::start(&label, Arc::clone(&backend), scheduler_config(config))?;
+    let metrics = telemetry.version(&spec.name, spec.version);
+    let scheduler = Scheduler::start(&label, Arc::clone(&backend), scheduler_config(config), metrics.clone())?;
+    telemetry.set_load_duration(&spec.name, spec.version, started.elapsed());
     tracing::info!(
         model = %spec.name,
         version = spec.version,
@@ -232,6 +271,7 @@ fn load_version(spec: &ModelSpec) -> Result<ServingVersion, BackendError> {
         backend_name: backend.name(),
         signature: backend.signature().clone(),
         scheduler,
+        metrics,
     })
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 pub use batch_queue::{BatchPolicy, BatchQueue, Next, Queued};
 
 use crate::backend::{Backend, BackendError, Session};
+use crate::telemetry::VersionMetrics;
 use crate::tensor::{Tensor, concat_rows, split_rows};
 
 /// How one version is scheduled.
@@ -46,6 +47,19 @@ pub enum SchedulerError {
 }
 
 type Reply = Result<Vec<Tensor>, SchedulerError>;
+
+/// Runs `f` when dropped: keeps a gauge right on every exit path, cancellation included.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
 
 /// The shorter of two optional timeouts; `None` is no limit.
 pub fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
@@ -113,6 +127,7 @@ impl Shared {
 pub struct Scheduler {
     shared: Arc<Shared>,
     config: SchedulerConfig,
+    metrics: VersionMetrics,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -124,24 +139,30 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// Starts the instance threads and waits until each has its session, so a version that cannot create one is
     /// never served.
-    pub fn start(label: &str, backend: Arc<dyn Backend>, config: SchedulerConfig) -> Result<Scheduler, BackendError> {
+    pub fn start(
+        label: &str,
+        backend: Arc<dyn Backend>,
+        config: SchedulerConfig,
+        metrics: VersionMetrics,
+    ) -> Result<Scheduler, BackendError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State { queue: BatchQueue::new(config.policy.clone()), closed: false }),
             wake: Condvar::new(),
         });
-        let scheduler = Scheduler { shared: Arc::clone(&shared), config };
+        let scheduler = Scheduler { shared: Arc::clone(&shared), config, metrics };
         for instance in 0..scheduler.config.instances {
             // Capacity 1: the thread sends exactly one message, whether its session could be created.
             let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
             let (shared, backend) = (Arc::clone(&shared), Arc::clone(&backend));
             let batched = scheduler.config.policy.max_batch_size > 0;
+            let metrics = scheduler.metrics.clone();
             let name: String = format!("{label}/{instance}").chars().take(15).collect();
             std::thread::Builder::new()
                 .name(name)
                 .spawn(move || match backend.session() {
                     Ok(session) => {
                         let _ = started_tx.send(Ok(()));
-                        Instance { shared, backend, session, batched }.run();
+                        Instance { shared, backend, session, batched, metrics }.run();
                     }
                     Err(e) => {
                         let _ = started_tx.send(Err(e));
@@ -177,8 +198,11 @@ impl Scheduler {
                 return Err(SchedulerError::Stopped);
             }
             state.queue.push(job).map_err(|_| SchedulerError::Overloaded)?;
+            self.metrics.queue_depth.set(state.queue.len() as i64);
         }
         self.shared.wake.notify_one();
+        self.metrics.in_flight.inc();
+        let _in_flight = scopeguard(|| self.metrics.in_flight.dec());
         let answer = match deadline {
             Some(deadline) => {
                 tokio::time::timeout_at(deadline.into(), answer).await.map_err(|_| SchedulerError::DeadlineExceeded)?
@@ -235,6 +259,7 @@ struct Instance {
     session: Box<dyn Session>,
     /// Whether requests are stacked (max_batch_size > 0).
     batched: bool,
+    metrics: VersionMetrics,
 }
 
 impl Instance {
@@ -259,6 +284,7 @@ impl Instance {
             }
             state = match state.queue.next(now) {
                 Next::Batch(batch) => {
+                    self.metrics.queue_depth.set(state.queue.len() as i64);
                     if !state.queue.is_empty() {
                         // More work is waiting: let another free instance look at it.
                         self.shared.wake.notify_one();
@@ -279,6 +305,11 @@ impl Instance {
         let rows: Vec<usize> = batch.iter().map(|job| job.rows).collect();
         let span = tracing::debug_span!(parent: &batch[0].span, "batch", size, rows = rows.iter().sum::<usize>());
         let _entered = span.enter();
+        for job in &batch {
+            self.metrics.queue_duration.observe(job.enqueued.elapsed().as_secs_f64());
+        }
+        self.metrics.batch_size.observe(rows.iter().sum::<usize>() as f64);
+        let started = Instant::now();
         let (inputs, replies): (Vec<Vec<Tensor>>, Vec<oneshot::Sender<Reply>>) =
             batch.into_iter().map(|job| (job.inputs, job.reply)).unzip();
         let stacked = if size == 1 { None } else { Some(self.run_stacked(&inputs, &rows)) };
@@ -292,6 +323,7 @@ impl Instance {
             }
             None => inputs.into_iter().map(|inputs| self.run_session(inputs)).collect(),
         };
+        self.metrics.compute_duration.observe(started.elapsed().as_secs_f64());
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,18 @@ pub fn router(table: Arc<ModelTable>, max_request_bytes: usize) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .with_state(AppState { table, max_request_bytes })
+}
+
+/// `GET /metrics` on the metrics port, for Prometheus.
+pub fn metrics_router(table: Arc<ModelTable>) -> Router {
+    Router::new().route("/metrics", get(metrics)).fallback(not_found).with_state(table)
+}
+
+async fn metrics(State(table): State<Arc<ModelTable>>) -> Response {
+    let versions: Vec<_> = table.serving_versions().iter().map(|v| v.metrics.clone()).collect();
+    let body = table.telemetry().render(&versions);
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body)
+        .into_response()
 }
 
 #[derive(Serialize)]
@@ -132,20 +144,29 @@ async fn run_infer(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let header_timeout = header_timeout(headers)?;
     let serving = api::resolve(&state.table, model, version)?;
+    let request = decode(state, body, headers).await.inspect_err(|e| serving.metrics.observe_error(e.error_type()))?;
+    let response = api::infer(serving, request).await?;
+    Ok(json_bytes(json::encode_response(&response)?))
+}
+
+/// Reads and decodes the body, and applies the timeout header.
+async fn decode(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    headers: &HeaderMap,
+) -> Result<api::InferRequest, ApiError> {
+    let header_timeout = header_timeout(headers)?;
     let body = body.map_err(|e| body_error(e, state.max_request_bytes))?;
-    let request = if body.len() > INLINE_DECODE_LIMIT {
+    let mut request = if body.len() > INLINE_DECODE_LIMIT {
         tokio::task::spawn_blocking(move || json::decode_request(&body))
             .await
             .map_err(|e| ApiError::Inference(format!("the request decoder failed: {e}")))??
     } else {
         json::decode_request(&body)?
     };
-    let mut request = request;
     request.timeout = scheduler::shorter(request.timeout, header_timeout);
-    let response = api::infer(serving, request).await?;
-    Ok(json_bytes(json::encode_response(&response)?))
+    Ok(request)
 }
 
 fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {

@@ -1,0 +1,218 @@
+//! Prometheus metrics: every name, label and bucket lives here.
+//!
+//! Label values come from a closed set (model and version names from the repository, protocol names, error
+//! types), never from request content, so cardinality stays bounded. Per-version handles are resolved once when
+//! a version loads ([`VersionMetrics`]), so the request path does no label lookups.
+
+mod latency_window;
+mod process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+pub use latency_window::LatencyWindow;
+
+/// Request, queue and compute duration buckets, in seconds: fine below a millisecond for small models, wide
+/// enough for models that take seconds.
+pub const DURATION_BUCKETS: [f64; 19] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
+];
+/// Rows per backend run.
+pub const BATCH_SIZE_BUCKETS: [f64; 12] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+/// Quantiles published from the sliding latency window.
+pub const WINDOW_QUANTILES: [(&str, f64); 3] = [("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99)];
+/// The version states published by `infergate_model_version_state`.
+pub const VERSION_STATES: [&str; 3] = ["loading", "ready", "failed"];
+
+/// The registry and every metric family of the server.
+#[derive(Debug)]
+pub struct Telemetry {
+    registry: Registry,
+    requests: IntCounterVec,
+    inferences: IntCounterVec,
+    request_duration: HistogramVec,
+    queue_duration: HistogramVec,
+    compute_duration: HistogramVec,
+    batch_size: HistogramVec,
+    queue_depth: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    version_state: IntGaugeVec,
+    load_duration: GaugeVec,
+    window_latency: GaugeVec,
+    window: Duration,
+    process: process::ProcessMetrics,
+}
+
+/// Handles of one model version, resolved once at load.
+#[derive(Debug, Clone)]
+pub struct VersionMetrics {
+    model: String,
+    version: String,
+    requests: IntCounterVec,
+    ok_rest: IntCounter,
+    inferences: IntCounter,
+    request_duration_rest: Histogram,
+    pub queue_duration: Histogram,
+    pub compute_duration: Histogram,
+    pub batch_size: Histogram,
+    pub queue_depth: IntGauge,
+    pub in_flight: IntGauge,
+    pub latency: Arc<LatencyWindow>,
+}
+
+fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    // Names are constants of this module and registered once per registry: a clash is a bug here.
+    registry.register(Box::new(metric.clone())).expect("metric names are unique; this is a bug");
+    metric
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+        .expect("histogram options are constants; this is a bug")
+}
+
+impl Telemetry {
+    /// A fresh registry; `window` is the span of the p50/p90/p99 latency gauges.
+    pub fn new(window: Duration) -> Telemetry {
+        let registry = Registry::new();
+        let mv = &["model", "version"];
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            registered(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("constant options"))
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            registered(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("constant options"))
+        };
+        let float_gauge = |name: &str, help: &str, labels: &[&str]| {
+            registered(&registry, GaugeVec::new(Opts::new(name, help), labels).expect("constant options"))
+        };
+        Telemetry {
+            requests: counter(
+                "infergate_requests_total",
+                "Inference requests answered, by protocol and error type (\"none\" when answered).",
+                &["model", "version", "protocol", "error_type"],
+            ),
+            inferences: counter("infergate_inferences_total", "Rows inferred (a request of N rows counts N).", mv),
+            request_duration: registered(
+                &registry,
+                histogram(
+                    "infergate_request_duration_seconds",
+                    "Time from a decoded request to its answer, queue and compute included.",
+                    &DURATION_BUCKETS,
+                    &["model", "version", "protocol"],
+                ),
+            ),
+            queue_duration: registered(
+                &registry,
+                histogram(
+                    "infergate_queue_duration_seconds",
+                    "Time requests wait in the version's queue.",
+                    &DURATION_BUCKETS,
+                    mv,
+                ),
+            ),
+            compute_duration: registered(
+                &registry,
+                histogram(
+                    "infergate_compute_duration_seconds",
+                    "Time of one backend run (one batch).",
+                    &DURATION_BUCKETS,
+                    mv,
+                ),
+            ),
+            batch_size: registered(
+                &registry,
+                histogram("infergate_batch_size", "Rows per backend run.", &BATCH_SIZE_BUCKETS, mv),
+            ),
+            queue_depth: gauge("infergate_queue_depth", "Requests waiting in the version's queue.", mv),
+            in_flight: gauge("infergate_in_flight_requests", "Requests queued or computing.", mv),
+            version_state: gauge(
+                "infergate_model_version_state",
+                "1 for the state a model version is in (loading, ready, failed), 0 for the others.",
+                &["model", "version", "state"],
+            ),
+            load_duration: float_gauge(
+                "infergate_model_load_duration_seconds",
+                "Time the version took to load and start.",
+                mv,
+            ),
+            window_latency: float_gauge(
+                "infergate_request_latency_window_seconds",
+                "Request latency quantiles over the recent sliding window (see --latency-window-seconds).",
+                &["model", "version", "quantile"],
+            ),
+            window,
+            process: process::ProcessMetrics::new(&registry),
+            registry,
+        }
+    }
+
+    /// Handles for one version; also publishes it as ready.
+    pub fn version(&self, model: &str, version: u64) -> VersionMetrics {
+        let version = version.to_string();
+        let mv = [model, version.as_str()];
+        VersionMetrics {
+            model: model.to_owned(),
+            version: version.clone(),
+            requests: self.requests.clone(),
+            ok_rest: self.requests.with_label_values(&[model, &version, "rest", "none"]),
+            inferences: self.inferences.with_label_values(&mv),
+            request_duration_rest: self.request_duration.with_label_values(&[model, &version, "rest"]),
+            queue_duration: self.queue_duration.with_label_values(&mv),
+            compute_duration: self.compute_duration.with_label_values(&mv),
+            batch_size: self.batch_size.with_label_values(&mv),
+            queue_depth: self.queue_depth.with_label_values(&mv),
+            in_flight: self.in_flight.with_label_values(&mv),
+            latency: Arc::new(LatencyWindow::new(self.window)),
+        }
+    }
+
+    /// Publishes a version's state: 1 for `state`, 0 for the others.
+    pub fn set_version_state(&self, model: &str, version: u64, state: &str) {
+        let version = version.to_string();
+        for known in VERSION_STATES {
+            self.version_state.with_label_values(&[model, &version, known]).set(i64::from(known == state));
+        }
+    }
+
+    pub fn set_load_duration(&self, model: &str, version: u64, took: Duration) {
+        self.load_duration.with_label_values(&[model, &version.to_string()]).set(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric, after refreshing the gauges computed at scrape time.
+    pub fn render(&self, versions: &[VersionMetrics]) -> Vec<u8> {
+        for v in versions {
+            let quantiles = v.latency.quantiles(&WINDOW_QUANTILES.map(|(_, q)| q));
+            for ((label, _), value) in WINDOW_QUANTILES.iter().zip(quantiles) {
+                let gauge: Gauge =
+                    self.window_latency.with_label_values(&[v.model.as_str(), v.version.as_str(), label]);
+                gauge.set(value.map_or(f64::NAN, |d| d.as_secs_f64()));
+            }
+        }
+        self.process.refresh();
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec fails only on a malformed family, which this module never builds.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl VersionMetrics {
+    /// A REST request answered: its rows and its latency.
+    pub fn observe_ok(&self, rows: usize, took: Duration) {
+        self.ok_rest.inc();
+        self.inferences.inc_by(rows as u64);
+        self.request_duration_rest.observe(took.as_secs_f64());
+        self.latency.record(took);
+    }
+
+    /// A request refused or failed after it reached this version.
+    pub fn observe_error(&self, error_type: &str) {
+        self.requests.with_label_values(&[self.model.as_str(), self.version.as_str(), "rest", error_type]).inc();
+    }
+}

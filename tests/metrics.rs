@@ -1,0 +1,78 @@
+//! The Prometheus endpoint on the metrics port: counters equal what was sent, histograms and gauges are there.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TestServer, golden};
+use serde_json::json;
+
+/// The value of the sample whose name and labels are exactly `series` (e.g. `name{a="b"}`), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn scrape(server: &TestServer) -> String {
+    let url = format!("http://{}/metrics", server.server.metrics_addr());
+    let response = server.client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn counters_histograms_and_gauges() {
+    let server = TestServer::bundled().await;
+    let g = golden("mlp_v1.json");
+    let sent = 25;
+    for _ in 0..sent {
+        let (status, _) = server.post_json("/v2/models/mlp/infer", &g.request).await;
+        assert_eq!(status, 200);
+    }
+    let bad = json!({"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]});
+    for _ in 0..3 {
+        assert_eq!(server.post_json("/v2/models/mlp/infer", &bad).await.0, 400);
+    }
+    assert_eq!(server.post_raw("/v2/models/mlp/infer", "{").await.0, 400);
+    // Requests for unknown models never become label values.
+    assert_eq!(server.post_json("/v2/models/evil-label/infer", &g.request).await.0, 404);
+
+    let text = scrape(&server).await;
+    let mv = r#"model="mlp",version="1""#;
+    let mv_rest = r#"model="mlp",protocol="rest",version="1""#;
+    let requests = |error_type: &str| {
+        sample(&text, &format!(r#"infergate_requests_total{{error_type="{error_type}",{mv_rest}}}"#))
+    };
+    assert_eq!(requests("none"), Some(sent as f64), "{text}");
+    assert_eq!(requests("invalid_input"), Some(3.0));
+    assert_eq!(requests("malformed_request"), Some(1.0));
+    // Each golden request holds 8 rows.
+    assert_eq!(sample(&text, &format!("infergate_inferences_total{{{mv}}}")), Some(8.0 * sent as f64));
+    // The text format lists labels in name order.
+    let count = r#"infergate_request_duration_seconds_count{model="mlp",protocol="rest",version="1"}"#;
+    assert_eq!(sample(&text, count), Some(sent as f64));
+    assert!(text.contains(
+        r#"infergate_request_duration_seconds_bucket{model="mlp",protocol="rest",version="1",le="0.000025"}"#
+    ));
+    assert!(
+        text.contains(r#"infergate_request_duration_seconds_bucket{model="mlp",protocol="rest",version="1",le="30"}"#)
+    );
+    assert_eq!(sample(&text, &format!("infergate_batch_size_sum{{{mv}}}")), Some(8.0 * sent as f64));
+    assert_eq!(sample(&text, &format!("infergate_queue_duration_seconds_count{{{mv}}}")), Some(sent as f64));
+    assert!(sample(&text, &format!("infergate_compute_duration_seconds_count{{{mv}}}")).unwrap() >= 1.0);
+    assert_eq!(sample(&text, &format!("infergate_queue_depth{{{mv}}}")), Some(0.0));
+    assert_eq!(sample(&text, &format!("infergate_in_flight_requests{{{mv}}}")), Some(0.0));
+    assert_eq!(sample(&text, r#"infergate_model_version_state{model="mlp",state="ready",version="1"}"#), Some(1.0));
+    assert_eq!(sample(&text, r#"infergate_model_version_state{model="mlp",state="failed",version="1"}"#), Some(0.0));
+    assert!(sample(&text, &format!("infergate_model_load_duration_seconds{{{mv}}}")).unwrap() > 0.0);
+    let p50 =
+        sample(&text, r#"infergate_request_latency_window_seconds{model="mlp",quantile="0.5",version="1"}"#).unwrap();
+    let p99 =
+        sample(&text, r#"infergate_request_latency_window_seconds{model="mlp",quantile="0.99",version="1"}"#).unwrap();
+    assert!(p50 > 0.0 && p50 <= p99 && p99 < 5.0, "p50 {p50} p99 {p99}");
+    assert!(sample(&text, "infergate_process_resident_memory_bytes").unwrap() > 1e6);
+    assert!(sample(&text, "infergate_process_open_fds").unwrap() > 0.0);
+    assert!(!text.contains("evil-label"));
+    // Versions without traffic have no window yet: NaN, not a made-up zero.
+    let idle = sample(&text, r#"infergate_request_latency_window_seconds{model="iris",quantile="0.5",version="1"}"#);
+    assert!(idle.unwrap().is_nan());
+}
