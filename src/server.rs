@@ -55,23 +55,12 @@ impl ShutdownTrigger {
 }
 
 impl Server {
-    /// Binds the REST listener, starts loading the model repository in the background and serves. The server is
+    /// Binds the REST and metrics listeners, starts loading the model repository in the background and serves. The server is
     /// live at once and ready (`/v2/health/ready`) once every model has loaded or failed.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
-        let http_addr = SocketAddr::new(config.host, config.http_port);
-        let listener = TcpListener::bind(http_addr).await.map_err(|source| ServerError::Bind {
-            what: "HTTP",
-            addr: http_addr,
-            source,
-        })?;
-        let http_addr = listener.local_addr().map_err(ServerError::Serve)?;
-        let metrics_addr = SocketAddr::new(config.host, config.metrics_port);
-        let metrics_listener = TcpListener::bind(metrics_addr).await.map_err(|source| ServerError::Bind {
-            what: "metrics",
-            addr: metrics_addr,
-            source,
-        })?;
-        let metrics_addr = metrics_listener.local_addr().map_err(ServerError::Serve)?;
+        let (listener, http_addr) = bind("HTTP", SocketAddr::new(config.host, config.http_port)).await?;
+        let (metrics_listener, metrics_addr) =
+            bind("metrics", SocketAddr::new(config.host, config.metrics_port)).await?;
 
         let table = Arc::new(ModelTable::new(Arc::new(Telemetry::new(config.latency_window))));
         let loader = Arc::clone(&table);
@@ -127,6 +116,13 @@ impl Server {
             }
         }
     }
+}
+
+/// Binds a listener; returns it with the address it got (port 0 asks for any free port).
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })?;
+    let bound = listener.local_addr().map_err(ServerError::Serve)?;
+    Ok((listener, bound))
 }
 
 /// Serves a router until `stop` turns true, then lets open requests finish.

@@ -110,3 +110,16 @@ fn sigterm_stops_the_binary_cleanly() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("SIGTERM received")), "{rest:?}");
 }
+
+#[test]
+fn a_busy_port_is_a_clear_startup_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let output = infergate()
+        .args(["--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", &port])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port} (metrics)")), "{stderr}");
+}
