@@ -25,8 +25,9 @@ pub const DURATION_BUCKETS: [f64; 19] = [
 ];
 /// Rows per backend run.
 pub const BATCH_SIZE_BUCKETS: [f64; 12] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
-/// Quantiles published from the sliding latency window.
-pub const WINDOW_QUANTILES: [(&str, f64); 3] = [("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99)];
+/// Percentiles published from the sliding latency window. The label is `percentile`, not `quantile`, which
+/// Prometheus reserves for summaries.
+pub const WINDOW_PERCENTILES: [(&str, f64); 3] = [("50", 0.5), ("90", 0.9), ("99", 0.99)];
 /// The version states published by `infergate_model_version_state`.
 pub const VERSION_STATES: [&str; 3] = ["loading", "ready", "failed"];
 
@@ -143,8 +144,8 @@ impl Telemetry {
             ),
             window_latency: float_gauge(
                 "infergate_request_latency_window_seconds",
-                "Request latency quantiles over the recent sliding window (see --latency-window-seconds).",
-                &["model", "version", "quantile"],
+                "Request latency percentiles (50, 90, 99) over the recent sliding window (--latency-window-seconds).",
+                &["model", "version", "percentile"],
             ),
             window,
             process: process::ProcessMetrics::new(&registry),
@@ -187,8 +188,8 @@ impl Telemetry {
     /// The Prometheus text exposition of every metric, after refreshing the gauges computed at scrape time.
     pub fn render(&self, versions: &[VersionMetrics]) -> Vec<u8> {
         for v in versions {
-            let quantiles = v.latency.quantiles(&WINDOW_QUANTILES.map(|(_, q)| q));
-            for ((label, _), value) in WINDOW_QUANTILES.iter().zip(quantiles) {
+            let quantiles = v.latency.quantiles(&WINDOW_PERCENTILES.map(|(_, q)| q));
+            for ((label, _), value) in WINDOW_PERCENTILES.iter().zip(quantiles) {
                 let gauge: Gauge =
                     self.window_latency.with_label_values(&[v.model.as_str(), v.version.as_str(), label]);
                 gauge.set(value.map_or(f64::NAN, |d| d.as_secs_f64()));

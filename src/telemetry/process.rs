@@ -1,6 +1,6 @@
 //! Process metrics read from /proc/self: resident memory, CPU time, open file descriptors, threads.
 
-use prometheus::{Gauge, IntGauge, Registry};
+use prometheus::{Counter, IntGauge, Registry};
 
 /// `/proc/<pid>/stat` counts CPU time in clock ticks of USER_HZ, which Linux fixes at 100 for user space.
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -8,7 +8,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 #[derive(Debug)]
 pub struct ProcessMetrics {
     resident_memory: IntGauge,
-    cpu_seconds: Gauge,
+    cpu_seconds: Counter,
     open_fds: IntGauge,
     threads: IntGauge,
 }
@@ -21,7 +21,7 @@ impl ProcessMetrics {
             resident_memory: int_gauge("infergate_process_resident_memory_bytes", "Resident memory of the process."),
             cpu_seconds: super::registered(
                 registry,
-                Gauge::new("infergate_process_cpu_seconds_total", "User and system CPU time of the process.")
+                Counter::new("infergate_process_cpu_seconds_total", "User and system CPU time of the process.")
                     .expect("constant"),
             ),
             open_fds: int_gauge("infergate_process_open_fds", "Open file descriptors."),
@@ -38,7 +38,11 @@ impl ProcessMetrics {
             // utime, stime and num_threads, fields 14, 15 and 20 of the line, are 11, 12 and 17 after the name.
             let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
             if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
-                self.cpu_seconds.set((user + system) / TICKS_PER_SECOND);
+                // A counter cannot be set: add what the process used since the last read.
+                let used = (user + system) / TICKS_PER_SECOND - self.cpu_seconds.get();
+                if used > 0.0 {
+                    self.cpu_seconds.inc_by(used);
+                }
             }
             if let Some(threads) = fields.get(17).and_then(|f| f.parse().ok()) {
                 self.threads.set(threads);
