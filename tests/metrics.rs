@@ -76,3 +76,53 @@ async fn counters_histograms_and_gauges() {
     let idle = sample(&text, r#"infergate_request_latency_window_seconds{model="iris",percentile="50",version="1"}"#);
     assert!(idle.unwrap().is_nan());
 }
+
+/// Classifier outputs are inferred: a counter per predicted class, for the label output and for the argmax of
+/// the probabilities, equal to what ONNX Runtime predicted for the same rows.
+#[tokio::test]
+async fn prediction_distributions() {
+    let server = TestServer::bundled().await;
+    let g = golden("iris_v1.json");
+    for _ in 0..2 {
+        assert_eq!(server.post_json("/v2/models/iris/versions/1/infer", &g.request).await.0, 200);
+    }
+    let mut expected = [0.0; 3];
+    for label in g.outputs["label"]["data"].as_array().unwrap() {
+        expected[label.as_u64().unwrap() as usize] += 2.0;
+    }
+    let text = scrape(&server).await;
+    for (class, count) in expected.iter().enumerate() {
+        for output in ["label", "probabilities"] {
+            let series =
+                format!(r#"infergate_predictions_total{{class="{class}",model="iris",output="{output}",version="1"}}"#);
+            let got = sample(&text, &series).unwrap_or(0.0);
+            assert_eq!(got, *count, "{series}");
+        }
+    }
+}
+
+/// A configured score histogram: every probability of every row lands in it.
+#[tokio::test]
+async fn configured_score_histogram() {
+    let root = common::temp_dir("score-histogram");
+    common::repository_with(
+        &root,
+        "mlp",
+        "mlp/1/model.onnx",
+        "[[monitoring.outputs]]\nname = \"probabilities\"\ndistribution = \"histogram\"\nbuckets = [0.01, 0.5]\n",
+    );
+    let server = TestServer::start(common::config(&root)).await;
+    let g = golden("mlp_v1.json");
+    assert_eq!(server.post_json("/v2/models/mlp/infer", &g.request).await.0, 200);
+    let text = scrape(&server).await;
+    let base = r#"model="mlp",output="probabilities",version="1""#;
+    assert_eq!(sample(&text, &format!("infergate_prediction_value_count{{{base}}}")), Some(80.0), "{text}");
+    let below_half =
+        g.outputs["probabilities"]["data"].as_array().unwrap().iter().filter(|v| v.as_f64().unwrap() <= 0.5).count();
+    assert_eq!(
+        sample(&text, &format!(r#"infergate_prediction_value_bucket{{{base},le="0.5"}}"#)),
+        Some(below_half as f64)
+    );
+    assert!(!text.contains("infergate_predictions_total{"), "no class counters were asked for");
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -67,14 +67,13 @@ pub async fn infer(serving: Arc<ServingVersion>, request: InferRequest) -> Resul
 async fn run(serving: &ServingVersion, request: InferRequest) -> Result<InferResponse, ApiError> {
     let output_indices = select_outputs(&serving.signature, &serving.name, request.outputs.as_deref())?;
     let inputs = order_inputs(&serving.signature, &serving.name, request.inputs)?;
-    let mut outputs = serving
+    let outputs = serving
         .scheduler
         .infer(inputs, request.timeout)
         .await
-        .map_err(|e| scheduler_error(e, &serving.name, serving.version))?
-        .into_iter()
-        .map(Some)
-        .collect::<Vec<_>>();
+        .map_err(|e| scheduler_error(e, &serving.name, serving.version))?;
+    serving.metrics.predictions.observe(&outputs);
+    let mut outputs = outputs.into_iter().map(Some).collect::<Vec<_>>();
     let outputs = output_indices
         .into_iter()
         .map(|ix| {

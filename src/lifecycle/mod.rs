@@ -15,9 +15,10 @@ use thiserror::Error;
 
 use crate::backend::tract::TractBackend;
 use crate::backend::{Backend, BackendError, Signature};
-use crate::repository::{self, BackendChoice, ModelConfig, ModelSpec};
+use crate::repository::{self, BackendChoice, DistributionChoice, ModelConfig, ModelSpec, MonitoringConfig};
 use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig};
-use crate::telemetry::{Telemetry, VersionMetrics};
+use crate::telemetry::{DEFAULT_SCORE_BUCKETS, Distribution, MAX_CLASSES, MonitorSpec, Telemetry, VersionMetrics};
+use crate::tensor::DataType;
 
 /// A loaded version that takes traffic.
 #[derive(Debug)]
@@ -255,7 +256,9 @@ fn load_version(spec: &ModelSpec, telemetry: &Telemetry) -> Result<ServingVersio
     check_batchable(backend.signature(), config.max_batch_size)
         .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
     let label = format!("{}-{}", spec.name, spec.version);
-    let metrics = telemetry.version(&spec.name, spec.version);
+    let monitors = monitor_plan(backend.signature(), &config.monitoring)
+        .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
+    let metrics = telemetry.version(&spec.name, spec.version, &monitors);
     let scheduler = Scheduler::start(&label, Arc::clone(&backend), scheduler_config(config), metrics.clone())?;
     telemetry.set_load_duration(&spec.name, spec.version, started.elapsed());
     tracing::info!(
@@ -295,6 +298,54 @@ fn check_batchable(signature: &Signature, max_batch_size: usize) -> Result<(), S
         )),
         None => Ok(()),
     }
+}
+
+/// Which outputs' predictions to count: those `[monitoring]` names, or, when it names none, every output that
+/// looks like a classifier's (integer labels [N], or scores [N, K]) or a score ([N] or [N, 1]).
+fn monitor_plan(signature: &Signature, monitoring: &MonitoringConfig) -> Result<Vec<MonitorSpec>, String> {
+    if !monitoring.predictions {
+        return Ok(Vec::new());
+    }
+    let is_integer = |dt: DataType| !matches!(dt, DataType::Fp32 | DataType::Fp64 | DataType::Bytes);
+    if monitoring.outputs.is_empty() {
+        let inferred = signature.outputs.iter().enumerate().filter_map(|(output, spec)| {
+            let distribution = match (spec.datatype, spec.shape.as_slice()) {
+                (DataType::Bytes, _) => return None,
+                (dt, [_]) if is_integer(dt) => Distribution::Labels,
+                (_, [_]) | (_, [_, 1]) => Distribution::Histogram(DEFAULT_SCORE_BUCKETS.to_vec()),
+                (_, [_, k]) if (2..=MAX_CLASSES as i64).contains(k) => Distribution::Argmax,
+                _ => return None,
+            };
+            Some(MonitorSpec { output, name: spec.name.clone(), distribution })
+        });
+        return Ok(inferred.collect());
+    }
+    monitoring
+        .outputs
+        .iter()
+        .map(|watched| {
+            let output = signature.output_index(&watched.name).ok_or_else(|| {
+                format!("[monitoring] names output '{}', which the model does not have", watched.name)
+            })?;
+            let spec = &signature.outputs[output];
+            let distribution = match watched.distribution {
+                DistributionChoice::Classes if is_integer(spec.datatype) => Distribution::Labels,
+                DistributionChoice::Classes if spec.shape.len() == 2 => Distribution::Argmax,
+                DistributionChoice::Classes => {
+                    return Err(format!(
+                        "[monitoring] output '{}' is {}: classes need integer labels or a [N, K] score output",
+                        spec.name,
+                        spec.describe()
+                    ));
+                }
+                DistributionChoice::Histogram if watched.buckets.is_empty() => {
+                    Distribution::Histogram(DEFAULT_SCORE_BUCKETS.to_vec())
+                }
+                DistributionChoice::Histogram => Distribution::Histogram(watched.buckets.clone()),
+            };
+            Ok(MonitorSpec { output, name: spec.name.clone(), distribution })
+        })
+        .collect()
 }
 
 fn scheduler_config(config: &ModelConfig) -> SchedulerConfig {
@@ -343,5 +394,60 @@ mod tests {
             outputs: vec![spec("y", vec![-1], Some("N"))],
         };
         assert!(check_batchable(&other_symbol, 8).unwrap_err().contains("'table'"));
+    }
+}
+
+#[cfg(test)]
+mod monitoring_tests {
+    use super::*;
+    use crate::backend::TensorSpec;
+    use crate::repository::OutputMonitoring;
+
+    fn spec(name: &str, datatype: DataType, shape: Vec<i64>) -> TensorSpec {
+        TensorSpec { name: name.into(), datatype, dim_names: vec![None; shape.len()], shape }
+    }
+
+    fn signature() -> Signature {
+        Signature {
+            inputs: vec![spec("x", DataType::Fp32, vec![-1, 4])],
+            outputs: vec![
+                spec("label", DataType::Int64, vec![-1]),
+                spec("probabilities", DataType::Fp32, vec![-1, 3]),
+                spec("score", DataType::Fp32, vec![-1, 1]),
+                spec("embedding", DataType::Fp32, vec![-1, 1000]),
+                spec("names", DataType::Bytes, vec![-1]),
+            ],
+        }
+    }
+
+    #[test]
+    fn classifier_and_score_outputs_are_inferred() {
+        let plan = monitor_plan(&signature(), &MonitoringConfig::default()).unwrap();
+        let kinds: Vec<(&str, &Distribution)> = plan.iter().map(|m| (m.name.as_str(), &m.distribution)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("label", &Distribution::Labels),
+                ("probabilities", &Distribution::Argmax),
+                ("score", &Distribution::Histogram(DEFAULT_SCORE_BUCKETS.to_vec())),
+            ]
+        );
+        let off = MonitoringConfig { predictions: false, outputs: Vec::new() };
+        assert!(monitor_plan(&signature(), &off).unwrap().is_empty());
+    }
+
+    #[test]
+    fn configured_outputs_are_checked() {
+        let watch = |name: &str, distribution| MonitoringConfig {
+            predictions: true,
+            outputs: vec![OutputMonitoring { name: name.into(), distribution, buckets: Vec::new() }],
+        };
+        assert!(
+            monitor_plan(&signature(), &watch("nope", DistributionChoice::Classes)).unwrap_err().contains("'nope'")
+        );
+        assert!(monitor_plan(&signature(), &watch("names", DistributionChoice::Classes)).is_err());
+        let plan = monitor_plan(&signature(), &watch("embedding", DistributionChoice::Classes)).unwrap();
+        assert_eq!(plan[0].distribution, Distribution::Argmax);
+        assert_eq!(plan[0].output, 3);
     }
 }

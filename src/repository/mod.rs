@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-pub use model_config::{BackendChoice, BatchingConfig, ModelConfig, VersionPolicy};
+pub use model_config::{
+    BackendChoice, BatchingConfig, DistributionChoice, ModelConfig, MonitoringConfig, OutputMonitoring, VersionPolicy,
+};
 
 /// One model version to load: where its file is and how the model is configured.
 #[derive(Debug, Clone)]

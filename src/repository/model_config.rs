@@ -50,7 +50,7 @@ impl VersionPolicy {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     #[serde(default)]
@@ -62,6 +62,44 @@ pub struct ModelConfig {
     pub max_batch_size: usize,
     #[serde(default)]
     pub batching: BatchingConfig,
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
+}
+
+/// `[monitoring]`: which outputs' predictions are counted.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringConfig {
+    /// `false` turns prediction tracking off for the model.
+    pub predictions: bool,
+    /// The outputs to watch; when empty, they are inferred from the signature.
+    pub outputs: Vec<OutputMonitoring>,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig { predictions: true, outputs: Vec::new() }
+    }
+}
+
+/// `[[monitoring.outputs]]`: one watched output.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputMonitoring {
+    pub name: String,
+    pub distribution: DistributionChoice,
+    /// Histogram bucket bounds, ascending; empty means scores in [0, 1] by tenths.
+    #[serde(default)]
+    pub buckets: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistributionChoice {
+    /// A counter per predicted class: the value of a label output, or the highest column of a score output.
+    Classes,
+    /// A histogram of a one-score-per-row output.
+    Histogram,
 }
 
 /// `[batching]`: how requests wait for and share a backend run.
@@ -144,6 +182,14 @@ impl ModelConfig {
                 self.max_batch_size
             ));
         }
+        for output in &self.monitoring.outputs {
+            if !output.buckets.windows(2).all(|w| w[0] < w[1]) || output.buckets.iter().any(|b| !b.is_finite()) {
+                return Err(format!("monitoring output '{}': buckets must be finite and ascending", output.name));
+            }
+            if output.distribution == DistributionChoice::Classes && !output.buckets.is_empty() {
+                return Err(format!("monitoring output '{}': buckets only apply to histograms", output.name));
+            }
+        }
         Ok(())
     }
 }
@@ -192,6 +238,9 @@ mod tests {
             "[batching]\nmax_queue_delay_us = 99999999999",
             "[batching]\nmax_delay = 5",
             "max_batch_size = 99999999999",
+            "[[monitoring.outputs]]\nname = \"y\"\ndistribution = \"histogram\"\nbuckets = [1.0, 0.5]",
+            "[[monitoring.outputs]]\nname = \"y\"\ndistribution = \"classes\"\nbuckets = [1.0]",
+            "[[monitoring.outputs]]\nname = \"y\"\ndistribution = \"pie\"",
         ] {
             assert!(ModelConfig::parse(bad).is_err(), "{bad}");
         }

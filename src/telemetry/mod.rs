@@ -5,6 +5,7 @@
 //! a version loads ([`VersionMetrics`]), so the request path does no label lookups.
 
 mod latency_window;
+mod predictions;
 mod process;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use prometheus::{
 };
 
 pub use latency_window::LatencyWindow;
+pub use predictions::{Distribution, MAX_CLASSES, MonitorSpec, PredictionMonitor};
 
 /// Request, queue and compute duration buckets, in seconds: fine below a millisecond for small models, wide
 /// enough for models that take seconds.
@@ -28,6 +30,8 @@ pub const BATCH_SIZE_BUCKETS: [f64; 12] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0,
 /// Percentiles published from the sliding latency window. The label is `percentile`, not `quantile`, which
 /// Prometheus reserves for summaries.
 pub const WINDOW_PERCENTILES: [(&str, f64); 3] = [("50", 0.5), ("90", 0.9), ("99", 0.99)];
+/// Buckets of score histograms when `model.toml` gives none: scores in [0, 1], such as probabilities.
+pub const DEFAULT_SCORE_BUCKETS: [f64; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 /// The version states published by `infergate_model_version_state`.
 pub const VERSION_STATES: [&str; 3] = ["loading", "ready", "failed"];
 
@@ -46,6 +50,7 @@ pub struct Telemetry {
     version_state: IntGaugeVec,
     load_duration: GaugeVec,
     window_latency: GaugeVec,
+    predictions: IntCounterVec,
     window: Duration,
     process: process::ProcessMetrics,
 }
@@ -65,6 +70,7 @@ pub struct VersionMetrics {
     pub queue_depth: IntGauge,
     pub in_flight: IntGauge,
     pub latency: Arc<LatencyWindow>,
+    pub predictions: Arc<PredictionMonitor>,
 }
 
 fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -147,16 +153,23 @@ impl Telemetry {
                 "Request latency percentiles (50, 90, 99) over the recent sliding window (--latency-window-seconds).",
                 &["model", "version", "percentile"],
             ),
+            predictions: counter(
+                "infergate_predictions_total",
+                "Predicted classes per output (a label output's value, or a score row's highest column).",
+                &["model", "version", "output", "class"],
+            ),
             window,
             process: process::ProcessMetrics::new(&registry),
             registry,
         }
     }
 
-    /// Handles for one version; also publishes it as ready.
-    pub fn version(&self, model: &str, version: u64) -> VersionMetrics {
+    /// Handles for one version, with recorders for the outputs whose predictions are watched.
+    pub fn version(&self, model: &str, version: u64, monitors: &[MonitorSpec]) -> VersionMetrics {
         let version = version.to_string();
         let mv = [model, version.as_str()];
+        let score_histogram = |output: &str, buckets: &[f64]| self.score_histogram(model, &version, output, buckets);
+        let predictions = PredictionMonitor::new(monitors, model, &version, &self.predictions, score_histogram);
         VersionMetrics {
             model: model.to_owned(),
             version: version.clone(),
@@ -170,7 +183,25 @@ impl Telemetry {
             queue_depth: self.queue_depth.with_label_values(&mv),
             in_flight: self.in_flight.with_label_values(&mv),
             latency: Arc::new(LatencyWindow::new(self.window)),
+            predictions: Arc::new(predictions),
         }
+    }
+
+    /// `infergate_prediction_value` of one output. Outputs differ in buckets, so each is its own histogram with
+    /// its labels fixed, registered under the shared name.
+    fn score_histogram(&self, model: &str, version: &str, output: &str, buckets: &[f64]) -> Histogram {
+        let labels = [("model", model), ("version", version), ("output", output)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let opts = HistogramOpts::new("infergate_prediction_value", "Scores a model output predicted, per row.")
+            .const_labels(labels)
+            .buckets(buckets.to_vec());
+        let histogram = Histogram::with_opts(opts).expect("buckets are checked by the model config; this is a bug");
+        if let Err(e) = self.registry.register(Box::new(histogram.clone())) {
+            tracing::warn!(model, version, output, error = %e, "score histogram not exported");
+        }
+        histogram
     }
 
     /// Publishes a version's state: 1 for `state`, 0 for the others.
