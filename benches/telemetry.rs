@@ -10,7 +10,7 @@ use infergate::tensor::{DataType, Tensor};
 fn per_request(c: &mut Criterion) {
     let telemetry = Telemetry::new(Duration::from_secs(60));
     let argmax = MonitorSpec { output: 0, name: "probabilities".into(), distribution: Distribution::Argmax };
-    let metrics = telemetry.version("mlp", 1, &[argmax]);
+    let metrics = telemetry.version("mlp", 1, &[argmax], Default::default());
     // One answered mlp row: ten class probabilities.
     let row: Vec<u8> = (0..10).flat_map(|i| (i as f32 / 45.0).to_le_bytes()).collect();
     let outputs = [Tensor::new(DataType::Fp32, vec![1, 10], Bytes::from(row)).expect("valid tensor")];

@@ -27,15 +27,31 @@ pub struct Cli {
 pub enum Command {
     /// Serve the models of a model repository (the default).
     Serve(ServeArgs),
+    /// Build a version's reference.json (for drift detection) from sample traffic.
+    Reference(ReferenceArgs),
+}
+
+/// Flags of `infergate reference`.
+#[derive(Debug, Clone, Args)]
+pub struct ReferenceArgs {
+    /// The version's model file, e.g. models/iris/1/model.onnx.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Sample traffic: a KServe v2 inference request body (JSON) holding many rows, e.g. training data.
+    #[arg(long)]
+    pub samples: PathBuf,
+    /// Buckets per input column (bounds at the samples' quantiles).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(2..=100))]
+    pub buckets: u16,
+    /// Where to write the reference [default: reference.json beside the model]
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
 impl Cli {
-    /// The serve flags, whether given after `serve` or with no subcommand.
-    pub fn into_serve_args(self) -> ServeArgs {
-        match self.command {
-            Some(Command::Serve(args)) => args,
-            None => self.serve,
-        }
+    /// What to run: `serve` with its flags (also when no subcommand is given), or another command.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(self.serve))
     }
 }
 
@@ -66,9 +82,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the server exits [default: 30]
     #[arg(long, env = "INFERGATE_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
-    /// Span of the p50/p90/p99 latency gauges, in seconds [default: 60]
-    #[arg(long, env = "INFERGATE_LATENCY_WINDOW_SECONDS")]
-    pub latency_window_seconds: Option<u64>,
+    /// Span of the sliding windows behind the p50/p90/p99 latency and the drift gauges, in seconds [default: 60]
+    #[arg(long, env = "INFERGATE_METRICS_WINDOW_SECONDS")]
+    pub metrics_window_seconds: Option<u64>,
     /// Log format [default: text]
     #[arg(long, env = "INFERGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -95,7 +111,7 @@ struct ConfigFile {
     metrics_port: Option<u16>,
     max_request_bytes: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
-    latency_window_seconds: Option<u64>,
+    metrics_window_seconds: Option<u64>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
 }
@@ -110,7 +126,7 @@ pub struct Config {
     pub metrics_port: u16,
     pub max_request_bytes: usize,
     pub shutdown_grace: Duration,
-    pub latency_window: Duration,
+    pub metrics_window: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -131,8 +147,8 @@ pub enum ConfigError {
 
 /// Largest request body we accept at all: one protobuf/HTTP message past 2 GiB is never legitimate here.
 const MAX_REQUEST_BYTES_CEILING: usize = 2 << 30;
-/// Longest latency window: an hour of per-second slots per version.
-const MAX_LATENCY_WINDOW_SECONDS: u64 = 3600;
+/// Longest metrics window: an hour of per-second slots per tracked distribution.
+const MAX_METRICS_WINDOW_SECONDS: u64 = 3600;
 /// Longest shutdown grace period; Kubernetes' own default is 30 s.
 const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 3600;
 
@@ -146,7 +162,7 @@ impl Default for Config {
             metrics_port: 8002,
             max_request_bytes: 64 << 20,
             shutdown_grace: Duration::from_secs(30),
-            latency_window: Duration::from_secs(60),
+            metrics_window: Duration::from_secs(60),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
         }
@@ -173,11 +189,11 @@ impl Config {
                 .or(file.shutdown_grace_seconds)
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.shutdown_grace),
-            latency_window: args
-                .latency_window_seconds
-                .or(file.latency_window_seconds)
+            metrics_window: args
+                .metrics_window_seconds
+                .or(file.metrics_window_seconds)
                 .map(Duration::from_secs)
-                .unwrap_or(defaults.latency_window),
+                .unwrap_or(defaults.metrics_window),
             log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),
             log_level: args.log_level.or(file.log_level).unwrap_or(defaults.log_level),
         };
@@ -209,10 +225,10 @@ impl Config {
                 self.shutdown_grace.as_secs()
             )));
         }
-        let window = self.latency_window.as_secs();
-        if !(1..=MAX_LATENCY_WINDOW_SECONDS).contains(&window) {
+        let window = self.metrics_window.as_secs();
+        if !(1..=MAX_METRICS_WINDOW_SECONDS).contains(&window) {
             return Err(ConfigError::Invalid(format!(
-                "--latency-window-seconds must be between 1 and {MAX_LATENCY_WINDOW_SECONDS}, got {window}"
+                "--metrics-window-seconds must be between 1 and {MAX_METRICS_WINDOW_SECONDS}, got {window}"
             )));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
@@ -280,7 +296,7 @@ mod tests {
         assert!(Config::resolve(ServeArgs { max_request_bytes: Some(0), ..args() }).is_err());
         assert!(Config::resolve(ServeArgs { shutdown_grace_seconds: Some(100_000), ..args() }).is_err());
         assert!(Config::resolve(ServeArgs { log_level: Some("info,[".into()), ..args() }).is_err());
-        assert!(Config::resolve(ServeArgs { latency_window_seconds: Some(0), ..args() }).is_err());
+        assert!(Config::resolve(ServeArgs { metrics_window_seconds: Some(0), ..args() }).is_err());
     }
 
     #[test]
@@ -302,10 +318,12 @@ mod tests {
 
     #[test]
     fn cli_parses_with_and_without_subcommand() {
-        let cli = Cli::try_parse_from(["infergate", "--http-port", "1234"]).unwrap();
-        assert_eq!(cli.into_serve_args().http_port, Some(1234));
-        let cli = Cli::try_parse_from(["infergate", "serve", "--http-port", "4321"]).unwrap();
-        assert_eq!(cli.into_serve_args().http_port, Some(4321));
+        let port = |args: &[&str]| match Cli::try_parse_from(args).unwrap().into_command() {
+            Command::Serve(serve) => serve.http_port,
+            Command::Reference(_) => panic!("not serve"),
+        };
+        assert_eq!(port(&["infergate", "--http-port", "1234"]), Some(1234));
+        assert_eq!(port(&["infergate", "serve", "--http-port", "4321"]), Some(4321));
         assert!(Cli::try_parse_from(["infergate", "--http-port", "70000"]).is_err());
     }
 }

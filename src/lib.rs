@@ -10,6 +10,7 @@ pub mod api;
 pub mod backend;
 pub mod config;
 pub mod lifecycle;
+pub mod reference;
 pub mod repository;
 pub mod scheduler;
 pub mod server;

@@ -1,12 +1,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use infergate::config::{Cli, Config, LogFormat};
+use infergate::config::{Cli, Command, Config, LogFormat, ReferenceArgs};
 use infergate::server::{Server, ShutdownTrigger};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args = Cli::parse().into_serve_args();
+    let args = match Cli::parse().into_command() {
+        Command::Serve(args) => args,
+        Command::Reference(args) => return reference(&args),
+    };
     let config = match Config::resolve(args) {
         Ok(config) => config,
         Err(e) => {
@@ -23,6 +26,26 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(config))
+}
+
+/// `infergate reference`: writes the reference.json of a version from sample traffic.
+fn reference(args: &ReferenceArgs) -> ExitCode {
+    let built = infergate::reference::reference_for(&args.model, &args.samples, usize::from(args.buckets));
+    let output = args.output.clone().unwrap_or_else(|| infergate::reference::default_output(&args.model));
+    let written = built.and_then(|reference| {
+        let json = serde_json::to_vec_pretty(&reference).map_err(|e| e.to_string())?;
+        std::fs::write(&output, json).map_err(|e| format!("cannot write {}: {e}", output.display()))
+    });
+    match written {
+        Ok(()) => {
+            eprintln!("infergate: wrote {}", output.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("infergate reference: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -62,7 +62,7 @@ impl Server {
         let (metrics_listener, metrics_addr) =
             bind("metrics", SocketAddr::new(config.host, config.metrics_port)).await?;
 
-        let table = Arc::new(ModelTable::new(Arc::new(Telemetry::new(config.latency_window))));
+        let table = Arc::new(ModelTable::new(Arc::new(Telemetry::new(config.metrics_window))));
         let loader = Arc::clone(&table);
         let repository = config.model_repository.clone();
         tokio::spawn(async move { loader.load_local_repository(&repository).await });

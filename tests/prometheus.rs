@@ -141,6 +141,16 @@ async fn a_real_prometheus_scrapes_infergate() {
     );
     println!("p99: PromQL {:.3} ms, client {:.3} ms", promql_p99 * 1e3, client_p99 * 1e3);
 
+    // Every query of the Grafana dashboard parses and runs in this Prometheus.
+    let dashboard: Value = serde_json::from_slice(
+        &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/infergate.json")).unwrap(),
+    )
+    .unwrap();
+    for target in dashboard["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().unwrap()) {
+        let expr = target["expr"].as_str().unwrap().replace("$__rate_interval", "1m").replace("$model", ".*");
+        query(&client, &prometheus, &expr).await;
+    }
+
     // The exposition format and the alert rules pass Prometheus' own checks.
     let scrape = client.get(format!("http://{}/metrics", server.server.metrics_addr())).send().await.unwrap();
     let (ok, report) = promtool(&["check", "metrics"], Some(&scrape.bytes().await.unwrap()));

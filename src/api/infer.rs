@@ -67,12 +67,14 @@ pub async fn infer(serving: Arc<ServingVersion>, request: InferRequest) -> Resul
 async fn run(serving: &ServingVersion, request: InferRequest) -> Result<InferResponse, ApiError> {
     let output_indices = select_outputs(&serving.signature, &serving.name, request.outputs.as_deref())?;
     let inputs = order_inputs(&serving.signature, &serving.name, request.inputs)?;
+    serving.metrics.drift.observe_inputs(&inputs);
     let outputs = serving
         .scheduler
         .infer(inputs, request.timeout)
         .await
         .map_err(|e| scheduler_error(e, &serving.name, serving.version))?;
     serving.metrics.predictions.observe(&outputs);
+    serving.metrics.drift.observe_outputs(&outputs);
     let mut outputs = outputs.into_iter().map(Some).collect::<Vec<_>>();
     let outputs = output_indices
         .into_iter()
@@ -93,7 +95,7 @@ async fn run(serving: &ServingVersion, request: InferRequest) -> Result<InferRes
 }
 
 /// Puts the inputs in signature order, refusing missing, repeated, unknown or ill-fitting ones.
-fn order_inputs(signature: &Signature, model: &str, inputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, ApiError> {
+pub fn order_inputs(signature: &Signature, model: &str, inputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, ApiError> {
     let mut slots: Vec<Option<Tensor>> = vec![None; signature.inputs.len()];
     for input in inputs {
         let Some(ix) = signature.inputs.iter().position(|spec| spec.name == input.name) else {

@@ -7,7 +7,7 @@ mod model_config;
 
 use thiserror::Error;
 
-pub use infer::{InferOutput, InferRequest, InferResponse, NamedTensor, infer, resolve};
+pub use infer::{InferOutput, InferRequest, InferResponse, NamedTensor, infer, order_inputs, resolve};
 pub use model_config::{ModelConfigView, model_config};
 
 use crate::backend::{BackendError, TensorSpec};

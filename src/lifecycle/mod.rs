@@ -17,7 +17,9 @@ use crate::backend::tract::TractBackend;
 use crate::backend::{Backend, BackendError, Signature};
 use crate::repository::{self, BackendChoice, DistributionChoice, ModelConfig, ModelSpec, MonitoringConfig};
 use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig};
-use crate::telemetry::{DEFAULT_SCORE_BUCKETS, Distribution, MAX_CLASSES, MonitorSpec, Telemetry, VersionMetrics};
+use crate::telemetry::{
+    DEFAULT_SCORE_BUCKETS, Distribution, DriftMonitor, MAX_CLASSES, MonitorSpec, Reference, Telemetry, VersionMetrics,
+};
 use crate::tensor::DataType;
 
 /// A loaded version that takes traffic.
@@ -258,7 +260,9 @@ fn load_version(spec: &ModelSpec, telemetry: &Telemetry) -> Result<ServingVersio
     let label = format!("{}-{}", spec.name, spec.version);
     let monitors = monitor_plan(backend.signature(), &config.monitoring)
         .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
-    let metrics = telemetry.version(&spec.name, spec.version, &monitors);
+    let drift = drift_monitor(spec, backend.signature(), &monitors, telemetry.window())
+        .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
+    let metrics = telemetry.version(&spec.name, spec.version, &monitors, drift);
     let scheduler = Scheduler::start(&label, Arc::clone(&backend), scheduler_config(config), metrics.clone())?;
     telemetry.set_load_duration(&spec.name, spec.version, started.elapsed());
     tracing::info!(
@@ -300,9 +304,32 @@ fn check_batchable(signature: &Signature, max_batch_size: usize) -> Result<(), S
     }
 }
 
+/// The version's `reference.json`, if its folder has one.
+pub const REFERENCE_FILE: &str = "reference.json";
+
+/// Drift trackers for what the version's `reference.json` describes; none without one.
+fn drift_monitor(
+    spec: &ModelSpec,
+    signature: &Signature,
+    monitors: &[MonitorSpec],
+    window: Duration,
+) -> Result<DriftMonitor, String> {
+    let Some(path) = spec.model_path.parent().map(|dir| dir.join(REFERENCE_FILE)) else {
+        return Ok(DriftMonitor::default());
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DriftMonitor::default()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let reference: Reference = serde_json::from_str(&text).map_err(|e| format!("invalid {}: {e}", path.display()))?;
+    let inputs: Vec<String> = signature.inputs.iter().map(|i| i.name.clone()).collect();
+    DriftMonitor::new(&reference, monitors, &inputs, window).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Which outputs' predictions to count: those `[monitoring]` names, or, when it names none, every output that
 /// looks like a classifier's (integer labels [N], or scores [N, K]) or a score ([N] or [N, 1]).
-fn monitor_plan(signature: &Signature, monitoring: &MonitoringConfig) -> Result<Vec<MonitorSpec>, String> {
+pub fn monitor_plan(signature: &Signature, monitoring: &MonitoringConfig) -> Result<Vec<MonitorSpec>, String> {
     if !monitoring.predictions {
         return Ok(Vec::new());
     }

@@ -79,7 +79,8 @@ fn parse_version(name: &str) -> Option<u64> {
     name.parse().ok()
 }
 
-fn read_model_config(dir: &Path) -> Result<ModelConfig, RepositoryError> {
+/// The model's `model.toml`, or the defaults when it has none.
+pub fn read_model_config(dir: &Path) -> Result<ModelConfig, RepositoryError> {
     let path = dir.join(MODEL_CONFIG_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,

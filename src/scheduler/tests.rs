@@ -76,7 +76,7 @@ fn start(max_batch_size: usize, delay: Duration) -> (Arc<Scheduler>, Runs, mpsc:
         instances: 1,
         default_timeout: None,
     };
-    let metrics = crate::telemetry::Telemetry::new(Duration::from_secs(60)).version("test", 1, &[]);
+    let metrics = crate::telemetry::Telemetry::new(Duration::from_secs(60)).version("test", 1, &[], Default::default());
     (Arc::new(Scheduler::start("test", backend, config, metrics).unwrap()), runs, release_tx)
 }
 

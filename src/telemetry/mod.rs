@@ -4,6 +4,8 @@
 //! types), never from request content, so cardinality stays bounded. Per-version handles are resolved once when
 //! a version loads ([`VersionMetrics`]), so the request path does no label lookups.
 
+mod count_window;
+mod drift;
 mod latency_window;
 mod predictions;
 mod process;
@@ -16,6 +18,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+pub use drift::{DriftMonitor, MAX_FEATURES, Reference, ReferenceDistribution, build_reference};
 pub use latency_window::LatencyWindow;
 pub use predictions::{Distribution, MAX_CLASSES, MonitorSpec, PredictionMonitor};
 
@@ -51,6 +54,8 @@ pub struct Telemetry {
     load_duration: GaugeVec,
     window_latency: GaugeVec,
     predictions: IntCounterVec,
+    prediction_drift: GaugeVec,
+    feature_drift: GaugeVec,
     window: Duration,
     process: process::ProcessMetrics,
 }
@@ -71,6 +76,7 @@ pub struct VersionMetrics {
     pub in_flight: IntGauge,
     pub latency: Arc<LatencyWindow>,
     pub predictions: Arc<PredictionMonitor>,
+    pub drift: Arc<DriftMonitor>,
 }
 
 fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -149,8 +155,8 @@ impl Telemetry {
                 mv,
             ),
             window_latency: float_gauge(
-                "infergate_request_latency_window_seconds",
-                "Request latency percentiles (50, 90, 99) over the recent sliding window (--latency-window-seconds).",
+                "infergate_request_metrics_window_seconds",
+                "Request latency percentiles (50, 90, 99) over the recent sliding window (--metrics-window-seconds).",
                 &["model", "version", "percentile"],
             ),
             predictions: counter(
@@ -158,14 +164,30 @@ impl Telemetry {
                 "Predicted classes per output (a label output's value, or a score row's highest column).",
                 &["model", "version", "output", "class"],
             ),
+            prediction_drift: float_gauge(
+                "infergate_prediction_drift_psi",
+                "Population stability index of an output's live distribution (sliding window) against reference.json.",
+                &["model", "version", "output"],
+            ),
+            feature_drift: float_gauge(
+                "infergate_feature_drift_psi",
+                "Population stability index of an input column's live distribution against reference.json.",
+                &["model", "version", "input", "feature"],
+            ),
             window,
             process: process::ProcessMetrics::new(&registry),
             registry,
         }
     }
 
-    /// Handles for one version, with recorders for the outputs whose predictions are watched.
-    pub fn version(&self, model: &str, version: u64, monitors: &[MonitorSpec]) -> VersionMetrics {
+    /// Span of the sliding windows behind the latency percentiles and the drift gauges.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Handles for one version, with recorders for the outputs whose predictions are watched and the drift
+    /// trackers its reference asks for.
+    pub fn version(&self, model: &str, version: u64, monitors: &[MonitorSpec], drift: DriftMonitor) -> VersionMetrics {
         let version = version.to_string();
         let mv = [model, version.as_str()];
         let score_histogram = |output: &str, buckets: &[f64]| self.score_histogram(model, &version, output, buckets);
@@ -184,6 +206,7 @@ impl Telemetry {
             in_flight: self.in_flight.with_label_values(&mv),
             latency: Arc::new(LatencyWindow::new(self.window)),
             predictions: Arc::new(predictions),
+            drift: Arc::new(drift),
         }
     }
 
@@ -224,6 +247,18 @@ impl Telemetry {
                 let gauge: Gauge =
                     self.window_latency.with_label_values(&[v.model.as_str(), v.version.as_str(), label]);
                 gauge.set(value.map_or(f64::NAN, |d| d.as_secs_f64()));
+            }
+        }
+        for v in versions {
+            for (name, feature, psi) in v.drift.readings() {
+                let labels = [v.model.as_str(), v.version.as_str(), name];
+                match feature {
+                    None => self.prediction_drift.with_label_values(&labels).set(psi),
+                    Some(c) => {
+                        let c = c.to_string();
+                        self.feature_drift.with_label_values(&[labels[0], labels[1], labels[2], c.as_str()]).set(psi)
+                    }
+                }
             }
         }
         self.process.refresh();

@@ -82,23 +82,7 @@ impl PredictionMonitor {
         for (ix, recorder) in &self.outputs {
             let Some(tensor) = outputs.get(*ix) else { continue };
             match recorder {
-                Recorder::Classes { argmax: false, .. } => {
-                    for_each_value(tensor, |v| recorder.count_class(v));
-                }
-                Recorder::Classes { argmax: true, .. } => {
-                    let width = tensor.shape().get(1).copied().unwrap_or(1).max(1);
-                    let (mut best, mut best_score, mut column) = (0usize, f64::NEG_INFINITY, 0usize);
-                    for_each_value(tensor, |v| {
-                        if v > best_score {
-                            (best, best_score) = (column, v);
-                        }
-                        column += 1;
-                        if column == width {
-                            recorder.count_class(best as f64);
-                            (best, best_score, column) = (0, f64::NEG_INFINITY, 0);
-                        }
-                    });
-                }
+                Recorder::Classes { argmax, .. } => for_each_class(tensor, *argmax, |c| recorder.count_class(c)),
                 Recorder::Histogram(histogram) => for_each_value(tensor, |v| histogram.observe(v)),
             }
         }
@@ -121,8 +105,27 @@ impl Recorder {
     }
 }
 
+/// Calls `f` with the predicted class of every row: the label itself, or the highest column of a [N, K] row.
+pub(super) fn for_each_class(tensor: &Tensor, argmax: bool, mut f: impl FnMut(f64)) {
+    if !argmax {
+        return for_each_value(tensor, f);
+    }
+    let width = tensor.shape().get(1).copied().unwrap_or(1).max(1);
+    let (mut best, mut best_score, mut column) = (0usize, f64::NEG_INFINITY, 0usize);
+    for_each_value(tensor, |v| {
+        if v > best_score {
+            (best, best_score) = (column, v);
+        }
+        column += 1;
+        if column == width {
+            f(best as f64);
+            (best, best_score, column) = (0, f64::NEG_INFINITY, 0);
+        }
+    });
+}
+
 /// Calls `f` with every element of a numeric tensor, as f64; BYTES tensors have no values to record.
-fn for_each_value(tensor: &Tensor, mut f: impl FnMut(f64)) {
+pub(super) fn for_each_value(tensor: &Tensor, mut f: impl FnMut(f64)) {
     macro_rules! each {
         ($ty:ty) => {
             for chunk in tensor.data().chunks_exact(std::mem::size_of::<$ty>()) {
@@ -166,7 +169,7 @@ mod tests {
             MonitorSpec { output: 0, name: "label".into(), distribution: Distribution::Labels },
             MonitorSpec { output: 1, name: "scores".into(), distribution: Distribution::Argmax },
         ];
-        let metrics = telemetry.version("m", 1, &specs);
+        let metrics = telemetry.version("m", 1, &specs, Default::default());
         let labels = tensor(DataType::Int64, vec![4], &[0i64, 300, -1, 2], |v| v.to_le_bytes().to_vec());
         let scores =
             tensor(DataType::Fp32, vec![2, 3], &[0.1f32, 0.7, 0.2, 0.5, 0.2, 0.3], |v| v.to_le_bytes().to_vec());

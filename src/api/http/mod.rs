@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+pub use json::decode_request;
 pub use routes::{metrics_router, router};
 
 use crate::api::ApiError;
