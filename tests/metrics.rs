@@ -126,3 +126,49 @@ async fn configured_score_histogram() {
     assert!(!text.contains("infergate_predictions_total{"), "no class counters were asked for");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// The statistics endpoint, in the shape of Triton's statistics extension, agrees with what was sent.
+#[tokio::test]
+async fn statistics_endpoint() {
+    let server = TestServer::bundled().await;
+    let g = golden("mlp_v1.json");
+    let sent = 12u64;
+    for _ in 0..sent {
+        assert_eq!(server.post_json("/v2/models/mlp/infer", &g.request).await.0, 200);
+    }
+    assert_eq!(server.post_raw("/v2/models/mlp/infer", "{").await.0, 400);
+
+    let (status, body) = server.get("/v2/models/mlp/stats").await;
+    assert_eq!(status, 200, "{body}");
+    let stats = &body["model_stats"][0];
+    assert_eq!(body["model_stats"].as_array().unwrap().len(), 1);
+    assert_eq!(stats["name"], "mlp");
+    assert_eq!(stats["version"], "1");
+    assert_eq!(stats["inference_count"], 8 * sent);
+    let inference = &stats["inference_stats"];
+    assert_eq!(inference["success"]["count"], sent);
+    assert!(inference["success"]["ns"].as_u64().unwrap() > 0);
+    assert_eq!(inference["fail"]["count"], 1);
+    assert_eq!(inference["queue"]["count"], sent);
+    let executions = stats["execution_count"].as_u64().unwrap();
+    assert!((1..=sent).contains(&executions));
+    assert_eq!(inference["compute_infer"]["count"], executions);
+    let batch_runs: u64 =
+        stats["batch_stats"].as_array().unwrap().iter().map(|b| b["compute_infer"]["count"].as_u64().unwrap()).sum();
+    assert_eq!(batch_runs, executions);
+    assert!(stats["last_inference"].as_u64().unwrap() > 1_700_000_000_000);
+    let p99 = stats["latency_window_us"]["p99"].as_u64().unwrap();
+    assert!(p99 >= stats["latency_window_us"]["p50"].as_u64().unwrap());
+
+    let (_, all) = server.get("/v2/models/stats").await;
+    let names: Vec<(&str, &str)> = all["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["version"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("iris", "1"), ("iris", "2"), ("mlp", "1")]);
+    assert_eq!(server.get("/v2/models/iris/versions/2/stats").await.1["model_stats"][0]["version"], "2");
+    assert_eq!(server.get("/v2/models/nope/stats").await.0, 404);
+    assert_eq!(server.get("/v2").await.1["extensions"], json!(["model_configuration", "statistics"]));
+}

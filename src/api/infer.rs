@@ -59,7 +59,7 @@ pub async fn infer(serving: Arc<ServingVersion>, request: InferRequest) -> Resul
     let result = run(&serving, request).await;
     match &result {
         Ok(_) => serving.metrics.observe_ok(rows, started.elapsed()),
-        Err(e) => serving.metrics.observe_error(e.error_type()),
+        Err(e) => serving.metrics.observe_error(e.error_type(), started.elapsed()),
     }
     result
 }

@@ -4,11 +4,13 @@
 pub mod http;
 mod infer;
 mod model_config;
+mod statistics;
 
 use thiserror::Error;
 
 pub use infer::{InferOutput, InferRequest, InferResponse, NamedTensor, infer, order_inputs, resolve};
 pub use model_config::{ModelConfigView, model_config};
+pub use statistics::{StatisticsView, statistics};
 
 use crate::backend::{BackendError, TensorSpec};
 use crate::lifecycle::{LookupError, ModelTable};
@@ -97,7 +99,12 @@ pub struct ServerMetadata {
 }
 
 pub fn server_metadata() -> ServerMetadata {
-    ServerMetadata { name: "infergate", version: env!("CARGO_PKG_VERSION"), extensions: Vec::new() }
+    // Triton's extensions we serve: the model configuration and statistics endpoints.
+    ServerMetadata {
+        name: "infergate",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: vec!["model_configuration", "statistics"],
+    }
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]`.

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 pub use batch_queue::{BatchPolicy, BatchQueue, Next, Queued};
 
 use crate::backend::{Backend, BackendError, Session};
-use crate::telemetry::VersionMetrics;
+use crate::telemetry::{ComputeTimes, VersionMetrics};
 use crate::tensor::{Tensor, concat_rows, split_rows};
 
 /// How one version is scheduled.
@@ -306,30 +306,49 @@ impl Instance {
         let span = tracing::debug_span!(parent: &batch[0].span, "batch", size, rows = rows.iter().sum::<usize>());
         let _entered = span.enter();
         for job in &batch {
-            self.metrics.queue_duration.observe(job.enqueued.elapsed().as_secs_f64());
+            let queued = job.enqueued.elapsed();
+            self.metrics.queue_duration.observe(queued.as_secs_f64());
+            self.metrics.statistics.queue.add(queued);
         }
-        self.metrics.batch_size.observe(rows.iter().sum::<usize>() as f64);
+        let total_rows = rows.iter().sum::<usize>();
+        self.metrics.batch_size.observe(total_rows as f64);
         let started = Instant::now();
         let (inputs, replies): (Vec<Vec<Tensor>>, Vec<oneshot::Sender<Reply>>) =
             batch.into_iter().map(|job| (job.inputs, job.reply)).unzip();
-        let stacked = if size == 1 { None } else { Some(self.run_stacked(&inputs, &rows)) };
+        let mut times = ComputeTimes::default();
+        let stacked = if size == 1 { None } else { Some(self.run_stacked(&inputs, &rows, &mut times)) };
         let results: Vec<Reply> = match stacked {
             Some(Ok(per_job)) => per_job.into_iter().map(Ok).collect(),
             // One request the model fails on must not fail the others it was batched with: run each alone, so
             // every caller gets its own answer or its own error.
             Some(Err(e)) => {
                 tracing::debug!(error = %e, size, "batch failed; running its requests one by one");
-                inputs.into_iter().map(|inputs| self.run_session(inputs)).collect()
+                let alone = Instant::now();
+                let results = inputs.into_iter().map(|inputs| self.run_session(inputs)).collect();
+                times.infer += alone.elapsed();
+                results
             }
-            None => inputs.into_iter().map(|inputs| self.run_session(inputs)).collect(),
+            None => {
+                let results = inputs.into_iter().map(|inputs| self.run_session(inputs)).collect();
+                times.infer = started.elapsed();
+                results
+            }
         };
         self.metrics.compute_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.statistics.record_execution(total_rows, times);
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
     }
 
-    fn run_stacked(&mut self, inputs: &[Vec<Tensor>], rows: &[usize]) -> Result<Vec<Vec<Tensor>>, SchedulerError> {
+    /// Stacks the inputs, runs them once and splits the outputs back; `times` gets each phase's duration.
+    fn run_stacked(
+        &mut self,
+        inputs: &[Vec<Tensor>],
+        rows: &[usize],
+        times: &mut ComputeTimes,
+    ) -> Result<Vec<Vec<Tensor>>, SchedulerError> {
+        let phase = Instant::now();
         let stacked = (0..inputs[0].len())
             .map(|ix| {
                 let parts: Vec<&Tensor> = inputs.iter().map(|job| &job[ix]).collect();
@@ -337,7 +356,12 @@ impl Instance {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| BackendError::Compute(e.to_string()))?;
-        let outputs = self.run_session(stacked)?;
+        times.input = phase.elapsed();
+        let phase = Instant::now();
+        let outputs = self.run_session(stacked);
+        times.infer = phase.elapsed();
+        let outputs = outputs?;
+        let phase = Instant::now();
         let mut per_job: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
         for (ix, output) in outputs.iter().enumerate() {
             let parts = split_rows(output, rows).map_err(|e| {
@@ -350,6 +374,7 @@ impl Instance {
                 job.push(part);
             }
         }
+        times.output = phase.elapsed();
         Ok(per_job)
     }
 

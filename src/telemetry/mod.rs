@@ -9,6 +9,7 @@ mod drift;
 mod latency_window;
 mod predictions;
 mod process;
+mod statistics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use prometheus::{
 pub use drift::{DriftMonitor, MAX_FEATURES, Reference, ReferenceDistribution, build_reference};
 pub use latency_window::LatencyWindow;
 pub use predictions::{Distribution, MAX_CLASSES, MonitorSpec, PredictionMonitor};
+pub use statistics::{BatchTotals, ComputeTimes, DurationTotal, Statistics};
 
 /// Request, queue and compute duration buckets, in seconds: fine below a millisecond for small models, wide
 /// enough for models that take seconds.
@@ -77,6 +79,7 @@ pub struct VersionMetrics {
     pub latency: Arc<LatencyWindow>,
     pub predictions: Arc<PredictionMonitor>,
     pub drift: Arc<DriftMonitor>,
+    pub statistics: Arc<Statistics>,
 }
 
 fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -207,6 +210,7 @@ impl Telemetry {
             latency: Arc::new(LatencyWindow::new(self.window)),
             predictions: Arc::new(predictions),
             drift: Arc::new(drift),
+            statistics: Arc::new(Statistics::default()),
         }
     }
 
@@ -276,10 +280,12 @@ impl VersionMetrics {
         self.inferences.inc_by(rows as u64);
         self.request_duration_rest.observe(took.as_secs_f64());
         self.latency.record(took);
+        self.statistics.record_success(rows, took);
     }
 
-    /// A request refused or failed after it reached this version.
-    pub fn observe_error(&self, error_type: &str) {
+    /// A request refused or failed after it reached this version, `took` after it arrived.
+    pub fn observe_error(&self, error_type: &str, took: Duration) {
+        self.statistics.fail.add(took);
         self.requests.with_label_values(&[self.model.as_str(), self.version.as_str(), "rest", error_type]).inc();
     }
 }

@@ -1,7 +1,7 @@
 //! Route table and handlers of the KServe v2 REST API.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -33,6 +33,9 @@ pub fn router(table: Arc<ModelTable>, max_request_bytes: usize) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
+        .route("/v2/models/stats", get(all_statistics))
+        .route("/v2/models/{model}/stats", get(model_statistics))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_statistics))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/config", get(model_config))
@@ -107,6 +110,15 @@ async fn model_config(State(state): State<AppState>, path: RoutePath) -> Result<
     Ok(json_body(&api::model_config(&state.table, &r.model, r.version.as_deref())?))
 }
 
+async fn all_statistics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(json_body(&api::statistics(&state.table, None, None)?))
+}
+
+async fn model_statistics(State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
+    let r = route(path)?;
+    Ok(json_body(&api::statistics(&state.table, Some(&r.model), r.version.as_deref())?))
+}
+
 async fn model_ready(State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
     let r = route(path)?;
     api::model_ready(&state.table, &r.model, r.version.as_deref())?;
@@ -144,8 +156,11 @@ async fn run_infer(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
     let serving = api::resolve(&state.table, model, version)?;
-    let request = decode(state, body, headers).await.inspect_err(|e| serving.metrics.observe_error(e.error_type()))?;
+    let request = decode(state, body, headers)
+        .await
+        .inspect_err(|e| serving.metrics.observe_error(e.error_type(), arrived.elapsed()))?;
     let response = api::infer(serving, request).await?;
     Ok(json_bytes(json::encode_response(&response)?))
 }
