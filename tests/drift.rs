@@ -6,20 +6,13 @@ mod common;
 
 use std::process::Command;
 
-use common::{TestServer, config, copy_model, golden, iris_rows, temp_dir};
+use common::{TestServer, config, copy_model, golden, iris_rows, scrape, temp_dir};
 
 /// The threshold of the drift alerts.
 const ALERT_PSI: f64 = 0.25;
 
 fn psi(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
-}
-
-async fn scrape(server: &TestServer) -> String {
-    let url = format!("http://{}/metrics", server.server.metrics_addr());
-    server.client.get(url).send().await.unwrap().text().await.unwrap()
+    common::metric(text, series).unwrap_or_else(|| panic!("{series} missing from\n{text}"))
 }
 
 #[tokio::test]

@@ -3,21 +3,8 @@
 
 mod common;
 
-use common::{TestServer, golden};
+use common::{TestServer, golden, metric as sample, scrape};
 use serde_json::json;
-
-/// The value of the sample whose name and labels are exactly `series` (e.g. `name{a="b"}`), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-async fn scrape(server: &TestServer) -> String {
-    let url = format!("http://{}/metrics", server.server.metrics_addr());
-    let response = server.client.get(url).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
-    response.text().await.unwrap()
-}
 
 #[tokio::test]
 async fn counters_histograms_and_gauges() {
@@ -48,8 +35,9 @@ async fn counters_histograms_and_gauges() {
     // Each golden request holds 8 rows.
     assert_eq!(sample(&text, &format!("infergate_inferences_total{{{mv}}}")), Some(8.0 * sent as f64));
     // The text format lists labels in name order.
+    // The request histogram counts the refused requests too: 3 invalid, 1 malformed.
     let count = r#"infergate_request_duration_seconds_count{model="mlp",protocol="rest",version="1"}"#;
-    assert_eq!(sample(&text, count), Some(sent as f64));
+    assert_eq!(sample(&text, count), Some(sent as f64 + 4.0));
     assert!(text.contains(
         r#"infergate_request_duration_seconds_bucket{model="mlp",protocol="rest",version="1",le="0.000025"}"#
     ));
@@ -171,4 +159,18 @@ async fn statistics_endpoint() {
     assert_eq!(server.get("/v2/models/iris/versions/2/stats").await.1["model_stats"][0]["version"], "2");
     assert_eq!(server.get("/v2/models/nope/stats").await.0, 404);
     assert_eq!(server.get("/v2").await.1["extensions"], json!(["model_configuration", "statistics"]));
+}
+
+/// A model without a batch dimension counts one inference per request, whatever its first dimension holds.
+#[tokio::test]
+async fn unbatched_models_count_one_inference_per_request() {
+    let root = common::temp_dir("unbatched-count");
+    common::repository_with(&root, "mlp", "mlp/1/model.onnx", "max_batch_size = 0\n");
+    let server = TestServer::start(common::config(&root)).await;
+    let g = golden("mlp_v1.json");
+    assert_eq!(server.post_json("/v2/models/mlp/infer", &g.request).await.0, 200);
+    let text = scrape(&server).await;
+    assert_eq!(sample(&text, r#"infergate_inferences_total{model="mlp",version="1"}"#), Some(1.0));
+    assert_eq!(server.get("/v2/models/mlp/stats").await.1["model_stats"][0]["inference_count"], 1);
+    std::fs::remove_dir_all(&root).unwrap();
 }

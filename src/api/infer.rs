@@ -55,19 +55,21 @@ pub fn resolve(table: &ModelTable, model: &str, version: Option<&str>) -> Result
 #[instrument(skip_all, fields(model = %serving.name, version = serving.version))]
 pub async fn infer(serving: Arc<ServingVersion>, request: InferRequest) -> Result<InferResponse, ApiError> {
     let started = Instant::now();
-    let rows = request.inputs.first().and_then(|input| input.tensor.shape().first().copied()).unwrap_or(1);
     let result = run(&serving, request).await;
     match &result {
-        Ok(_) => serving.metrics.observe_ok(rows, started.elapsed()),
+        Ok((_, rows)) => serving.metrics.observe_ok(*rows, started.elapsed()),
         Err(e) => serving.metrics.observe_error(e.error_type(), started.elapsed()),
     }
-    result
+    result.map(|(response, _)| response)
 }
 
-async fn run(serving: &ServingVersion, request: InferRequest) -> Result<InferResponse, ApiError> {
+/// The answer, and the rows it counted as inferences.
+async fn run(serving: &ServingVersion, request: InferRequest) -> Result<(InferResponse, usize), ApiError> {
     let output_indices = select_outputs(&serving.signature, &serving.name, request.outputs.as_deref())?;
     let inputs = order_inputs(&serving.signature, &serving.name, request.inputs)?;
-    serving.metrics.drift.observe_inputs(&inputs);
+    let rows = serving.scheduler.rows_of(&inputs).map_err(|e| scheduler_error(e, &serving.name, serving.version))?;
+    // Input drift counts answered requests only, like prediction drift; the copy shares the tensors' bytes.
+    let drift_inputs: Option<Vec<Tensor>> = serving.metrics.drift.tracks_inputs().then(|| inputs.clone());
     let outputs = serving
         .scheduler
         .infer(inputs, request.timeout)
@@ -75,6 +77,9 @@ async fn run(serving: &ServingVersion, request: InferRequest) -> Result<InferRes
         .map_err(|e| scheduler_error(e, &serving.name, serving.version))?;
     serving.metrics.predictions.observe(&outputs);
     serving.metrics.drift.observe_outputs(&outputs);
+    if let Some(inputs) = drift_inputs {
+        serving.metrics.drift.observe_inputs(&inputs);
+    }
     let mut outputs = outputs.into_iter().map(Some).collect::<Vec<_>>();
     let outputs = output_indices
         .into_iter()
@@ -86,12 +91,13 @@ async fn run(serving: &ServingVersion, request: InferRequest) -> Result<InferRes
             Ok(InferOutput { name: serving.signature.outputs[ix].name.clone(), tensor })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(InferResponse {
+    let response = InferResponse {
         model_name: serving.name.clone(),
         model_version: serving.version.to_string(),
         id: request.id,
         outputs,
-    })
+    };
+    Ok((response, rows))
 }
 
 /// Puts the inputs in signature order, refusing missing, repeated, unknown or ill-fitting ones.

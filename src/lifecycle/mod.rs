@@ -323,7 +323,18 @@ fn drift_monitor(
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let reference: Reference = serde_json::from_str(&text).map_err(|e| format!("invalid {}: {e}", path.display()))?;
-    let inputs: Vec<String> = signature.inputs.iter().map(|i| i.name.clone()).collect();
+    let inputs: Vec<(String, Option<usize>)> = signature
+        .inputs
+        .iter()
+        .map(|i| {
+            let float = matches!(i.datatype, DataType::Fp32 | DataType::Fp64);
+            let width = match i.shape.as_slice() {
+                [_, f] if float && *f > 0 => usize::try_from(*f).ok(),
+                _ => None,
+            };
+            (i.name.clone(), width)
+        })
+        .collect();
     DriftMonitor::new(&reference, monitors, &inputs, window).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -339,7 +350,8 @@ pub fn monitor_plan(signature: &Signature, monitoring: &MonitoringConfig) -> Res
             let distribution = match (spec.datatype, spec.shape.as_slice()) {
                 (DataType::Bytes, _) => return None,
                 (dt, [_]) if is_integer(dt) => Distribution::Labels,
-                (_, [_]) | (_, [_, 1]) => Distribution::Histogram(DEFAULT_SCORE_BUCKETS.to_vec()),
+                (_, [_]) => Distribution::Histogram(DEFAULT_SCORE_BUCKETS.to_vec()),
+                (dt, [_, 1]) if !is_integer(dt) => Distribution::Histogram(DEFAULT_SCORE_BUCKETS.to_vec()),
                 (_, [_, k]) if (2..=MAX_CLASSES as i64).contains(k) => Distribution::Argmax,
                 _ => return None,
             };

@@ -213,8 +213,9 @@ impl Scheduler {
         answer.map_err(|_| BackendError::Compute("the instance thread stopped before answering".to_owned()))?
     }
 
-    /// Rows a request adds to a batch; refuses requests that cannot be batched as they are.
-    fn rows_of(&self, inputs: &[Tensor]) -> Result<usize, SchedulerError> {
+    /// Rows a request adds to a batch (1 for a model without a batch dimension); refuses requests that cannot be
+    /// batched as they are.
+    pub fn rows_of(&self, inputs: &[Tensor]) -> Result<usize, SchedulerError> {
         let max = self.config.policy.max_batch_size;
         if max == 0 {
             return Ok(1);
@@ -282,6 +283,7 @@ impl Instance {
             for job in state.queue.remove_expired(now) {
                 let _ = job.reply.send(Err(SchedulerError::DeadlineExceeded));
             }
+            self.metrics.queue_depth.set(state.queue.len() as i64);
             state = match state.queue.next(now) {
                 Next::Batch(batch) => {
                     self.metrics.queue_depth.set(state.queue.len() as i64);
@@ -335,7 +337,7 @@ impl Instance {
             }
         };
         self.metrics.compute_duration.observe(started.elapsed().as_secs_f64());
-        self.metrics.statistics.record_execution(total_rows, times);
+        self.metrics.statistics.record_execution(size, total_rows, times);
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }

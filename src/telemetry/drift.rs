@@ -54,8 +54,7 @@ impl Bins {
     fn bin(&self, value: f64) -> usize {
         match self {
             Bins::Classes(classes) => classes.iter().position(|&c| c == value).unwrap_or(classes.len()),
-            // The first bucket whose bound is >= the value, as Prometheus' `le`.
-            Bins::Buckets(bounds) => bounds.partition_point(|&b| b < value),
+            Bins::Buckets(bounds) => bucket_of(bounds, value),
         }
     }
 }
@@ -69,6 +68,9 @@ struct Tracked {
 
 impl Tracked {
     fn new(reference: &ReferenceDistribution, window: Duration) -> Result<Tracked, String> {
+        if reference.classes.len() > super::MAX_CLASSES {
+            return Err(format!("at most {} classes are tracked, got {}", super::MAX_CLASSES, reference.classes.len()));
+        }
         let (bins, mut expected) = if !reference.classes.is_empty() {
             let mut classes = Vec::with_capacity(reference.classes.len());
             let mut shares = Vec::with_capacity(reference.classes.len() + 1);
@@ -109,6 +111,21 @@ impl Tracked {
     fn psi(&self, now: Instant) -> f64 {
         psi(&self.expected, &self.live.totals(now))
     }
+}
+
+/// The bucket of a value: the first whose bound is >= it, as Prometheus' `le`; past the last bound, one more.
+fn bucket_of(bounds: &[f64], value: f64) -> usize {
+    bounds.partition_point(|&b| b < value)
+}
+
+/// Calls `f` with (column, value) for every element of a [N, F] tensor, row by row.
+fn for_each_column(tensor: &Tensor, mut f: impl FnMut(usize, f64)) {
+    let width = tensor.shape().get(1).copied().unwrap_or(1).max(1);
+    let mut column = 0;
+    for_each_value(tensor, |v| {
+        f(column, v);
+        column = (column + 1) % width;
+    });
 }
 
 /// The population stability index: sum over bins of (live - reference) * ln(live / reference).
@@ -153,12 +170,12 @@ pub struct DriftMonitor {
 pub type PsiReading<'a> = (&'a str, Option<usize>, f64);
 
 impl DriftMonitor {
-    /// Trackers for what the reference describes. `monitors` says how each watched output is read;
-    /// `inputs` are the model's input names, in signature order.
+    /// Trackers for what the reference describes. `monitors` says how each watched output is read; `inputs`
+    /// describe the model's inputs in signature order: name, and the column count of a [N, F] float input.
     pub fn new(
         reference: &Reference,
         monitors: &[MonitorSpec],
-        inputs: &[String],
+        inputs: &[(String, Option<usize>)],
         window: Duration,
     ) -> Result<DriftMonitor, String> {
         let mut monitor = DriftMonitor::default();
@@ -178,11 +195,21 @@ impl DriftMonitor {
         for (name, columns) in &reference.features {
             let input = inputs
                 .iter()
-                .position(|i| i == name)
+                .position(|(i, _)| i == name)
                 .ok_or_else(|| format!("reference.json describes input '{name}', which the model does not have"))?;
+            match inputs[input].1 {
+                Some(width) if width == columns.len() && width <= MAX_FEATURES => {}
+                Some(width) => {
+                    return Err(format!(
+                        "reference.json describes {} columns of input '{name}', which has {width} (at most \
+                         {MAX_FEATURES} are tracked)",
+                        columns.len()
+                    ));
+                }
+                None => return Err(format!("input '{name}' is not a [N, F] float input with a fixed F")),
+            }
             let columns = columns
                 .iter()
-                .take(MAX_FEATURES)
                 .enumerate()
                 .map(|(c, d)| {
                     Tracked::new(d, window).map_err(|e| format!("reference for input '{name}' feature {c}: {e}"))
@@ -197,18 +224,20 @@ impl DriftMonitor {
         self.predictions.is_empty() && self.features.is_empty()
     }
 
+    /// Whether any input column is tracked (the request path keeps the inputs for it only then).
+    pub fn tracks_inputs(&self) -> bool {
+        !self.features.is_empty()
+    }
+
     /// Records the input columns of one request; inputs in signature order, rows along dimension 0.
     pub fn observe_inputs(&self, inputs: &[Tensor]) {
         let now = Instant::now();
         for feature in &self.features {
             let Some(tensor) = inputs.get(feature.input) else { continue };
-            let width = tensor.shape().get(1).copied().unwrap_or(1).max(1);
-            let mut column = 0;
-            for_each_value(tensor, |v| {
+            for_each_column(tensor, |column, v| {
                 if let Some(tracked) = feature.columns.get(column) {
                     tracked.add(v, now);
                 }
-                column = (column + 1) % width;
             });
         }
     }
@@ -277,12 +306,10 @@ pub fn build_reference(
             continue;
         }
         let mut columns = vec![Vec::with_capacity(rows); width.min(MAX_FEATURES)];
-        let mut column = 0;
-        for_each_value(tensor, |v| {
+        for_each_column(tensor, |column, v| {
             if let Some(values) = columns.get_mut(column) {
                 values.push(v);
             }
-            column = (column + 1) % width;
         });
         let distributions = columns.into_iter().map(|values| bucket_shares(quantile_bounds(&values, buckets), &values));
         reference.features.insert(name.clone(), distributions.collect());
@@ -304,7 +331,7 @@ fn quantile_bounds(values: &[f64], buckets: usize) -> Vec<f64> {
 fn bucket_shares(buckets: Vec<f64>, values: &[f64]) -> ReferenceDistribution {
     let mut counts = vec![0u64; buckets.len() + 1];
     for &v in values {
-        counts[buckets.partition_point(|&b| b < v)] += 1;
+        counts[bucket_of(&buckets, v)] += 1;
     }
     let total = values.len().max(1) as f64;
     ReferenceDistribution { buckets, shares: counts.iter().map(|&c| c as f64 / total).collect(), ..Default::default() }

@@ -118,7 +118,7 @@ impl Telemetry {
                 &registry,
                 histogram(
                     "infergate_request_duration_seconds",
-                    "Time from a decoded request to its answer, queue and compute included.",
+                    "Time from a request reaching its model version to its answer or error, queue and compute included.",
                     &DURATION_BUCKETS,
                     &["model", "version", "protocol"],
                 ),
@@ -286,6 +286,8 @@ impl VersionMetrics {
     /// A request refused or failed after it reached this version, `took` after it arrived.
     pub fn observe_error(&self, error_type: &str, took: Duration) {
         self.statistics.fail.add(took);
+        // The request histogram holds refused and failed requests too, so a p99 alert sees overload (429, 504).
+        self.request_duration_rest.observe(took.as_secs_f64());
         self.requests.with_label_values(&[self.model.as_str(), self.version.as_str(), "rest", error_type]).inc();
     }
 }

@@ -7,6 +7,8 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 #[derive(Debug)]
 pub struct ProcessMetrics {
+    /// Held while refreshing: two scrapes at once must not both add the same CPU time to the counter.
+    refreshing: std::sync::Mutex<()>,
     resident_memory: IntGauge,
     cpu_seconds: Counter,
     open_fds: IntGauge,
@@ -18,6 +20,7 @@ impl ProcessMetrics {
         let int_gauge =
             |name: &str, help: &str| super::registered(registry, IntGauge::new(name, help).expect("constant"));
         ProcessMetrics {
+            refreshing: std::sync::Mutex::new(()),
             resident_memory: int_gauge("infergate_process_resident_memory_bytes", "Resident memory of the process."),
             cpu_seconds: super::registered(
                 registry,
@@ -31,6 +34,7 @@ impl ProcessMetrics {
 
     /// Reads /proc/self; a field that cannot be read keeps its last value.
     pub fn refresh(&self) {
+        let _refreshing = self.refreshing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
             // Fields after the command name (which may hold spaces) start after the last ')'.
             let fields: Vec<&str> =

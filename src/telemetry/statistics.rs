@@ -22,10 +22,19 @@ pub struct DurationTotal {
     pub ns: u64,
 }
 
+fn nanos(took: Duration) -> u64 {
+    u64::try_from(took.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl DurationStat {
     pub fn add(&self, took: Duration) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.ns.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.add_many(1, took);
+    }
+
+    /// `count` occurrences, each lasting `took`.
+    pub fn add_many(&self, count: u64, took: Duration) {
+        self.count.fetch_add(count, Ordering::Relaxed);
+        self.ns.fetch_add(nanos(took).saturating_mul(count), Ordering::Relaxed);
     }
 
     pub fn total(&self) -> DurationTotal {
@@ -74,17 +83,19 @@ impl Statistics {
         self.last_inference_ms.fetch_max(now_ms, Ordering::Relaxed);
     }
 
-    /// One backend run of `rows` rows.
-    pub fn record_execution(&self, rows: usize, times: ComputeTimes) {
+    /// One backend run of `requests` requests holding `rows` rows. As in Triton, every request of the batch is
+    /// charged the batch's compute time in the per-request totals; the per-batch-size totals count runs.
+    pub fn record_execution(&self, requests: usize, rows: usize, times: ComputeTimes) {
         self.execution_count.fetch_add(1, Ordering::Relaxed);
-        self.compute_input.add(times.input);
-        self.compute_infer.add(times.infer);
-        self.compute_output.add(times.output);
+        let requests = requests as u64;
+        self.compute_input.add_many(requests, times.input);
+        self.compute_infer.add_many(requests, times.infer);
+        self.compute_output.add_many(requests, times.output);
         let mut batches = self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = batches.entry(rows as u64).or_insert(BatchTotals { batch_size: rows as u64, ..Default::default() });
         let add = |total: &mut DurationTotal, took: Duration| {
             total.count += 1;
-            total.ns = total.ns.saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+            total.ns = total.ns.saturating_add(nanos(took));
         };
         add(&mut entry.compute_input, times.input);
         add(&mut entry.compute_infer, times.infer);

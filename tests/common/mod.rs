@@ -157,3 +157,18 @@ pub fn iris_rows(rows: usize) -> Value {
     let data: Vec<f32> = (0..rows).flat_map(|i| [5.0 + (i % 20) as f32 * 0.1, 3.0, 1.5, 0.2]).collect();
     serde_json::json!({"inputs":[{"name":"X","shape":[rows,4],"datatype":"FP32","data":data}]})
 }
+
+/// The value of the sample whose name and labels are exactly `series` (e.g. `name{a="b"}`, labels in name
+/// order, as the text format lists them), if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The Prometheus exposition of a test server's metrics port.
+pub async fn scrape(server: &TestServer) -> String {
+    let url = format!("http://{}/metrics", server.server.metrics_addr());
+    let response = server.client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    response.text().await.unwrap()
+}
