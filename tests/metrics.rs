@@ -53,15 +53,15 @@ async fn counters_histograms_and_gauges() {
     assert_eq!(sample(&text, r#"infergate_model_version_state{model="mlp",state="failed",version="1"}"#), Some(0.0));
     assert!(sample(&text, &format!("infergate_model_load_duration_seconds{{{mv}}}")).unwrap() > 0.0);
     let p50 =
-        sample(&text, r#"infergate_request_metrics_window_seconds{model="mlp",percentile="50",version="1"}"#).unwrap();
+        sample(&text, r#"infergate_request_latency_window_seconds{model="mlp",percentile="50",version="1"}"#).unwrap();
     let p99 =
-        sample(&text, r#"infergate_request_metrics_window_seconds{model="mlp",percentile="99",version="1"}"#).unwrap();
+        sample(&text, r#"infergate_request_latency_window_seconds{model="mlp",percentile="99",version="1"}"#).unwrap();
     assert!(p50 > 0.0 && p50 <= p99 && p99 < 5.0, "p50 {p50} p99 {p99}");
     assert!(sample(&text, "infergate_process_resident_memory_bytes").unwrap() > 1e6);
     assert!(sample(&text, "infergate_process_open_fds").unwrap() > 0.0);
     assert!(!text.contains("evil-label"));
     // Versions without traffic have no window yet: NaN, not a made-up zero.
-    let idle = sample(&text, r#"infergate_request_metrics_window_seconds{model="iris",percentile="50",version="1"}"#);
+    let idle = sample(&text, r#"infergate_request_latency_window_seconds{model="iris",percentile="50",version="1"}"#);
     assert!(idle.unwrap().is_nan());
 }
 

@@ -158,7 +158,7 @@ impl Telemetry {
                 mv,
             ),
             window_latency: float_gauge(
-                "infergate_request_metrics_window_seconds",
+                "infergate_request_latency_window_seconds",
                 "Request latency percentiles (50, 90, 99) over the recent sliding window (--metrics-window-seconds).",
                 &["model", "version", "percentile"],
             ),
