@@ -67,10 +67,9 @@ pub async fn infer(serving: Arc<ServingVersion>, request: InferRequest) -> Resul
 async fn run(serving: &ServingVersion, request: InferRequest) -> Result<(InferResponse, usize), ApiError> {
     let output_indices = select_outputs(&serving.signature, &serving.name, request.outputs.as_deref())?;
     let inputs = order_inputs(&serving.signature, &serving.name, request.inputs)?;
-    let rows = serving.scheduler.rows_of(&inputs).map_err(|e| scheduler_error(e, &serving.name, serving.version))?;
     // Input drift counts answered requests only, like prediction drift; the copy shares the tensors' bytes.
     let drift_inputs: Option<Vec<Tensor>> = serving.metrics.drift.tracks_inputs().then(|| inputs.clone());
-    let outputs = serving
+    let (outputs, rows) = serving
         .scheduler
         .infer(inputs, request.timeout)
         .await

@@ -185,8 +185,13 @@ impl Scheduler {
         self.shared.lock().queue.len()
     }
 
-    /// Queues one request and waits for its outputs, until `timeout` (or the version's default) runs out.
-    pub async fn infer(&self, inputs: Vec<Tensor>, timeout: Option<Duration>) -> Reply {
+    /// Queues one request and waits for its outputs, until `timeout` (or the version's default) runs out. Returns
+    /// the outputs and the rows the request counted for (1 for a model without a batch dimension).
+    pub async fn infer(
+        &self,
+        inputs: Vec<Tensor>,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<Tensor>, usize), SchedulerError> {
         let enqueued = Instant::now();
         let rows = self.rows_of(&inputs)?;
         let deadline = shorter(timeout, self.config.default_timeout).map(|t| enqueued + t);
@@ -210,12 +215,14 @@ impl Scheduler {
             None => answer.await,
         };
         // Instances answer every job they take, even at shutdown; a dropped reply means an instance thread died.
-        answer.map_err(|_| BackendError::Compute("the instance thread stopped before answering".to_owned()))?
+        let outputs =
+            answer.map_err(|_| BackendError::Compute("the instance thread stopped before answering".to_owned()))??;
+        Ok((outputs, rows))
     }
 
     /// Rows a request adds to a batch (1 for a model without a batch dimension); refuses requests that cannot be
     /// batched as they are.
-    pub fn rows_of(&self, inputs: &[Tensor]) -> Result<usize, SchedulerError> {
+    fn rows_of(&self, inputs: &[Tensor]) -> Result<usize, SchedulerError> {
         let max = self.config.policy.max_batch_size;
         if max == 0 {
             return Ok(1);

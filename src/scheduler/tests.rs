@@ -86,7 +86,7 @@ fn spawn_infer(
     timeout: Option<Duration>,
 ) -> tokio::task::JoinHandle<Reply> {
     let scheduler = Arc::clone(scheduler);
-    tokio::spawn(async move { scheduler.infer(vec![rows(&values)], timeout).await })
+    tokio::spawn(async move { scheduler.infer(vec![rows(&values)], timeout).await.map(|(outputs, _)| outputs) })
 }
 
 #[tokio::test]
