@@ -29,6 +29,19 @@ pub enum Command {
     Serve(ServeArgs),
     /// Build a version's reference.json (for drift detection) from sample traffic.
     Reference(ReferenceArgs),
+    /// Show which backends and execution providers this machine can use, and why not.
+    Backends(BackendsArgs),
+}
+
+/// Flags of `infergate backends`.
+#[derive(Debug, Clone, Args)]
+pub struct BackendsArgs {
+    /// The ONNX Runtime library to try, as `serve --ort-library`.
+    #[arg(long, env = "INFERGATE_ORT_LIBRARY")]
+    pub ort_library: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `infergate reference`.
@@ -85,6 +98,10 @@ pub struct ServeArgs {
     /// Span of the sliding windows behind the p50/p90/p99 latency and the drift gauges, in seconds [default: 60]
     #[arg(long, env = "INFERGATE_METRICS_WINDOW_SECONDS")]
     pub metrics_window_seconds: Option<u64>,
+    /// The ONNX Runtime library (libonnxruntime.so*) [default: ORT_DYLIB_PATH, next to the binary, the onnxruntime
+    /// Python package, the system library path]
+    #[arg(long, env = "INFERGATE_ORT_LIBRARY")]
+    pub ort_library: Option<PathBuf>,
     /// Log format [default: text]
     #[arg(long, env = "INFERGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -112,6 +129,7 @@ struct ConfigFile {
     max_request_bytes: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
     metrics_window_seconds: Option<u64>,
+    ort_library: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
 }
@@ -127,6 +145,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub shutdown_grace: Duration,
     pub metrics_window: Duration,
+    /// Set: this ONNX Runtime library must load. Unset: it is looked for (see `backend::onnxruntime`).
+    pub ort_library: Option<PathBuf>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -163,6 +183,7 @@ impl Default for Config {
             max_request_bytes: 64 << 20,
             shutdown_grace: Duration::from_secs(30),
             metrics_window: Duration::from_secs(60),
+            ort_library: None,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
         }
@@ -194,6 +215,7 @@ impl Config {
                 .or(file.metrics_window_seconds)
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.metrics_window),
+            ort_library: args.ort_library.or(file.ort_library),
             log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),
             log_level: args.log_level.or(file.log_level).unwrap_or(defaults.log_level),
         };
@@ -320,7 +342,7 @@ mod tests {
     fn cli_parses_with_and_without_subcommand() {
         let port = |args: &[&str]| match Cli::try_parse_from(args).unwrap().into_command() {
             Command::Serve(serve) => serve.http_port,
-            Command::Reference(_) => panic!("not serve"),
+            Command::Reference(_) | Command::Backends(_) => panic!("not serve"),
         };
         assert_eq!(port(&["infergate", "--http-port", "1234"]), Some(1234));
         assert_eq!(port(&["infergate", "serve", "--http-port", "4321"]), Some(4321));

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use infergate::config::{Cli, Command, Config, LogFormat, ReferenceArgs};
+use infergate::backend::Backends;
+use infergate::config::{BackendsArgs, Cli, Command, Config, LogFormat, ReferenceArgs};
 use infergate::server::{Server, ShutdownTrigger};
 use tracing_subscriber::EnvFilter;
 
@@ -9,6 +10,7 @@ fn main() -> ExitCode {
     let args = match Cli::parse().into_command() {
         Command::Serve(args) => args,
         Command::Reference(args) => return reference(&args),
+        Command::Backends(args) => return backends(&args),
     };
     let config = match Config::resolve(args) {
         Ok(config) => config,
@@ -46,6 +48,38 @@ fn reference(args: &ReferenceArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `infergate backends`: what this machine can run models on, and why not.
+fn backends(args: &BackendsArgs) -> ExitCode {
+    let backends = match Backends::discover(args.ort_library.as_deref()) {
+        Ok(backends) => backends,
+        Err(e) => {
+            eprintln!("infergate backends: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let statuses = backends.statuses();
+    if args.json {
+        match serde_json::to_string_pretty(&statuses) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("infergate backends: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    for status in statuses {
+        let state = if status.available { "available" } else { "unavailable" };
+        println!("{:<6} {state}: {}", status.name, status.detail);
+        for provider in status.execution_providers {
+            let state = if provider.available { "available" } else { "unavailable" };
+            let detail = if provider.detail.is_empty() { String::new() } else { format!(": {}", provider.detail) };
+            println!("       {:<5} {state}{detail}", provider.name);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api;
+use crate::backend::Backends;
 use crate::config::Config;
 use crate::lifecycle::ModelTable;
 use crate::telemetry::Telemetry;
@@ -21,6 +22,8 @@ pub enum ServerError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// How the server ended.
@@ -62,7 +65,16 @@ impl Server {
         let (metrics_listener, metrics_addr) =
             bind("metrics", SocketAddr::new(config.host, config.metrics_port)).await?;
 
-        let table = Arc::new(ModelTable::new(Arc::new(Telemetry::new(config.metrics_window))));
+        let ort_library = config.ort_library.clone();
+        let backends = tokio::task::spawn_blocking(move || Backends::discover(ort_library.as_deref()))
+            .await
+            .map_err(|e| ServerError::Backend(format!("looking for backends failed: {e}")))?
+            .map_err(ServerError::Backend)?;
+        for status in backends.statuses() {
+            tracing::info!(backend = status.name, available = status.available, detail = %status.detail, "backend");
+        }
+        let telemetry = Arc::new(Telemetry::new(config.metrics_window));
+        let table = Arc::new(ModelTable::new(telemetry, Arc::new(backends)));
         let loader = Arc::clone(&table);
         let repository = config.model_repository.clone();
         tokio::spawn(async move { loader.load_local_repository(&repository).await });

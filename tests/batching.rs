@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TOLERANCE, TestServer, config, golden, iris_rows, repository_with, temp_dir};
+use common::{
+    TOLERANCE, TestServer, config, config_with_ort, copy_fixture, golden, repository_with, slow_rows, temp_dir,
+};
 use serde_json::{Value, json};
 
 /// A small deterministic generator (xorshift), so a failing interleaving can be replayed.
@@ -85,7 +87,7 @@ async fn every_caller_gets_exactly_its_rows() {
 async fn occupy(server: &TestServer, path: &str) -> tokio::task::JoinHandle<u16> {
     let client = server.client.clone();
     let url = server.url(path);
-    let body = serde_json::to_vec(&iris_rows(600)).unwrap();
+    let body = serde_json::to_vec(&slow_rows(1000)).unwrap();
     let handle = tokio::spawn(async move { client.post(url).body(body).send().await.unwrap().status().as_u16() });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!handle.is_finished(), "the slow request finished too soon to occupy the instance");
@@ -95,22 +97,19 @@ async fn occupy(server: &TestServer, path: &str) -> tokio::task::JoinHandle<u16>
 #[tokio::test]
 async fn deadlines_answer_504_and_the_rest_still_serve() {
     let root = temp_dir("batching-deadline");
-    repository_with(
-        &root,
-        "iris",
-        "iris/1/model.onnx",
-        "max_batch_size = 1024\n[batching]\ndefault_timeout_ms = 60000\n",
-    );
-    let server = TestServer::start(config(&root)).await;
-    let busy = occupy(&server, "/v2/models/iris/infer").await;
+    copy_fixture(&root, "slow", 1, "slow/1/model.onnx");
+    std::fs::write(root.join("slow/model.toml"), "max_batch_size = 1024\n[batching]\ndefault_timeout_ms = 60000\n")
+        .unwrap();
+    let server = TestServer::start(config_with_ort(&root)).await;
+    let busy = occupy(&server, "/v2/models/slow/infer").await;
 
     // A header deadline and a `timeout` parameter (µs, as Triton's clients send it) both run out while queued
     // behind the busy batch.
     let response = server
         .client
-        .post(server.url("/v2/models/iris/infer"))
+        .post(server.url("/v2/models/slow/infer"))
         .header("x-request-timeout-ms", "50")
-        .json(&iris_rows(1))
+        .json(&slow_rows(1))
         .send()
         .await
         .unwrap();
@@ -118,23 +117,23 @@ async fn deadlines_answer_504_and_the_rest_still_serve() {
     let body: Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("deadline"), "{body}");
 
-    let mut with_parameter = iris_rows(2);
+    let mut with_parameter = slow_rows(2);
     with_parameter["parameters"] = json!({"timeout": 50_000});
-    let (status, body) = server.post_json("/v2/models/iris/infer", &with_parameter).await;
+    let (status, body) = server.post_json("/v2/models/slow/infer", &with_parameter).await;
     assert_eq!(status, 504, "{body}");
 
     let response = server
         .client
-        .post(server.url("/v2/models/iris/infer"))
+        .post(server.url("/v2/models/slow/infer"))
         .header("x-request-timeout-ms", "soon")
-        .json(&iris_rows(1))
+        .json(&slow_rows(1))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
 
     assert_eq!(busy.await.unwrap(), 200);
-    let (status, body) = server.post_json("/v2/models/iris/infer", &iris_rows(3)).await;
+    let (status, body) = server.post_json("/v2/models/slow/infer", &slow_rows(3)).await;
     assert_eq!(status, 200, "{body}");
     std::fs::remove_dir_all(&root).unwrap();
 }
@@ -142,17 +141,18 @@ async fn deadlines_answer_504_and_the_rest_still_serve() {
 #[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after() {
     let root = temp_dir("batching-full");
-    repository_with(&root, "iris", "iris/1/model.onnx", "max_batch_size = 1024\n[batching]\nmax_queue_size = 1\n");
-    let server = TestServer::start(config(&root)).await;
-    let busy = occupy(&server, "/v2/models/iris/infer").await;
+    copy_fixture(&root, "slow", 1, "slow/1/model.onnx");
+    std::fs::write(root.join("slow/model.toml"), "max_batch_size = 1024\n[batching]\nmax_queue_size = 1\n").unwrap();
+    let server = TestServer::start(config_with_ort(&root)).await;
+    let busy = occupy(&server, "/v2/models/slow/infer").await;
     // This one waits behind the busy batch and fills the one queue slot.
     let client = server.client.clone();
-    let url = server.url("/v2/models/iris/infer");
+    let url = server.url("/v2/models/slow/infer");
     let queued =
-        tokio::spawn(async move { client.post(url).json(&iris_rows(600)).send().await.unwrap().status().as_u16() });
+        tokio::spawn(async move { client.post(url).json(&slow_rows(1000)).send().await.unwrap().status().as_u16() });
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let response = server.client.post(server.url("/v2/models/iris/infer")).json(&iris_rows(1)).send().await.unwrap();
+    let response = server.client.post(server.url("/v2/models/slow/infer")).json(&slow_rows(1)).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 429);
     assert_eq!(response.headers()["retry-after"], "1");
     let body: Value = response.json().await.unwrap();

@@ -155,7 +155,7 @@ async fn statistics_endpoint() {
         .iter()
         .map(|s| (s["name"].as_str().unwrap(), s["version"].as_str().unwrap()))
         .collect();
-    assert_eq!(names, [("iris", "1"), ("iris", "2"), ("mlp", "1")]);
+    assert_eq!(names, [("gbt", "1"), ("iris", "1"), ("iris", "2"), ("mlp", "1")]);
     assert_eq!(server.get("/v2/models/iris/versions/2/stats").await.1["model_stats"][0]["version"], "2");
     assert_eq!(server.get("/v2/models/nope/stats").await.0, 404);
     assert_eq!(server.get("/v2").await.1["extensions"], json!(["model_configuration", "statistics"]));

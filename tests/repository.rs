@@ -80,17 +80,3 @@ async fn version_policy_latest_by_default() {
     assert_eq!(server.get("/v2/models/m/versions/3/ready").await.0, 404);
     std::fs::remove_dir_all(&root).unwrap();
 }
-
-#[tokio::test]
-async fn unsupported_operators_are_named() {
-    let root = temp_dir("zipmap-repo");
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zipmap/1/model.onnx");
-    std::fs::create_dir_all(root.join("zipmap/1")).unwrap();
-    std::fs::copy(fixture, root.join("zipmap/1/model.onnx")).unwrap();
-    let server = TestServer::start(config(&root)).await;
-    let (status, body) = server.get("/v2/models/zipmap").await;
-    assert_eq!(status, 503);
-    let error = body["error"].as_str().unwrap();
-    assert!(error.contains("zipmap/1/model.onnx") && error.contains("ZipMap"), "{error}");
-    std::fs::remove_dir_all(&root).unwrap();
-}

@@ -13,10 +13,12 @@ use serde_json::json;
 
 #[tokio::test]
 async fn shutdown_drains_an_in_flight_request() {
-    let server = TestServer::bundled().await;
+    let root = common::temp_dir("shutdown-drain");
+    common::copy_fixture(&root, "slow", 1, "slow/1/model.onnx");
+    let server = TestServer::start(common::config_with_ort(&root)).await;
     let client = server.client.clone();
-    let url = server.url("/v2/models/iris/versions/2/infer");
-    let body = serde_json::to_vec(&common::iris_rows(600)).unwrap();
+    let url = server.url("/v2/models/slow/infer");
+    let body = serde_json::to_vec(&common::slow_rows(1000)).unwrap();
     let in_flight = tokio::spawn(async move {
         let started = Instant::now();
         let response = client.post(url).body(body).send().await.unwrap();
@@ -37,8 +39,9 @@ async fn shutdown_drains_an_in_flight_request() {
     assert_eq!(stopped, Stopped::Drained);
     let (status, reply, took) = in_flight.await.unwrap();
     assert_eq!(status, 200, "{reply}");
-    assert_eq!(reply["outputs"][0]["shape"], json!([600]));
+    assert_eq!(reply["outputs"][0]["shape"], json!([1000, 256]));
     assert!(took > Duration::from_millis(300));
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 fn infergate() -> Command {
@@ -89,10 +92,13 @@ fn sigterm_stops_the_binary_cleanly() {
         let _ = Command::new("kill").args(["-KILL", &pid]).status();
     });
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    // The first log line names the bound address; every line is JSON.
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(first["message"], "infergate listening");
-    let addr = first["http_addr"].as_str().unwrap().to_owned();
+    // A log line names the bound address (after the backends found); every line is JSON.
+    let listening = lines
+        .by_ref()
+        .map(|line| serde_json::from_str::<serde_json::Value>(&line.unwrap()).unwrap())
+        .find(|line| line["message"] == "infergate listening")
+        .unwrap();
+    let addr = listening["http_addr"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let line = lines.next().unwrap().unwrap();

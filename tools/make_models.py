@@ -17,8 +17,13 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
-from sklearn.datasets import load_iris
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.datasets import load_iris, make_classification, make_regression
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    GradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -39,6 +44,103 @@ def iris_forest(n_estimators: int, max_depth: int, random_state: int) -> onnx.Mo
         options={id(clf): {"zipmap": False}},
         target_opset=OPSETS,
     )
+
+
+def convert(model, features: int, **options) -> onnx.ModelProto:
+    return convert_sklearn(
+        model,
+        initial_types=[("X", FloatTensorType([None, features]))],
+        options={id(model): options} if options else None,
+        target_opset=OPSETS,
+    )
+
+
+def gbt() -> onnx.ModelProto:
+    """A 500-tree gradient-boosted binary classifier (depth 3) on 12 synthetic features."""
+    x, y = make_classification(n_samples=2000, n_features=12, n_informative=8, random_state=11)
+    clf = GradientBoostingClassifier(n_estimators=500, max_depth=3, learning_rate=0.05, random_state=11)
+    clf.fit(x.astype(np.float32), y)
+    return convert(clf, 12, zipmap=False)
+
+
+def tree_fixtures() -> dict:
+    """Small tree ensembles covering the operator's cases: (model, input rows)."""
+    cls_x, cls_y = make_classification(n_samples=300, n_features=6, n_informative=4, random_state=3)
+    cls_x = cls_x.astype(np.float32)
+    multi_x, multi_y = load_iris(return_X_y=True)
+    multi_x = multi_x.astype(np.float32)
+    reg_x, reg_y = make_regression(n_samples=300, n_features=5, n_targets=2, random_state=5)
+    reg_x = reg_x.astype(np.float32)
+    rows = lambda x: np.concatenate([x[::15], x[:3] * 0 + np.float32(1e6)]).astype(np.float32)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    return {
+        "rf_binary": (
+            convert(RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(cls_x, cls_y), 6, zipmap=False),
+            rows(cls_x),
+        ),
+        "gbc_multiclass": (
+            convert(GradientBoostingClassifier(n_estimators=15, max_depth=2, random_state=0).fit(multi_x, multi_y), 4, zipmap=False),
+            rows(multi_x),
+        ),
+        "rf_strings": (
+            convert(RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(multi_x, names[multi_y]), 4, zipmap=False),
+            rows(multi_x),
+        ),
+        "gbr": (
+            convert(GradientBoostingRegressor(n_estimators=25, max_depth=3, random_state=0).fit(reg_x, reg_y[:, 0]), 5),
+            rows(reg_x),
+        ),
+        "rf_regressor": (
+            two_targets(convert(RandomForestRegressor(n_estimators=8, max_depth=4, random_state=0).fit(reg_x, reg_y), 5)),
+            rows(reg_x),
+        ),
+        "zipmap": (iris_with_zipmap(), rows(multi_x)),
+    }
+
+
+def unsupported() -> onnx.ModelProto:
+    """An operator no backend implements, to check that load failures name it."""
+    node = helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph(
+        [node],
+        "unsupported",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    )
+    model.ir_version = 8
+    return model
+
+
+def two_targets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """skl2onnx declares a regressor's output as [N, 1] even with two targets; declare what it computes."""
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 2
+    return model
+
+
+def slow(width: int = 256, layers: int = 512) -> onnx.ModelProto:
+    """A deliberately slow model for tests that must keep an instance busy: `layers` x (MatMul by one shared
+    width x width matrix, then Tanh), so the cost grows with the rows sent while the file stays small."""
+    w = (np.random.default_rng(1).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes, current = [], "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [current, "w"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
+        current = f"t{i}"
+    nodes.append(helper.make_node("Identity", [current], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
 
 
 def mlp(seed: int) -> onnx.ModelProto:
@@ -119,17 +221,26 @@ def save(model: onnx.ModelProto, name: str, version: int) -> pathlib.Path:
 
 
 def datatype(array: np.ndarray) -> str:
+    if array.dtype.kind in "OU":
+        return "BYTES"
     return {"float32": "FP32", "float64": "FP64", "int64": "INT64"}[array.dtype.name]
 
 
-def golden(path: pathlib.Path, name: str, version: int, input_name: str, x: np.ndarray) -> None:
+def golden(
+    path: pathlib.Path, name: str, version: int, input_name: str, x: np.ndarray, file: str = ""
+) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     results = session.run(None, {input_name: x})
+    # A ZipMap output (a list of {class: probability}) is served as the probability matrix that fed it.
+    results = [
+        np.array([[row[k] for k in sorted(row)] for row in r], dtype=np.float32) if isinstance(r, list) else r
+        for r in results
+    ]
     outputs = {
         meta.name: {
             "datatype": datatype(value),
             "shape": list(value.shape),
-            "data": value.reshape(-1).tolist(),
+            "data": [str(v) for v in value.reshape(-1)] if datatype(value) == "BYTES" else value.reshape(-1).tolist(),
         }
         for meta, value in zip(session.get_outputs(), results)
     }
@@ -151,7 +262,7 @@ def golden(path: pathlib.Path, name: str, version: int, input_name: str, x: np.n
         "outputs": outputs,
     }
     GOLDEN.mkdir(parents=True, exist_ok=True)
-    (GOLDEN / f"{name}_v{version}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (GOLDEN / (file or f"{name}_v{version}.json")).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def main() -> None:
@@ -164,11 +275,23 @@ def main() -> None:
         path = save(iris_forest(trees, depth, seed), "iris", version)
         golden(path, "iris", version, "X", iris_rows)
 
-    for name, model in {"passthrough": passthrough(), "zipmap": iris_with_zipmap()}.items():
+    for name, model in {"passthrough": passthrough(), "slow": slow(), "unsupported": unsupported()}.items():
         path = FIXTURES / name / "1" / "model.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         model.graph.name = name
         path.write_bytes(model.SerializeToString())
+
+    # Tree ensembles checked on both backends against ONNX Runtime: tests/fixtures/trees/<name>/1/model.onnx.
+    for name, (model, rows) in tree_fixtures().items():
+        path = FIXTURES / "trees" / name / "1" / "model.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.graph.name = name
+        path.write_bytes(model.SerializeToString())
+        golden(path, name, 1, "X", rows, file=f"trees_{name}.json")
+
+    path = save(gbt(), "gbt", 1)
+    gbt_rows = make_classification(n_samples=2000, n_features=12, n_informative=8, random_state=11)[0]
+    golden(path, "gbt", 1, "X", gbt_rows[::60].astype(np.float32))
 
     path = save(mlp(seed=2024), "mlp", 1)
     mlp_rows = np.random.default_rng(7).standard_normal((8, 64)).astype(np.float32)

@@ -180,7 +180,11 @@ mod tests {
             dim_names: vec![None; shape.len()],
             shape,
         };
-        Signature { inputs: vec![spec("a", vec![-1, 2]), spec("b", vec![1])], outputs: vec![spec("y", vec![-1])] }
+        Signature {
+            inputs: vec![spec("a", vec![-1, 2]), spec("b", vec![1])],
+            outputs: vec![spec("y", vec![-1])],
+            notes: vec![],
+        }
     }
 
     fn input(name: &str, shape: Vec<usize>) -> NamedTensor {

@@ -12,7 +12,7 @@ pub use infer::{InferOutput, InferRequest, InferResponse, NamedTensor, infer, or
 pub use model_config::{ModelConfigView, model_config};
 pub use statistics::{StatisticsView, statistics};
 
-use crate::backend::{BackendError, TensorSpec};
+use crate::backend::{BackendError, Device, TensorSpec};
 use crate::lifecycle::{LookupError, ModelTable};
 use crate::scheduler::SchedulerError;
 
@@ -115,6 +115,16 @@ pub struct ModelMetadata {
     pub platform: &'static str,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// Where the version runs and what was changed to serve it; an extension of the protocol's metadata object.
+    pub parameters: MetadataParameters,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct MetadataParameters {
+    pub backend: &'static str,
+    pub device: Device,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The model's metadata; without a version, the signature is the one of the version unversioned requests reach.
@@ -135,6 +145,11 @@ pub fn model_metadata(table: &ModelTable, model: &str, version: Option<&str>) ->
         platform: "onnx",
         inputs: serving.signature.inputs.clone(),
         outputs: serving.signature.outputs.clone(),
+        parameters: MetadataParameters {
+            backend: serving.backend_name,
+            device: serving.device,
+            notes: serving.signature.notes.clone(),
+        },
     })
 }
 

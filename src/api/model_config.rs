@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::ApiError;
-use crate::backend::TensorSpec;
+use crate::backend::{Device, TensorSpec};
 use crate::lifecycle::ModelTable;
 use crate::tensor::DataType;
 
@@ -46,6 +46,8 @@ pub struct QueuePolicy {
 pub struct InstanceGroup {
     pub count: usize,
     pub kind: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
 }
 
 /// The configuration a version is served with; without a version, the one unversioned requests reach.
@@ -75,7 +77,10 @@ pub fn model_config(table: &ModelTable, model: &str, version: Option<&str>) -> R
                 default_timeout_microseconds: scheduling.default_timeout.map_or(0, |t| t.as_micros() as u64),
             },
         }),
-        instance_group: vec![InstanceGroup { count: scheduling.instances, kind: "KIND_CPU" }],
+        instance_group: vec![match serving.device {
+            Device::Cpu => InstanceGroup { count: scheduling.instances, kind: "KIND_CPU", gpus: Vec::new() },
+            Device::Cuda(gpu) => InstanceGroup { count: scheduling.instances, kind: "KIND_GPU", gpus: vec![gpu] },
+        }],
     })
 }
 

@@ -1,20 +1,34 @@
 //! Backends compute on [`Tensor`]s. A [`Backend`] is one loaded model version; it hands out [`Session`]s, one
 //! per instance thread, so per-run scratch state is reused without locks.
+//!
+//! [`Backends`] is what this process can use, found once at start: tract always, ONNX Runtime when its library
+//! loads. A model's `backend` setting picks one; `auto` prefers ONNX Runtime.
 
+pub mod onnx_file;
+pub mod onnxruntime;
 pub mod signature;
 pub mod tract;
+pub mod trees;
 
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
 use thiserror::Error;
 
 pub use signature::{Signature, TensorSpec};
 
+use crate::repository::{BackendChoice, ModelConfig};
 use crate::tensor::Tensor;
 
 /// One loaded, optimised model version, shared by its instance threads.
 pub trait Backend: Send + Sync + 'static {
-    /// Short name of the backend ("tract"), reported in model metadata.
+    /// Short name of the backend ("tract", "ort"), reported in model metadata.
     fn name(&self) -> &'static str;
     fn signature(&self) -> &Signature;
+    /// Where the version computes.
+    fn device(&self) -> Device;
     /// A session for one instance thread. Sessions are not shared between threads.
     fn session(&self) -> Result<Box<dyn Session>, BackendError>;
 }
@@ -33,4 +47,125 @@ pub enum BackendError {
     /// The computation failed for these inputs.
     #[error("inference failed: {0}")]
     Compute(String),
+}
+
+/// Where a model computes: `"cpu"` or `"cuda:N"` in `model.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(u32),
+}
+
+impl Device {
+    pub fn parse(text: &str) -> Result<Device, String> {
+        match text {
+            "cpu" => Ok(Device::Cpu),
+            _ => text
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("device '{text}' is neither \"cpu\" nor \"cuda:N\"")),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Device, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Device::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Device {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Whether a backend can be used in this process, and why not.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendStatus {
+    pub name: &'static str,
+    pub available: bool,
+    /// Library path and version, or the reason it is unavailable.
+    pub detail: String,
+    pub execution_providers: Vec<ProviderStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderStatus {
+    pub name: &'static str,
+    pub available: bool,
+    pub detail: String,
+}
+
+/// The backends this process can use.
+#[derive(Debug)]
+pub struct Backends {
+    ort: Result<Arc<onnxruntime::OrtRuntime>, String>,
+}
+
+impl Backends {
+    /// Finds ONNX Runtime (see [`onnxruntime::OrtRuntime::discover`]). An explicitly named library that does not load is an
+    /// error; a library merely not found leaves ONNX Runtime unavailable.
+    pub fn discover(ort_library: Option<&Path>) -> Result<Backends, String> {
+        let ort = match onnxruntime::OrtRuntime::discover(ort_library) {
+            Ok(runtime) => Ok(runtime),
+            Err(onnxruntime::DiscoverError::Explicit(reason)) => return Err(reason),
+            Err(onnxruntime::DiscoverError::NotFound(reason)) => Err(reason),
+        };
+        Ok(Backends { ort })
+    }
+
+    /// tract only, for tools that never need ONNX Runtime.
+    pub fn embedded_only() -> Backends {
+        Backends { ort: Err("not looked for".to_owned()) }
+    }
+
+    pub fn ort(&self) -> Result<&Arc<onnxruntime::OrtRuntime>, &str> {
+        self.ort.as_ref().map_err(String::as_str)
+    }
+
+    /// Loads a version with the backend its config asks for.
+    pub fn load(&self, path: &Path, config: &ModelConfig) -> Result<Arc<dyn Backend>, BackendError> {
+        let fail = |reason: String| BackendError::Load { path: path.display().to_string(), reason };
+        let options = onnxruntime::SessionOptions { device: config.device, intra_op_threads: config.intra_op_threads };
+        Ok(match (config.backend, &self.ort) {
+            (BackendChoice::Tract, _) => Arc::new(tract::TractBackend::load(path, config.device)?),
+            (BackendChoice::Ort | BackendChoice::Auto, Ok(runtime)) => {
+                Arc::new(onnxruntime::OrtBackend::load(Arc::clone(runtime), path, options)?)
+            }
+            (BackendChoice::Auto, Err(_)) => Arc::new(tract::TractBackend::load(path, config.device)?),
+            (BackendChoice::Ort, Err(reason)) => {
+                return Err(fail(format!("backend = \"ort\", but ONNX Runtime is not available: {reason}")));
+            }
+        })
+    }
+
+    /// Every backend with its execution providers, for `infergate backends` and the logs.
+    pub fn statuses(&self) -> Vec<BackendStatus> {
+        let tract = BackendStatus {
+            name: "tract",
+            available: true,
+            detail: "embedded (tract-onnx), with native tree ensembles".to_owned(),
+            execution_providers: vec![ProviderStatus { name: "cpu", available: true, detail: String::new() }],
+        };
+        let ort = match &self.ort {
+            Ok(runtime) => runtime.status(),
+            Err(reason) => {
+                BackendStatus { name: "ort", available: false, detail: reason.clone(), execution_providers: Vec::new() }
+            }
+        };
+        vec![tract, ort]
+    }
 }

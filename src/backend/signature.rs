@@ -40,6 +40,9 @@ pub fn describe<D: std::fmt::Display>(datatype: DataType, shape: &[D]) -> String
 pub struct Signature {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// What was changed to serve the model (see `onnx_file`), shown in its metadata.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Signature {
@@ -49,6 +52,17 @@ impl Signature {
 
     pub fn output_index(&self, name: &str) -> Option<usize> {
         self.outputs.iter().position(|spec| spec.name == name)
+    }
+}
+
+/// Names every free dimension of an input: its declared name, `N` for an unnamed first (batch) dimension, or
+/// `<input>_<axis>` for any other unnamed one. Batching needs every first dimension to be the same symbol.
+pub fn resolve_free_dims(spec: &mut TensorSpec) {
+    for (axis, (&dim, name)) in spec.shape.iter().zip(spec.dim_names.iter_mut()).enumerate() {
+        if dim >= 0 || name.is_some() {
+            continue;
+        }
+        *name = Some(if axis == 0 { "N".to_owned() } else { format!("{}_{axis}", spec.name) });
     }
 }
 

@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, IntoTensor, TDim, TValue, TVec,
+    DatumType, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, IntoTensor, TDim, TValue, TVec,
     TypedSimplePlan, TypedSimpleState,
 };
 
-use super::signature::{TensorSpec, graph_inputs};
-use super::{Backend, BackendError, Session, Signature};
+use super::onnx_file::OnnxFile;
+use super::signature::{TensorSpec, resolve_free_dims};
+use super::{Backend, BackendError, Device, Session, Signature};
 use crate::tensor::{DataType, Tensor, push_bytes_element};
 
 /// A model version optimised by tract, ready to spawn sessions.
@@ -31,21 +32,19 @@ impl std::fmt::Debug for TractBackend {
 
 impl TractBackend {
     /// Reads, checks and optimises an ONNX file. Every failure names the file and the reason.
-    pub fn load(path: &Path) -> Result<TractBackend, BackendError> {
+    pub fn load(path: &Path, device: Device) -> Result<TractBackend, BackendError> {
         let fail = |reason: String| BackendError::Load { path: path.display().to_string(), reason };
-        // Read the whole file rather than mapping it: a file truncated under a map would crash the process.
-        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-        let onnx = tract_onnx::onnx();
-        let proto = onnx
-            .proto_model_for_read(&mut bytes.as_slice())
-            .map_err(|e| fail(format!("not a valid ONNX file: {e}")))?;
-        drop(bytes);
+        if device != Device::Cpu {
+            return Err(fail(format!(
+                "device = \"{device}\": the tract backend computes on the CPU only; use backend = \"ort\""
+            )));
+        }
+        let OnnxFile { proto, inputs, notes } = OnnxFile::read(path)?;
         let graph = proto.graph.as_ref().ok_or_else(|| fail("the ONNX file holds no graph".to_owned()))?;
-        let inputs = graph_inputs(graph).map_err(fail)?;
         let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
 
         let dir = path.parent().and_then(Path::to_str);
-        let parsed = onnx.parse(&proto, dir).map_err(|e| fail(format!("{e:#}")))?;
+        let parsed = onnx().parse(&proto, dir).map_err(|e| fail(format!("{e:#}")))?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(fail(format!("the graph uses undefined values {:?}", parsed.unresolved_inputs)));
         }
@@ -60,19 +59,16 @@ impl TractBackend {
             if node_name.as_deref() != Some(spec.name.as_str()) {
                 return Err(fail(format!("graph input {ix} should be '{}', tract found {node_name:?}", spec.name)));
             }
+            resolve_free_dims(spec);
             let dims: TVec<TDim> = spec
                 .shape
                 .iter()
-                .enumerate()
-                .map(|(axis, &dim)| match (dim, &spec.dim_names[axis]) {
-                    (d, _) if d >= 0 => TDim::Val(d),
-                    (_, Some(name)) => TDim::Sym(model.symbols.sym(name)),
-                    (_, None) if axis == 0 => TDim::Sym(model.symbols.sym("N")),
-                    (_, None) => TDim::Sym(model.symbols.sym(&format!("{}_{axis}", spec.name))),
+                .zip(&spec.dim_names)
+                .map(|(&dim, name)| match name {
+                    Some(name) if dim < 0 => TDim::Sym(model.symbols.sym(name)),
+                    _ => TDim::Val(dim),
                 })
                 .collect();
-            // Remember the symbol of each free dimension: batching needs every dim 0 to be the same one.
-            spec.dim_names = dims.iter().map(dim_symbol).collect();
             let fact = InferenceFact::dt_shape(tract_datum(spec.datatype), dims);
             model.set_input_fact(ix, fact).map_err(|e| fail(format!("{e:#}")))?;
         }
@@ -88,7 +84,7 @@ impl TractBackend {
             outputs.push(TensorSpec { name, datatype, shape, dim_names });
         }
         let plan = typed.into_runnable().map_err(|e| fail(format!("{e:#}")))?;
-        Ok(TractBackend { plan, signature: Signature { inputs, outputs } })
+        Ok(TractBackend { plan, signature: Signature { inputs, outputs, notes } })
     }
 }
 
@@ -99,6 +95,10 @@ impl Backend for TractBackend {
 
     fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    fn device(&self) -> Device {
+        Device::Cpu
     }
 
     fn session(&self) -> Result<Box<dyn Session>, BackendError> {
@@ -117,6 +117,13 @@ impl Session for TractSession {
         let outputs = self.state.run(values).map_err(|e| BackendError::Compute(format!("{e:#}")))?;
         outputs.iter().map(|value| from_tract(value)).collect()
     }
+}
+
+/// tract's ONNX front end with our tree ensemble operators in place of its own.
+fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    super::trees::tract_op::register(&mut onnx.op_register);
+    onnx
 }
 
 /// The name of a free dimension ("N", or an expression such as "2*N"); `None` for a fixed one.
@@ -144,7 +151,11 @@ fn tract_datum(datatype: DataType) -> DatumType {
     }
 }
 
+/// tract computes some int64 values (a cast label, a shape) as symbolic dimensions; they are served as INT64.
 fn our_datatype(datum: DatumType) -> Option<DataType> {
+    if datum == DatumType::TDim {
+        return Some(DataType::Int64);
+    }
     DataType::ALL.into_iter().find(|&dt| tract_datum(dt) == datum)
 }
 
@@ -170,6 +181,9 @@ fn to_tract(tensor: &Tensor) -> Result<TValue, BackendError> {
 }
 
 fn from_tract(value: &tract_onnx::prelude::Tensor) -> Result<Tensor, BackendError> {
+    if value.datum_type() == DatumType::TDim {
+        return from_tract(&*value.cast_to::<i64>().map_err(compute_error)?);
+    }
     let datatype = our_datatype(value.datum_type())
         .ok_or_else(|| compute_error(format!("the model produced {:?}, which is not served", value.datum_type())))?;
     let data = if datatype == DataType::Bytes {

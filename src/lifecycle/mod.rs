@@ -13,9 +13,8 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use thiserror::Error;
 
-use crate::backend::tract::TractBackend;
-use crate::backend::{Backend, BackendError, Signature};
-use crate::repository::{self, BackendChoice, DistributionChoice, ModelConfig, ModelSpec, MonitoringConfig};
+use crate::backend::{BackendError, Backends, Device, Signature};
+use crate::repository::{self, DistributionChoice, ModelConfig, ModelSpec, MonitoringConfig};
 use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig};
 use crate::telemetry::{
     DEFAULT_SCORE_BUCKETS, Distribution, DriftMonitor, MAX_CLASSES, MonitorSpec, Reference, Telemetry, VersionMetrics,
@@ -28,6 +27,7 @@ pub struct ServingVersion {
     pub name: String,
     pub version: u64,
     pub backend_name: &'static str,
+    pub device: Device,
     pub signature: Signature,
     pub scheduler: Scheduler,
     pub metrics: VersionMetrics,
@@ -109,11 +109,12 @@ pub struct ModelTable {
     models: DashMap<String, Arc<ModelEntry>>,
     startup_complete: AtomicBool,
     telemetry: Arc<Telemetry>,
+    backends: Arc<Backends>,
 }
 
 impl ModelTable {
-    pub fn new(telemetry: Arc<Telemetry>) -> ModelTable {
-        ModelTable { models: DashMap::new(), startup_complete: AtomicBool::new(false), telemetry }
+    pub fn new(telemetry: Arc<Telemetry>, backends: Arc<Backends>) -> ModelTable {
+        ModelTable { models: DashMap::new(), startup_complete: AtomicBool::new(false), telemetry, backends }
     }
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {
@@ -218,8 +219,8 @@ impl ModelTable {
         }
         for spec in to_load {
             let (name, version) = (spec.name.clone(), spec.version);
-            let telemetry = Arc::clone(&self.telemetry);
-            let state = match tokio::task::spawn_blocking(move || load_version(&spec, &telemetry)).await {
+            let (telemetry, backends) = (Arc::clone(&self.telemetry), Arc::clone(&self.backends));
+            let state = match tokio::task::spawn_blocking(move || load_version(&spec, &backends, &telemetry)).await {
                 Ok(Ok(serving)) => VersionState::Ready(Arc::new(serving)),
                 Ok(Err(e)) => {
                     tracing::error!(model = %name, version, error = %e, "version failed to load");
@@ -249,11 +250,9 @@ impl ModelTable {
 }
 
 /// Loads, checks and starts one version; blocking, run off the async workers.
-fn load_version(spec: &ModelSpec, telemetry: &Telemetry) -> Result<ServingVersion, BackendError> {
+fn load_version(spec: &ModelSpec, backends: &Backends, telemetry: &Telemetry) -> Result<ServingVersion, BackendError> {
     let started = Instant::now();
-    let backend: Arc<dyn Backend> = match spec.config.backend {
-        BackendChoice::Auto | BackendChoice::Tract => Arc::new(TractBackend::load(&spec.model_path)?),
-    };
+    let backend = backends.load(&spec.model_path, &spec.config)?;
     let config = &spec.config;
     check_batchable(backend.signature(), config.max_batch_size)
         .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
@@ -269,6 +268,7 @@ fn load_version(spec: &ModelSpec, telemetry: &Telemetry) -> Result<ServingVersio
         model = %spec.name,
         version = spec.version,
         backend = backend.name(),
+        device = %backend.device(),
         load_ms = started.elapsed().as_millis() as u64,
         "version ready"
     );
@@ -276,6 +276,7 @@ fn load_version(spec: &ModelSpec, telemetry: &Telemetry) -> Result<ServingVersio
         name: spec.name.clone(),
         version: spec.version,
         backend_name: backend.name(),
+        device: backend.device(),
         signature: backend.signature().clone(),
         scheduler,
         metrics,
@@ -421,16 +422,21 @@ mod tests {
         let ok = Signature {
             inputs: vec![spec("x", vec![-1, 4], Some("N"))],
             outputs: vec![spec("y", vec![-1], Some("N"))],
+            notes: vec![],
         };
         assert!(check_batchable(&ok, 8).is_ok());
-        let fixed =
-            Signature { inputs: vec![spec("x", vec![-1, 4], Some("N"))], outputs: vec![spec("y", vec![3], None)] };
+        let fixed = Signature {
+            inputs: vec![spec("x", vec![-1, 4], Some("N"))],
+            outputs: vec![spec("y", vec![3], None)],
+            notes: vec![],
+        };
         let err = check_batchable(&fixed, 8).unwrap_err();
         assert!(err.contains("'y' is FP32 [3] with first dimension fixed"), "{err}");
         assert!(check_batchable(&fixed, 0).is_ok());
         let other_symbol = Signature {
             inputs: vec![spec("x", vec![-1, 4], Some("N")), spec("table", vec![-1, 4], Some("M"))],
             outputs: vec![spec("y", vec![-1], Some("N"))],
+            notes: vec![],
         };
         assert!(check_batchable(&other_symbol, 8).unwrap_err().contains("'table'"));
     }
@@ -456,6 +462,7 @@ mod monitoring_tests {
                 spec("embedding", DataType::Fp32, vec![-1, 1000]),
                 spec("names", DataType::Bytes, vec![-1]),
             ],
+            notes: vec![],
         }
     }
 

@@ -112,8 +112,8 @@ mod tests {
     fn scans_the_bundled_repository() {
         let listings = scan(Path::new("models")).unwrap();
         let names: Vec<&str> = listings.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(names, ["iris", "mlp"]);
-        let iris = listings[0].versions.as_ref().unwrap();
+        assert_eq!(names, ["gbt", "iris", "mlp"]);
+        let iris = listings[1].versions.as_ref().unwrap();
         assert_eq!(iris.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
     }
 

@@ -2,13 +2,17 @@
 
 use serde::Deserialize;
 
+use crate::backend::Device;
+
 /// Which backend computes a model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
-    /// The best backend available for the model; today that is tract.
+    /// ONNX Runtime when its library loaded, else tract.
     #[default]
     Auto,
+    /// ONNX Runtime; the version fails to load when its library is not available.
+    Ort,
     /// tract-onnx, embedded.
     Tract,
 }
@@ -50,11 +54,17 @@ impl VersionPolicy {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     #[serde(default)]
     pub backend: BackendChoice,
+    /// `"cpu"` or `"cuda:N"` (ONNX Runtime's CUDA provider; never a silent CPU fallback).
+    #[serde(default)]
+    pub device: Device,
+    /// ONNX Runtime intra-op threads per instance (see `backend::onnxruntime` for why 1).
+    #[serde(default = "one")]
+    pub intra_op_threads: usize,
     #[serde(default)]
     pub version_policy: VersionPolicy,
     /// Most rows one backend run may hold; 0 means the model has no batch dimension and is never batched.
@@ -64,6 +74,24 @@ pub struct ModelConfig {
     pub batching: BatchingConfig,
     #[serde(default)]
     pub monitoring: MonitoringConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            backend: BackendChoice::default(),
+            device: Device::default(),
+            intra_op_threads: 1,
+            version_policy: VersionPolicy::default(),
+            max_batch_size: 0,
+            batching: BatchingConfig::default(),
+            monitoring: MonitoringConfig::default(),
+        }
+    }
+}
+
+fn one() -> usize {
+    1
 }
 
 /// `[monitoring]`: which outputs' predictions are counted.
@@ -156,6 +184,18 @@ impl ModelConfig {
         }
         if self.max_batch_size > MAX_BATCH_SIZE_LIMIT {
             return Err(format!("max_batch_size must be at most {MAX_BATCH_SIZE_LIMIT}, got {}", self.max_batch_size));
+        }
+        if self.intra_op_threads == 0 || self.intra_op_threads > MAX_INSTANCES {
+            return Err(format!(
+                "intra_op_threads must be between 1 and {MAX_INSTANCES}, got {}",
+                self.intra_op_threads
+            ));
+        }
+        if self.backend == BackendChoice::Tract && self.device != Device::Cpu {
+            return Err(format!(
+                "device = \"{}\" needs backend = \"ort\" (or \"auto\"); tract computes on the CPU",
+                self.device
+            ));
         }
         let b = &self.batching;
         if b.instances == 0 || b.instances > MAX_INSTANCES {

@@ -32,6 +32,9 @@ impl Backend for Recorder {
     fn signature(&self) -> &Signature {
         &self.signature
     }
+    fn device(&self) -> crate::backend::Device {
+        crate::backend::Device::Cpu
+    }
     fn session(&self) -> Result<Box<dyn Session>, BackendError> {
         Ok(Box::new(RecorderSession { runs: Arc::clone(&self.runs), release: Arc::clone(&self.release) }))
     }
@@ -62,7 +65,7 @@ fn start(max_batch_size: usize, delay: Duration) -> (Arc<Scheduler>, Runs, mpsc:
     let runs = Arc::new(Mutex::new(Vec::new()));
     let spec = TensorSpec { name: "x".into(), datatype: DataType::Fp32, shape: vec![-1, 1], dim_names: vec![] };
     let backend = Arc::new(Recorder {
-        signature: Signature { inputs: vec![spec.clone()], outputs: vec![spec] },
+        signature: Signature { inputs: vec![spec.clone()], outputs: vec![spec], notes: vec![] },
         runs: Arc::clone(&runs),
         release: Arc::new(Mutex::new(release_rx)),
     });

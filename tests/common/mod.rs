@@ -121,7 +121,7 @@ pub fn assert_outputs_match(response: &Value, golden: &Value, tolerance: f64) {
         let want = want["data"].as_array().unwrap();
         assert_eq!(got.len(), want.len(), "{name}");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            if w.is_i64() || w.is_u64() {
+            if w.is_i64() || w.is_u64() || w.is_string() {
                 assert_eq!(g, w, "{name}[{i}]");
             } else {
                 let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
@@ -144,6 +144,45 @@ pub fn copy_model(root: &Path, model: &str, version: u64, source: &str) {
     let dir = root.join(model).join(version.to_string());
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(bundled_models().join(source), dir.join("model.onnx")).unwrap();
+}
+
+/// Copies a test fixture (e.g. `slow/1/model.onnx`, under tests/fixtures) into `root` as `version` of `model`.
+pub fn copy_fixture(root: &Path, model: &str, version: u64, source: &str) {
+    let dir = root.join(model).join(version.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixtures().join(source), dir.join("model.onnx")).unwrap();
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The ONNX Runtime library the tests run against: `ORT_DYLIB_PATH` (set by scripts/test), else the one in the
+/// project's virtual environment.
+pub fn ort_library() -> PathBuf {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+    let found = std::fs::read_dir(&lib).ok().into_iter().flatten().flatten().find_map(|python| {
+        let capi = python.path().join("site-packages/onnxruntime/capi");
+        std::fs::read_dir(capi)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
+    });
+    found.unwrap_or_else(|| panic!("no ONNX Runtime library: run scripts/test, or set ORT_DYLIB_PATH"))
+}
+
+/// A server config whose ONNX Runtime library must load.
+pub fn config_with_ort(repository: &Path) -> Config {
+    Config { ort_library: Some(ort_library()), ..config(repository) }
+}
+
+/// Rows for the `slow` fixture (256 features): about a second per few hundred rows on one core.
+pub fn slow_rows(rows: usize) -> Value {
+    serde_json::json!({"inputs":[{"name":"x","shape":[rows,256],"datatype":"FP32","data":vec![0.5f32; rows * 256]}]})
 }
 
 /// Version 1 of `model`, copied from a bundled model file, with this `model.toml`.
