@@ -16,6 +16,9 @@ pub mod tract_op;
 
 use std::collections::HashMap;
 
+/// Most classes or targets per row: scores are allocated per row and output, so a model cannot ask for more.
+pub const MAX_OUTPUTS: usize = 1 << 16;
+
 /// How a branch node compares the feature with its threshold; `Leaf` ends the walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -148,6 +151,9 @@ impl Ensemble {
         }
         if n == 0 {
             return Err("the ensemble has no nodes".to_owned());
+        }
+        if n_outputs > MAX_OUTPUTS {
+            return Err(format!("the ensemble has {n_outputs} classes or targets; at most {MAX_OUTPUTS} are served"));
         }
         if n >= u32::MAX as usize / 2 {
             return Err(format!("the ensemble has {n} nodes, too many"));

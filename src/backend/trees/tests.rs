@@ -63,6 +63,8 @@ fn cycles_and_dangling_children_are_refused() {
     dangling.false_ids[0] = 7;
     assert!(Ensemble::build(&dangling, 1).unwrap_err().contains("no node 7"));
 
+    assert!(Ensemble::build(&stump(Mode::Leq, false), MAX_OUTPUTS + 1).unwrap_err().contains("at most"));
+
     let mut bad_target = stump(Mode::Leq, false);
     bad_target.leaf_targets[0] = 3;
     assert!(Ensemble::build(&bad_target, 2).unwrap_err().contains("output 3"));
