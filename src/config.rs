@@ -83,7 +83,7 @@ pub struct ServeArgs {
     /// Port of the KServe v2 REST API [default: 8000]
     #[arg(long, env = "INFERGATE_HTTP_PORT")]
     pub http_port: Option<u16>,
-    /// Port reserved for the gRPC API [default: 8001]
+    /// Port of the KServe v2 gRPC API [default: 8001]
     #[arg(long, env = "INFERGATE_GRPC_PORT")]
     pub grpc_port: Option<u16>,
     /// Port of the Prometheus metrics endpoint (/metrics) [default: 8002]
@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Python package, the system library path]
     #[arg(long, env = "INFERGATE_ORT_LIBRARY")]
     pub ort_library: Option<PathBuf>,
+    /// Enables model load/unload over the repository API, for callers presenting this bearer token (16 characters
+    /// or more); prefer the environment variable, which `ps` does not show [default: load/unload disabled]
+    #[arg(long, env = "INFERGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Log format [default: text]
     #[arg(long, env = "INFERGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -130,6 +134,7 @@ struct ConfigFile {
     shutdown_grace_seconds: Option<u64>,
     metrics_window_seconds: Option<u64>,
     ort_library: Option<PathBuf>,
+    admin_token: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
 }
@@ -147,6 +152,8 @@ pub struct Config {
     pub metrics_window: Duration,
     /// Set: this ONNX Runtime library must load. Unset: it is looked for (see `backend::onnxruntime`).
     pub ort_library: Option<PathBuf>,
+    /// Set: model load/unload are enabled for callers presenting it.
+    pub admin_token: Option<Secret>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -163,6 +170,19 @@ pub enum ConfigError {
     PortClash { first: &'static str, second: &'static str, port: u16 },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Shortest admin token accepted.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// A secret setting: kept out of `Debug` output, so it never reaches a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Largest request body we accept at all: one protobuf/HTTP message past 2 GiB is never legitimate here.
@@ -184,6 +204,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             metrics_window: Duration::from_secs(60),
             ort_library: None,
+            admin_token: None,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
         }
@@ -216,6 +237,7 @@ impl Config {
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.metrics_window),
             ort_library: args.ort_library.or(file.ort_library),
+            admin_token: args.admin_token.or(file.admin_token).map(Secret),
             log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),
             log_level: args.log_level.or(file.log_level).unwrap_or(defaults.log_level),
         };
@@ -251,6 +273,13 @@ impl Config {
         if !(1..=MAX_METRICS_WINDOW_SECONDS).contains(&window) {
             return Err(ConfigError::Invalid(format!(
                 "--metrics-window-seconds must be between 1 and {MAX_METRICS_WINDOW_SECONDS}, got {window}"
+            )));
+        }
+        if let Some(token) = &self.admin_token
+            && token.0.trim().chars().count() < MIN_ADMIN_TOKEN_CHARS
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--admin-token must be at least {MIN_ADMIN_TOKEN_CHARS} characters; a short token is guessable"
             )));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {

@@ -14,7 +14,8 @@ use crate::telemetry::{Reference, build_reference};
 pub fn reference_for(model_path: &Path, samples: &Path, buckets: usize) -> Result<Reference, String> {
     let backend = TractBackend::load(model_path, crate::backend::Device::Cpu).map_err(|e| e.to_string())?;
     let body = std::fs::read(samples).map_err(|e| format!("cannot read {}: {e}", samples.display()))?;
-    let request = crate::api::http::decode_request(&body).map_err(|e| format!("{}: {e}", samples.display()))?;
+    let (request, _) = crate::api::http::decode_request(&bytes::Bytes::from(body), None)
+        .map_err(|e| format!("{}: {e}", samples.display()))?;
     let model_dir = model_path.parent().and_then(Path::parent).ok_or("the model path has no model folder")?;
     let config = read_model_config(model_dir).map_err(|e| e.to_string())?;
     let signature = backend.signature();

@@ -39,10 +39,12 @@ pub enum Stopped {
 #[derive(Debug)]
 pub struct Server {
     http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
     metrics_addr: SocketAddr,
     table: Arc<ModelTable>,
     shutdown: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
+    grpc: JoinHandle<std::io::Result<()>>,
     metrics: JoinHandle<std::io::Result<()>>,
     grace: Duration,
 }
@@ -62,6 +64,7 @@ impl Server {
     /// live at once and ready (`/v2/health/ready`) once every model has loaded or failed.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         let (listener, http_addr) = bind("HTTP", SocketAddr::new(config.host, config.http_port)).await?;
+        let (grpc_listener, grpc_addr) = bind("gRPC", SocketAddr::new(config.host, config.grpc_port)).await?;
         let (metrics_listener, metrics_addr) =
             bind("metrics", SocketAddr::new(config.host, config.metrics_port)).await?;
 
@@ -74,20 +77,38 @@ impl Server {
             tracing::info!(backend = status.name, available = status.available, detail = %status.detail, "backend");
         }
         let telemetry = Arc::new(Telemetry::new(config.metrics_window));
-        let table = Arc::new(ModelTable::new(telemetry, Arc::new(backends)));
+        let table = Arc::new(ModelTable::new(telemetry, Arc::new(backends), config.model_repository.clone()));
         let loader = Arc::clone(&table);
-        let repository = config.model_repository.clone();
-        tokio::spawn(async move { loader.load_local_repository(&repository).await });
+        tokio::spawn(async move { loader.load_local_repository().await });
 
         let (shutdown, stop) = watch::channel(false);
-        let http = serve(listener, api::http::router(Arc::clone(&table), config.max_request_bytes), stop.clone());
+        let control = api::ModelControl::new(config.admin_token.as_ref().map(|token| token.0.clone()));
+        let rest = api::http::router(Arc::clone(&table), config.max_request_bytes, control.clone());
+        let http = serve(listener, rest, stop.clone());
+        let grpc = serve(
+            grpc_listener,
+            api::grpc::router(Arc::clone(&table), config.max_request_bytes, control),
+            stop.clone(),
+        );
         let metrics = serve(metrics_listener, api::http::metrics_router(Arc::clone(&table)), stop);
-        tracing::info!(%http_addr, %metrics_addr, repository = %config.model_repository.display(), "infergate listening");
-        Ok(Server { http_addr, metrics_addr, table, shutdown, http, metrics, grace: config.shutdown_grace })
+        tracing::info!(
+            %http_addr,
+            %grpc_addr,
+            %metrics_addr,
+            repository = %config.model_repository.display(),
+            model_control = config.admin_token.is_some(),
+            "infergate listening"
+        );
+        let grace = config.shutdown_grace;
+        Ok(Server { http_addr, grpc_addr, metrics_addr, table, shutdown, http, grpc, metrics, grace })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
@@ -110,20 +131,22 @@ impl Server {
     /// Waits until the server has stopped: after a shutdown request, until in-flight requests are answered or
     /// the grace period runs out.
     pub async fn wait(self) -> Result<Stopped, ServerError> {
-        let Server { mut http, metrics, shutdown, grace, .. } = self;
+        let Server { mut http, mut grpc, metrics, shutdown, grace, .. } = self;
         let mut stopping = shutdown.subscribe();
         tokio::select! {
             result = &mut http => return finished(result),
+            result = &mut grpc => return finished(result),
             _ = stopping.wait_for(|&stop| stop) => {}
         }
         tracing::info!(grace_seconds = grace.as_secs(), "shutting down: draining in-flight requests");
         // Scrapes are quick; the metrics server gets no grace of its own.
         metrics.abort();
-        match tokio::time::timeout(grace, &mut http).await {
-            Ok(result) => finished(result),
+        match tokio::time::timeout(grace, async { tokio::join!(&mut http, &mut grpc) }).await {
+            Ok((http, grpc)) => finished(http).and(finished(grpc)),
             Err(_) => {
                 tracing::warn!("grace period over with requests still in flight; exiting");
                 http.abort();
+                grpc.abort();
                 Ok(Stopped::GraceExpired)
             }
         }

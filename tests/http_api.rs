@@ -218,3 +218,50 @@ async fn large_requests_are_answered_correctly() {
         assert!((value.as_f64().unwrap() - expected).abs() <= TOLERANCE, "element {i}");
     }
 }
+
+/// Triton's binary tensor extension over REST: raw little-endian inputs after the JSON header, and binary outputs
+/// when asked, with the same answers as JSON.
+#[tokio::test]
+async fn binary_tensor_data_round_trips() {
+    let server = TestServer::bundled().await;
+    let golden = golden("iris_v1.json");
+    let input = &golden.request["inputs"][0];
+    let values: Vec<f32> = input["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let header = serde_json::to_vec(&json!({
+        "inputs": [{"name": "X", "shape": input["shape"], "datatype": "FP32",
+                    "parameters": {"binary_data_size": values.len() * 4}}],
+        "outputs": [{"name": "label", "parameters": {"binary_data": true}}, {"name": "probabilities"}]
+    }))
+    .unwrap();
+    let mut body = header.clone();
+    values.iter().for_each(|v| body.extend_from_slice(&v.to_le_bytes()));
+    let response = server
+        .client
+        .post(server.url("/v2/models/iris/versions/1/infer"))
+        .header("inference-header-content-length", header.len())
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let length: usize = response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let bytes = response.bytes().await.unwrap();
+    let reply: Value = serde_json::from_slice(&bytes[..length]).unwrap();
+    let labels: Vec<i64> = bytes[length..].chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(reply["outputs"][0]["parameters"]["binary_data_size"], labels.len() * 8);
+    assert_eq!(json!(labels), golden.outputs["label"]["data"]);
+    let probabilities = json!({"outputs": [reply["outputs"][1]]});
+    let expected = json!({"probabilities": golden.outputs["probabilities"]});
+    assert_outputs_match(&probabilities, &expected, TOLERANCE);
+
+    // A header length past the body, or binary data left over, is a clear 400.
+    let response = server
+        .client
+        .post(server.url("/v2/models/iris/versions/1/infer"))
+        .header("inference-header-content-length", 1_000_000)
+        .body(header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}

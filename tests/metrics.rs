@@ -158,7 +158,8 @@ async fn statistics_endpoint() {
     assert_eq!(names, [("gbt", "1"), ("iris", "1"), ("iris", "2"), ("mlp", "1")]);
     assert_eq!(server.get("/v2/models/iris/versions/2/stats").await.1["model_stats"][0]["version"], "2");
     assert_eq!(server.get("/v2/models/nope/stats").await.0, 404);
-    assert_eq!(server.get("/v2").await.1["extensions"], json!(["model_configuration", "statistics"]));
+    let extensions = json!(["binary_tensor_data", "model_configuration", "model_repository", "statistics"]);
+    assert_eq!(server.get("/v2").await.1["extensions"], extensions);
 }
 
 /// A model without a batch dimension counts one inference per request, whatever its first dimension holds.

@@ -80,3 +80,61 @@ async fn version_policy_latest_by_default() {
     assert_eq!(server.get("/v2/models/m/versions/3/ready").await.0, 404);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// The repository API: an index for everyone; load and unload only with the admin token, never with a name that
+/// leaves the repository folder. A reload that fails leaves the loaded copy serving.
+#[tokio::test]
+async fn repository_index_load_and_unload() {
+    let root = temp_dir("repository-api");
+    copy_mlp(&root, "m", 1);
+    let token = "repository-admin-token-0123456789";
+    let mut cfg = config(&root);
+    cfg.admin_token = Some(infergate::config::Secret(token.to_owned()));
+    let server = TestServer::start(cfg).await;
+    let post = |path: &str, auth: Option<&str>| {
+        let mut request = server.client.post(server.url(path));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request.send()
+    };
+    let bearer = format!("Bearer {token}");
+
+    let index: serde_json::Value = post("/v2/repository/index", None).await.unwrap().json().await.unwrap();
+    assert_eq!(index, json!([{"name": "m", "version": "1", "state": "READY"}]));
+
+    let response = post("/v2/repository/models/m/unload", None).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert_eq!(post("/v2/repository/models/m/unload", Some("Bearer wrong")).await.unwrap().status(), 401);
+    // (A bare ".." never arrives: clients resolve it in the URL before sending.)
+    for trick in ["..%2F..%2Fetc", "%2Fetc", "a%00b", ".hidden", "m%2F1"] {
+        let status = post(&format!("/v2/repository/models/{trick}/load"), Some(&bearer)).await.unwrap().status();
+        assert_eq!(status, 400, "{trick}");
+    }
+    assert_eq!(post("/v2/repository/models/absent/load", Some(&bearer)).await.unwrap().status(), 404);
+
+    assert_eq!(post("/v2/repository/models/m/unload", Some(&bearer)).await.unwrap().status(), 200);
+    let (status, body) = server.get("/v2/models/m/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("unloaded"), "{body}");
+
+    // A new version appears; loading picks it up. Then a broken copy of it: the reload keeps the loaded one.
+    copy_mlp(&root, "m", 2);
+    assert_eq!(post("/v2/repository/models/m/load", Some(&bearer)).await.unwrap().status(), 200);
+    assert_eq!(server.get("/v2/models/m").await.1["versions"], json!(["2"]));
+    std::fs::write(root.join("m/2/model.onnx"), b"broken").unwrap();
+    assert_eq!(post("/v2/repository/models/m/load", Some(&bearer)).await.unwrap().status(), 200);
+    assert_eq!(server.get("/v2/models/m/versions/2/ready").await.0, 200);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[tokio::test]
+async fn load_and_unload_are_off_without_a_token() {
+    let server = TestServer::bundled().await;
+    let response = server.client.post(server.url("/v2/repository/models/iris/unload")).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("INFERGATE_ADMIN_TOKEN"), "{body}");
+    assert_eq!(server.get("/v2/models/iris/ready").await.0, 200);
+}

@@ -1,8 +1,8 @@
 """Builds the bundled models in models/ and their golden outputs in tests/golden/.
 
 Run with the pinned packages of tools/requirements.txt:
-    python3 -m venv .venv && .venv/bin/pip install -r tools/requirements.txt
-    .venv/bin/python tools/make_models.py
+    python3 -m venv .venv-tools && .venv-tools/bin/pip install -r tools/requirements.txt
+    .venv-tools/bin/python tools/make_models.py
 
 The golden outputs are computed with the Python onnxruntime, so the server's answers are checked against
 ONNX Runtime's own results for the same inputs.

@@ -1,15 +1,18 @@
-//! Transport-agnostic API operations. REST (and later gRPC) decode into these types, call these functions and
-//! encode what they return; each transport maps [`ApiError`] to its status codes in one place.
+//! Transport-agnostic API operations. REST and gRPC decode into these types, call these functions and encode
+//! what they return; each transport maps [`ApiError`] to its status codes in one place.
 
+pub mod grpc;
 pub mod http;
 mod infer;
 mod model_config;
+mod repository;
 mod statistics;
 
 use thiserror::Error;
 
 pub use infer::{InferOutput, InferRequest, InferResponse, NamedTensor, infer, order_inputs, resolve};
-pub use model_config::{ModelConfigView, model_config};
+pub use model_config::{ModelConfigView, VersionPolicyView, model_config};
+pub use repository::{IndexRow, ModelControl, load_model, repository_index, unload_model};
 pub use statistics::{StatisticsView, statistics};
 
 use crate::backend::{BackendError, Device, TensorSpec};
@@ -44,6 +47,12 @@ pub enum ApiError {
     Inference(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A management call without valid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A management call while management is disabled.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -69,6 +78,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Inference(_) => "inference",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
         }
     }
 }
@@ -90,6 +101,9 @@ impl From<BackendError> for ApiError {
     }
 }
 
+/// The platform name Triton's clients know for ONNX models.
+pub const PLATFORM: &str = "onnxruntime_onnx";
+
 /// `GET /v2`: who we are and which protocol extensions we serve.
 #[derive(Debug, serde::Serialize)]
 pub struct ServerMetadata {
@@ -99,11 +113,12 @@ pub struct ServerMetadata {
 }
 
 pub fn server_metadata() -> ServerMetadata {
-    // Triton's extensions we serve: the model configuration and statistics endpoints.
+    // Triton's extensions we serve: binary tensors over REST, the model configuration, repository and statistics
+    // endpoints.
     ServerMetadata {
         name: "infergate",
         version: env!("CARGO_PKG_VERSION"),
-        extensions: vec!["model_configuration", "statistics"],
+        extensions: vec!["binary_tensor_data", "model_configuration", "model_repository", "statistics"],
     }
 }
 
@@ -142,7 +157,7 @@ pub fn model_metadata(table: &ModelTable, model: &str, version: Option<&str>) ->
     Ok(ModelMetadata {
         name: serving.name.clone(),
         versions,
-        platform: "onnx",
+        platform: PLATFORM,
         inputs: serving.signature.inputs.clone(),
         outputs: serving.signature.outputs.clone(),
         parameters: MetadataParameters {

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::ApiError;
 use crate::backend::{Device, TensorSpec};
 use crate::lifecycle::ModelTable;
+use crate::repository::VersionPolicy;
 use crate::tensor::DataType;
 
 #[derive(Debug, Serialize)]
@@ -14,12 +15,23 @@ pub struct ModelConfigView {
     pub version: String,
     pub platform: &'static str,
     pub backend: &'static str,
+    pub version_policy: VersionPolicyView,
     pub max_batch_size: usize,
     pub input: Vec<TensorConfig>,
     pub output: Vec<TensorConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_batching: Option<DynamicBatching>,
     pub instance_group: Vec<InstanceGroup>,
+    pub default_model_filename: &'static str,
+}
+
+/// Triton's version policy object: `{"latest": {"num_versions": 1}}`, `{"all": {}}` or `{"specific": {...}}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionPolicyView {
+    Latest { num_versions: u32 },
+    All {},
+    Specific { versions: Vec<u64> },
 }
 
 #[derive(Debug, Serialize)]
@@ -64,8 +76,13 @@ pub fn model_config(table: &ModelTable, model: &str, version: Option<&str>) -> R
     Ok(ModelConfigView {
         name: serving.name.clone(),
         version: serving.version.to_string(),
-        platform: "onnx",
+        platform: super::PLATFORM,
         backend: serving.backend_name,
+        version_policy: match &serving.model_config.version_policy {
+            VersionPolicy::Latest(n) => VersionPolicyView::Latest { num_versions: *n },
+            VersionPolicy::All => VersionPolicyView::All {},
+            VersionPolicy::Specific(versions) => VersionPolicyView::Specific { versions: versions.clone() },
+        },
         max_batch_size: policy.max_batch_size,
         input: serving.signature.inputs.iter().map(tensor).collect(),
         output: serving.signature.outputs.iter().map(tensor).collect(),
@@ -81,6 +98,7 @@ pub fn model_config(table: &ModelTable, model: &str, version: Option<&str>) -> R
             Device::Cpu => InstanceGroup { count: scheduling.instances, kind: "KIND_CPU", gpus: Vec::new() },
             Device::Cuda(gpu) => InstanceGroup { count: scheduling.instances, kind: "KIND_GPU", gpus: vec![gpu] },
         }],
+        default_model_filename: crate::repository::local::MODEL_FILE,
     })
 }
 

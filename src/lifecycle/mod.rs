@@ -4,7 +4,7 @@
 //! it in one step, and a request holds the `Arc<ServingVersion>` it started on until it has been answered.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +28,8 @@ pub struct ServingVersion {
     pub version: u64,
     pub backend_name: &'static str,
     pub device: Device,
+    /// The model's `model.toml` as the version was loaded with.
+    pub model_config: Arc<ModelConfig>,
     pub signature: Signature,
     pub scheduler: Scheduler,
     pub metrics: VersionMetrics,
@@ -39,6 +41,8 @@ pub enum VersionState {
     Loading,
     Ready(Arc<ServingVersion>),
     Failed(String),
+    /// Taken out of service by the repository API; requests in flight on it finish.
+    Unloaded,
 }
 
 impl VersionState {
@@ -48,6 +52,7 @@ impl VersionState {
             VersionState::Loading => "loading",
             VersionState::Ready(_) => "ready",
             VersionState::Failed(_) => "failed",
+            VersionState::Unloaded => "unloaded",
         }
     }
 
@@ -57,6 +62,7 @@ impl VersionState {
             VersionState::Loading => format!("version {version} is loading"),
             VersionState::Failed(reason) => format!("version {version} failed: {reason}"),
             VersionState::Ready(_) => format!("version {version} is ready"),
+            VersionState::Unloaded => format!("version {version} is unloaded"),
         }
     }
 }
@@ -93,6 +99,16 @@ pub struct ModelEntry {
     pub versions: ArcSwap<VersionSet>,
 }
 
+/// One row of the repository index: a model, or one of its versions, with its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: Option<u64>,
+    /// Triton's state names: READY, LOADING, UNAVAILABLE.
+    pub state: &'static str,
+    pub reason: String,
+}
+
 #[derive(Debug, Error)]
 pub enum LookupError {
     #[error("unknown model '{model}'")]
@@ -110,11 +126,21 @@ pub struct ModelTable {
     startup_complete: AtomicBool,
     telemetry: Arc<Telemetry>,
     backends: Arc<Backends>,
+    repository: PathBuf,
+    /// Serialises loads and unloads, so two changes of one model never interleave.
+    control: tokio::sync::Mutex<()>,
 }
 
 impl ModelTable {
-    pub fn new(telemetry: Arc<Telemetry>, backends: Arc<Backends>) -> ModelTable {
-        ModelTable { models: DashMap::new(), startup_complete: AtomicBool::new(false), telemetry, backends }
+    pub fn new(telemetry: Arc<Telemetry>, backends: Arc<Backends>, repository: PathBuf) -> ModelTable {
+        ModelTable {
+            models: DashMap::new(),
+            startup_complete: AtomicBool::new(false),
+            telemetry,
+            backends,
+            repository,
+            control: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {
@@ -175,8 +201,8 @@ impl ModelTable {
 
     /// Loads every model of a local repository folder. Broken models and versions are logged and recorded with
     /// their reason; the others serve regardless. Marks the table ready when done.
-    pub async fn load_local_repository(self: &Arc<Self>, root: &Path) {
-        let root = root.to_owned();
+    pub async fn load_local_repository(self: &Arc<Self>) {
+        let root = self.repository.clone();
         let listings = match tokio::task::spawn_blocking(move || repository::local::scan(&root)).await {
             Ok(Ok(listings)) => listings,
             Ok(Err(e)) => {
@@ -219,22 +245,129 @@ impl ModelTable {
         }
         for spec in to_load {
             let (name, version) = (spec.name.clone(), spec.version);
-            let (telemetry, backends) = (Arc::clone(&self.telemetry), Arc::clone(&self.backends));
-            let state = match tokio::task::spawn_blocking(move || load_version(&spec, &backends, &telemetry)).await {
-                Ok(Ok(serving)) => VersionState::Ready(Arc::new(serving)),
-                Ok(Err(e)) => {
-                    tracing::error!(model = %name, version, error = %e, "version failed to load");
-                    VersionState::Failed(e.to_string())
-                }
-                Err(e) => {
-                    tracing::error!(model = %name, version, error = %e, "version loader failed");
-                    VersionState::Failed(format!("the loader failed: {e}"))
-                }
-            };
+            let state = self.load_spec(spec).await;
             self.set_version_state(&name, version, state);
         }
         self.startup_complete.store(true, Ordering::Release);
         tracing::info!(models = self.models.len(), "model repository loaded");
+    }
+
+    /// (Re)loads one model from the repository folder: every version its policy selects is loaded, then the new
+    /// set of versions replaces the old one in one store. A version that fails to load keeps serving its previous
+    /// copy, if it had one; versions no longer selected stop taking requests and are freed once their requests
+    /// in flight are answered.
+    pub async fn load_model(&self, name: &str) -> Result<(), LookupError> {
+        let _control = self.control.lock().await;
+        let (root, model) = (self.repository.clone(), name.to_owned());
+        let listing = tokio::task::spawn_blocking(move || repository::local::scan_one(&root, &model))
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| LookupError::ModelNotFound { model: name.to_owned() })?;
+        let previous = self.models.get(name).map(|entry| entry.versions.load_full());
+        let mut set = VersionSet::default();
+        match listing.versions {
+            Err(e) => set.model_error = Some(e.to_string()),
+            Ok(versions) => {
+                for v in versions {
+                    let state = match v.spec {
+                        Ok(spec) => self.load_spec(spec).await,
+                        Err(e) => VersionState::Failed(e.to_string()),
+                    };
+                    let kept = previous.as_ref().and_then(|set| match (&state, set.versions.get(&v.version)) {
+                        (VersionState::Failed(reason), Some(VersionState::Ready(serving))) => {
+                            tracing::warn!(model = name, version = v.version, %reason, "reload failed; the loaded copy keeps serving");
+                            Some(VersionState::Ready(Arc::clone(serving)))
+                        }
+                        _ => None,
+                    });
+                    set.versions.insert(v.version, kept.unwrap_or(state));
+                }
+            }
+        }
+        if let (Some(error), Some(previous)) = (&set.model_error, &previous)
+            && previous.latest_ready().is_some()
+        {
+            tracing::warn!(model = name, %error, "reload failed; the loaded versions keep serving");
+            return Ok(());
+        }
+        for (&version, state) in &set.versions {
+            self.telemetry.set_version_state(name, version, state.name());
+        }
+        match self.models.get(name) {
+            Some(entry) => entry.versions.store(Arc::new(set)),
+            None => {
+                let entry = ModelEntry { name: name.to_owned(), versions: ArcSwap::from_pointee(set) };
+                self.models.insert(name.to_owned(), Arc::new(entry));
+            }
+        }
+        tracing::info!(model = name, "model loaded");
+        Ok(())
+    }
+
+    /// Takes every version of a model out of service. Requests in flight finish on the version they started on.
+    pub async fn unload_model(&self, name: &str) -> Result<(), LookupError> {
+        let _control = self.control.lock().await;
+        let entry = self.entry(name)?;
+        let mut set = VersionSet::clone(&entry.versions.load());
+        for (&version, state) in set.versions.iter_mut() {
+            *state = VersionState::Unloaded;
+            self.telemetry.set_version_state(name, version, "unloaded");
+        }
+        set.model_error = None;
+        entry.versions.store(Arc::new(set));
+        tracing::info!(model = name, "model unloaded");
+        Ok(())
+    }
+
+    /// Every model of the repository folder and of the table, with each version's state and reason.
+    pub fn index(&self) -> Vec<IndexEntry> {
+        let mut names = repository::local::model_names(&self.repository).unwrap_or_default();
+        names.extend(self.model_names());
+        names.sort();
+        names.dedup();
+        let mut index = Vec::new();
+        for name in names {
+            let Ok(entry) = self.entry(&name) else {
+                index.push(IndexEntry { name, version: None, state: "UNAVAILABLE", reason: "not loaded".to_owned() });
+                continue;
+            };
+            let set = entry.versions.load();
+            if let Some(error) = &set.model_error {
+                index.push(IndexEntry {
+                    name: name.clone(),
+                    version: None,
+                    state: "UNAVAILABLE",
+                    reason: error.clone(),
+                });
+            }
+            for (&version, state) in &set.versions {
+                let (state, reason) = match state {
+                    VersionState::Ready(_) => ("READY", String::new()),
+                    VersionState::Loading => ("LOADING", String::new()),
+                    VersionState::Failed(reason) => ("UNAVAILABLE", reason.clone()),
+                    VersionState::Unloaded => ("UNAVAILABLE", "unloaded".to_owned()),
+                };
+                index.push(IndexEntry { name: name.clone(), version: Some(version), state, reason });
+            }
+        }
+        index
+    }
+
+    async fn load_spec(&self, spec: ModelSpec) -> VersionState {
+        let (name, version) = (spec.name.clone(), spec.version);
+        let (telemetry, backends) = (Arc::clone(&self.telemetry), Arc::clone(&self.backends));
+        match tokio::task::spawn_blocking(move || load_version(&spec, &backends, &telemetry)).await {
+            Ok(Ok(serving)) => VersionState::Ready(Arc::new(serving)),
+            Ok(Err(e)) => {
+                tracing::error!(model = %name, version, error = %e, "version failed to load");
+                VersionState::Failed(e.to_string())
+            }
+            Err(e) => {
+                tracing::error!(model = %name, version, error = %e, "version loader failed");
+                VersionState::Failed(format!("the loader failed: {e}"))
+            }
+        }
     }
 
     fn set_version_state(&self, model: &str, version: u64, state: VersionState) {
@@ -277,6 +410,7 @@ fn load_version(spec: &ModelSpec, backends: &Backends, telemetry: &Telemetry) ->
         version: spec.version,
         backend_name: backend.name(),
         device: backend.device(),
+        model_config: Arc::clone(&spec.config),
         signature: backend.signature().clone(),
         scheduler,
         metrics,

@@ -38,6 +38,26 @@ pub fn scan(root: &Path) -> Result<Vec<ModelListing>, RepositoryError> {
         .collect())
 }
 
+/// The listing of one model of a repository folder; `None` when the repository has no folder of that name.
+pub fn scan_one(root: &Path, name: &str) -> Option<ModelListing> {
+    if !is_valid_model_name(name) || !root.join(name).is_dir() {
+        return None;
+    }
+    Some(ModelListing { name: name.to_owned(), versions: scan_model(&root.join(name), name) })
+}
+
+/// The names of the model folders of a repository, sorted.
+pub fn model_names(root: &Path) -> Result<Vec<String>, RepositoryError> {
+    let mut names: Vec<String> = read_dir(root)?
+        .into_iter()
+        .filter(|entry| entry.path().is_dir())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| is_valid_model_name(name))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 fn scan_model(dir: &Path, name: &str) -> Result<Vec<VersionListing>, RepositoryError> {
     let config = read_model_config(dir)?;
     let mut present: Vec<u64> = read_dir(dir)?

@@ -1,10 +1,15 @@
-//! KServe v2 JSON bodies: decoding requests into [`InferRequest`] and encoding [`InferResponse`]s.
+//! KServe v2 JSON bodies: decoding requests into [`InferRequest`] and encoding [`InferResponse`]s, with Triton's
+//! binary tensor data extension: when the `Inference-Header-Content-Length` header is set, the body is that many
+//! bytes of JSON followed by the raw tensors of the inputs that carry a `binary_data_size` parameter, in input order
+//! (little-endian; BYTES elements each with a 4-byte length). Outputs asked for with `binary_data` (or every output,
+//! with the request's `binary_data_output`) come back the same way.
 //!
 //! Each input's `data` is kept as raw JSON until its datatype and shape are known, then parsed straight into
 //! the tensor's little-endian bytes: no intermediate value per element, so a body never expands beyond the
 //! tensor it describes. `data` may be flat or nested row-major; values that do not fit the datatype are refused
 //! rather than wrapped or rounded away.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -35,6 +40,9 @@ struct RequestParameters {
     /// The request's deadline in microseconds, as Triton's clients send it; 0 means none.
     #[serde(default)]
     timeout: Option<u64>,
+    /// Every output in binary unless it says otherwise.
+    #[serde(default)]
+    binary_data_output: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -42,27 +50,99 @@ struct InputBody<'a> {
     name: String,
     shape: Vec<u64>,
     datatype: String,
-    #[serde(borrow)]
-    data: &'a RawValue,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    parameters: InputParameters,
+}
+
+#[derive(Default, Deserialize)]
+struct InputParameters {
+    /// The input's data is this many bytes of the binary section instead of JSON `data`.
+    #[serde(default)]
+    binary_data_size: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct OutputBody {
     name: String,
+    #[serde(default)]
+    parameters: OutputParameters,
 }
 
-/// Decodes a KServe v2 JSON inference request.
-pub fn decode_request(body: &[u8]) -> Result<InferRequest, ApiError> {
-    let body: RequestBody<'_> =
-        serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("invalid inference request: {e}")))?;
-    let inputs = body.inputs.into_iter().map(decode_input).collect::<Result<Vec<_>, _>>()?;
-    let outputs = body.outputs.map(|outputs| outputs.into_iter().map(|o| o.name).collect());
-    let timeout = body.parameters.timeout.filter(|&us| us > 0).map(Duration::from_micros);
-    Ok(InferRequest { id: body.id, inputs, outputs, timeout })
+#[derive(Default, Deserialize)]
+struct OutputParameters {
+    #[serde(default)]
+    binary_data: Option<bool>,
 }
 
-fn decode_input(input: InputBody<'_>) -> Result<NamedTensor, ApiError> {
+/// The header that announces binary tensor data after a JSON header of this many bytes (requests and responses).
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// Which outputs the caller wants as binary data rather than JSON.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OutputFormat {
+    all_binary: bool,
+    per_output: HashMap<String, bool>,
+}
+
+impl OutputFormat {
+    pub fn binary(&self, output: &str) -> bool {
+        self.per_output.get(output).copied().unwrap_or(self.all_binary)
+    }
+}
+
+/// Decodes an inference request: JSON only, or (with `header_length`) a JSON header followed by binary tensors.
+pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<(InferRequest, OutputFormat), ApiError> {
+    let (header, mut binary) = match header_length {
+        Some(len) if len <= body.len() => (body.slice(..len), body.slice(len..)),
+        Some(len) => {
+            return Err(ApiError::malformed(format!(
+                "Inference-Header-Content-Length is {len}, but the body has only {} bytes",
+                body.len()
+            )));
+        }
+        None => (body.clone(), Bytes::new()),
+    };
+    let request: RequestBody<'_> =
+        serde_json::from_slice(&header).map_err(|e| ApiError::malformed(format!("invalid inference request: {e}")))?;
+    let inputs =
+        request.inputs.into_iter().map(|input| decode_input(input, &mut binary)).collect::<Result<Vec<_>, _>>()?;
+    if !binary.is_empty() {
+        return Err(ApiError::malformed(format!(
+            "{} bytes of binary data follow the inputs' binary_data_size",
+            binary.len()
+        )));
+    }
+    let mut format =
+        OutputFormat { all_binary: request.parameters.binary_data_output.unwrap_or(false), ..Default::default() };
+    let outputs = request.outputs.map(|outputs| {
+        outputs
+            .into_iter()
+            .map(|o| {
+                if let Some(binary) = o.parameters.binary_data {
+                    format.per_output.insert(o.name.clone(), binary);
+                }
+                o.name
+            })
+            .collect()
+    });
+    let timeout = request.parameters.timeout.filter(|&us| us > 0).map(Duration::from_micros);
+    Ok((InferRequest { id: request.id, inputs, outputs, timeout }, format))
+}
+
+fn decode_input(input: InputBody<'_>, binary: &mut Bytes) -> Result<NamedTensor, ApiError> {
     let name = input.name;
+    let data = match (input.data, input.parameters.binary_data_size) {
+        (Some(data), None) => data,
+        (None, Some(size)) => return binary_input(name, &input.datatype, &input.shape, size, binary),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::malformed(format!("input '{name}' has both data and binary_data_size")));
+        }
+        (None, None) => {
+            return Err(ApiError::malformed(format!("input '{name}' has neither data nor binary_data_size")));
+        }
+    };
     let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
         let known: Vec<&str> = DataType::ALL.iter().map(|dt| dt.as_str()).collect();
         ApiError::malformed(format!(
@@ -80,7 +160,7 @@ fn decode_input(input: InputBody<'_>) -> Result<NamedTensor, ApiError> {
         return Err(count_error("its data cannot fill it".to_owned()));
     };
 
-    let raw = input.data.get();
+    let raw = data.get();
     // Every JSON element but the last takes at least two characters ("0,"): a bound on what the data can hold.
     let capacity = expected.min(raw.len() / 2 + 1) * datatype.element_size().unwrap_or(8);
     let mut sink = TensorSink { datatype, out: Vec::with_capacity(capacity), count: 0, limit: expected };
@@ -100,6 +180,33 @@ fn decode_input(input: InputBody<'_>) -> Result<NamedTensor, ApiError> {
     }
     let tensor = Tensor::new(datatype, shape, Bytes::from(sink.out))
         .map_err(|e| ApiError::malformed(format!("input '{name}': {e}")))?;
+    Ok(NamedTensor { name, tensor })
+}
+
+/// An input whose data is the next `size` bytes of the binary section: taken without copying.
+fn binary_input(
+    name: String,
+    datatype: &str,
+    shape: &[u64],
+    size: u64,
+    binary: &mut Bytes,
+) -> Result<NamedTensor, ApiError> {
+    let datatype = DataType::parse(datatype)
+        .ok_or_else(|| ApiError::malformed(format!("input '{name}' has unknown datatype '{datatype}'")))?;
+    let size = usize::try_from(size).ok().filter(|&size| size <= binary.len()).ok_or_else(|| {
+        ApiError::malformed(format!(
+            "input '{name}' has binary_data_size {size}, but only {} bytes of binary data are left",
+            binary.len()
+        ))
+    })?;
+    let shape = shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<usize>, _>>()
+        .map_err(|_| ApiError::malformed(format!("input '{name}' has shape {shape:?}, too large")))?;
+    let data = binary.split_to(size);
+    let tensor =
+        Tensor::new(datatype, shape, data).map_err(|e| ApiError::malformed(format!("input '{name}' (binary): {e}")))?;
     Ok(NamedTensor { name, tensor })
 }
 
@@ -268,7 +375,15 @@ struct OutputTensor<'a> {
     name: &'a str,
     datatype: DataType,
     shape: &'a [usize],
-    data: TensorData<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParameters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<TensorData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinaryParameters {
+    binary_data_size: usize,
 }
 
 /// Serialises a tensor's elements as a flat JSON array without building an intermediate vector.
@@ -315,8 +430,16 @@ impl Serialize for TensorData<'_> {
     }
 }
 
-/// Encodes an inference response as KServe v2 JSON.
-pub fn encode_response(response: &InferResponse) -> Result<Vec<u8>, ApiError> {
+/// An encoded response body; `header_length` is set when binary outputs follow the JSON.
+#[derive(Debug)]
+pub struct EncodedResponse {
+    pub body: Vec<u8>,
+    pub header_length: Option<usize>,
+}
+
+/// Encodes an inference response as KServe v2 JSON, with the outputs `format` asks for in binary after it.
+pub fn encode_response(response: &InferResponse, format: &OutputFormat) -> Result<EncodedResponse, ApiError> {
+    let binary: Vec<bool> = response.outputs.iter().map(|o| format.binary(&o.name)).collect();
     let body = ResponseBody {
         model_name: &response.model_name,
         model_version: &response.model_version,
@@ -324,15 +447,29 @@ pub fn encode_response(response: &InferResponse) -> Result<Vec<u8>, ApiError> {
         outputs: response
             .outputs
             .iter()
-            .map(|o| OutputTensor {
+            .zip(&binary)
+            .map(|(o, &binary)| OutputTensor {
                 name: &o.name,
                 datatype: o.tensor.dtype(),
                 shape: o.tensor.shape(),
-                data: TensorData(&o.tensor),
+                parameters: binary.then(|| BinaryParameters { binary_data_size: o.tensor.data().len() }),
+                data: (!binary).then_some(TensorData(&o.tensor)),
             })
             .collect(),
     };
-    serde_json::to_vec(&body).map_err(|e| ApiError::Inference(format!("cannot encode the response: {e}")))
+    let mut bytes =
+        serde_json::to_vec(&body).map_err(|e| ApiError::Inference(format!("cannot encode the response: {e}")))?;
+    if !binary.contains(&true) {
+        return Ok(EncodedResponse { body: bytes, header_length: None });
+    }
+    let header_length = bytes.len();
+    let tail: usize =
+        response.outputs.iter().zip(&binary).filter(|(_, b)| **b).map(|(o, _)| o.tensor.data().len()).sum();
+    bytes.reserve_exact(tail);
+    for (output, _) in response.outputs.iter().zip(&binary).filter(|(_, b)| **b) {
+        bytes.extend_from_slice(output.tensor.data());
+    }
+    Ok(EncodedResponse { body: bytes, header_length: Some(header_length) })
 }
 
 #[cfg(test)]
@@ -340,9 +477,12 @@ mod tests {
     use super::*;
     use crate::api::InferOutput;
 
+    fn decode_json(json: &str) -> Result<InferRequest, ApiError> {
+        decode_request(&Bytes::copy_from_slice(json.as_bytes()), None).map(|(request, _)| request)
+    }
+
     fn decode_one(json: &str) -> Result<Tensor, ApiError> {
-        let mut request = decode_request(json.as_bytes())?;
-        Ok(request.inputs.remove(0).tensor)
+        Ok(decode_json(json)?.inputs.remove(0).tensor)
     }
 
     fn input(datatype: &str, shape: &str, data: &str) -> String {
@@ -381,7 +521,9 @@ mod tests {
                 id: None,
                 outputs: vec![InferOutput { name: "x".into(), tensor }],
             };
-            let json: serde_json::Value = serde_json::from_slice(&encode_response(&response).unwrap()).unwrap();
+            let encoded = encode_response(&response, &OutputFormat::default()).unwrap();
+            assert_eq!(encoded.header_length, None);
+            let json: serde_json::Value = serde_json::from_slice(&encoded.body).unwrap();
             let expected: serde_json::Value = serde_json::from_str(data).unwrap();
             assert_eq!(json["outputs"][0]["data"], expected, "{datatype}");
             assert_eq!(json["outputs"][0]["datatype"], datatype);
@@ -423,7 +565,7 @@ mod tests {
     #[test]
     fn malformed_json_is_refused() {
         for body in ["", "{", "[]", "{\"inputs\": 3}", "{\"inputs\":[{\"name\":\"x\"}]}", &"[".repeat(10_000)] {
-            assert!(matches!(decode_request(body.as_bytes()), Err(ApiError::MalformedRequest(_))), "{body:.40}");
+            assert!(matches!(decode_json(body), Err(ApiError::MalformedRequest(_))), "{body:.40}");
         }
     }
 
@@ -431,9 +573,63 @@ mod tests {
     fn outputs_id_and_timeout_are_read() {
         let body = r#"{"id":"42","inputs":[],"outputs":[{"name":"label","parameters":{"binary_data":false}}],
             "parameters":{"timeout":1500,"priority":1}}"#;
-        let request = decode_request(body.as_bytes()).unwrap();
+        let (request, format) = decode_request(&Bytes::copy_from_slice(body.as_bytes()), None).unwrap();
+        assert!(!format.binary("label"));
         assert_eq!(request.timeout, Some(Duration::from_micros(1500)));
         assert_eq!(request.id.as_deref(), Some("42"));
         assert_eq!(request.outputs, Some(vec!["label".to_owned()]));
+    }
+
+    #[test]
+    fn binary_inputs_and_outputs_round_trip() {
+        let header = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}},
+            {"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":13}},
+            {"name":"j","shape":[1],"datatype":"INT32","data":[7]}],
+            "outputs":[{"name":"x","parameters":{"binary_data":true}},{"name":"j"}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&1.5f32.to_le_bytes());
+        body.extend_from_slice(&(-2.0f32).to_le_bytes());
+        for s in ["abc", "de"] {
+            push_bytes_element(&mut body, s.as_bytes()).unwrap();
+        }
+        let (request, format) = decode_request(&Bytes::from(body.clone()), Some(header.len())).unwrap();
+        assert_eq!(request.inputs[0].tensor.data(), &body[header.len()..header.len() + 8]);
+        let strings: Vec<&[u8]> = request.inputs[1].tensor.bytes_elements().collect();
+        assert_eq!(strings, [b"abc".as_slice(), b"de".as_slice()]);
+        assert!(format.binary("x") && !format.binary("j"));
+
+        let response = InferResponse {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            id: None,
+            outputs: request.inputs.into_iter().map(|i| InferOutput { name: i.name, tensor: i.tensor }).collect(),
+        };
+        let encoded = encode_response(&response, &format).unwrap();
+        let len = encoded.header_length.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&encoded.body[..len]).unwrap();
+        assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert!(json["outputs"][0].get("data").is_none());
+        assert_eq!(json["outputs"][1]["data"], serde_json::json!(["abc", "de"]));
+        assert_eq!(&encoded.body[len..], &body[header.len()..header.len() + 8]);
+    }
+
+    #[test]
+    fn binary_sizes_must_add_up() {
+        let header = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let with_tail = |tail: usize| {
+            let mut body = header.to_vec();
+            body.resize(header.len() + tail, 0);
+            decode_request(&Bytes::from(body), Some(header.len())).map(|_| ())
+        };
+        assert!(with_tail(8).is_ok());
+        for tail in [4, 12] {
+            assert!(matches!(with_tail(tail), Err(ApiError::MalformedRequest(_))), "{tail}");
+        }
+        assert!(decode_request(&Bytes::from_static(b"{}"), Some(100)).is_err());
+        let wrong_size =
+            br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let mut body = wrong_size.to_vec();
+        body.resize(wrong_size.len() + 8, 0);
+        assert!(decode_request(&Bytes::from(body), Some(wrong_size.len())).is_err());
     }
 }

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -25,10 +25,11 @@ const INLINE_DECODE_LIMIT: usize = 256 * 1024;
 struct AppState {
     table: Arc<ModelTable>,
     max_request_bytes: usize,
+    control: api::ModelControl,
 }
 
 /// The REST API over a model table, refusing bodies over `max_request_bytes` with 413.
-pub fn router(table: Arc<ModelTable>, max_request_bytes: usize) -> Router {
+pub fn router(table: Arc<ModelTable>, max_request_bytes: usize, control: api::ModelControl) -> Router {
     Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -44,10 +45,13 @@ pub fn router(table: Arc<ModelTable>, max_request_bytes: usize) -> Router {
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load_model))
+        .route("/v2/repository/models/{model}/unload", post(unload_model))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_request_bytes))
-        .with_state(AppState { table, max_request_bytes })
+        .with_state(AppState { table, max_request_bytes, control })
 }
 
 /// `GET /metrics` on the metrics port, for Prometheus.
@@ -135,6 +139,44 @@ async fn infer(
     run_infer(&state, &r.model, r.version.as_deref(), &headers, body).await
 }
 
+/// `POST /v2/repository/index`, with an optional body `{"ready": true}` to list only ready versions.
+async fn repository_index(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    #[derive(Default, Deserialize)]
+    struct IndexRequest {
+        #[serde(default)]
+        ready: bool,
+    }
+    let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::malformed(format!("invalid index request: {e}")))?
+    };
+    Ok(json_body(&api::repository_index(&state.table, request.ready)))
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
+}
+
+/// `POST /v2/repository/models/{model}/load` (the body, Triton's optional parameters, is not used).
+async fn load_model(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    api::load_model(&state.table, &state.control, authorization(&headers), &model).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn unload_model(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    api::unload_model(&state.table, &state.control, authorization(&headers), &model).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
 /// Header a caller may set to bound how long it waits, in milliseconds (like the `timeout` parameter).
 const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 
@@ -158,30 +200,48 @@ async fn run_infer(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let serving = api::resolve(&state.table, model, version)?;
-    let request = decode(state, body, headers)
+    let (request, format) = decode(state, body, headers)
         .await
         .inspect_err(|e| serving.metrics.observe_error(e.error_type(), arrived.elapsed()))?;
     let response = api::infer(serving, request).await?;
-    Ok(json_bytes(json::encode_response(&response)?))
+    let encoded = json::encode_response(&response, &format)?;
+    Ok(match encoded.header_length {
+        None => json_bytes(encoded.body),
+        Some(length) => (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                (HeaderName::from_static(json::HEADER_LENGTH), HeaderValue::from(length)),
+            ],
+            encoded.body,
+        )
+            .into_response(),
+    })
 }
 
-/// Reads and decodes the body, and applies the timeout header.
+/// Reads and decodes the body (JSON, or JSON and binary tensors), and applies the timeout header.
 async fn decode(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
     headers: &HeaderMap,
-) -> Result<api::InferRequest, ApiError> {
+) -> Result<(api::InferRequest, json::OutputFormat), ApiError> {
     let header_timeout = header_timeout(headers)?;
+    let header_length = match headers.get(json::HEADER_LENGTH) {
+        None => None,
+        Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+            ApiError::malformed(format!("header {} must be a whole number of bytes", json::HEADER_LENGTH))
+        })?),
+    };
     let body = body.map_err(|e| body_error(e, state.max_request_bytes))?;
-    let mut request = if body.len() > INLINE_DECODE_LIMIT {
-        tokio::task::spawn_blocking(move || json::decode_request(&body))
+    let json_length = header_length.unwrap_or(body.len());
+    let (mut request, format) = if json_length > INLINE_DECODE_LIMIT {
+        tokio::task::spawn_blocking(move || json::decode_request(&body, header_length))
             .await
             .map_err(|e| ApiError::Inference(format!("the request decoder failed: {e}")))??
     } else {
-        json::decode_request(&body)?
+        json::decode_request(&body, header_length)?
     };
     request.timeout = scheduler::shorter(request.timeout, header_timeout);
-    Ok(request)
+    Ok((request, format))
 }
 
 fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {

@@ -1,0 +1,269 @@
+//! The KServe v2 gRPC API (`inference.GRPCInferenceService`, tonic), wire-compatible with Triton's clients.
+//! Handlers decode into the transport-agnostic types of [`crate::api`], call the same operations as REST and
+//! encode; [`ApiError`] becomes a gRPC status here and nowhere else.
+
+mod convert;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::api::{self, ApiError};
+use crate::lifecycle::ModelTable;
+use crate::scheduler;
+
+/// The code generated from `proto/inference.proto`.
+#[allow(clippy::all, clippy::pedantic, missing_debug_implementations)]
+pub mod proto {
+    tonic::include_proto!("inference");
+}
+
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+
+/// Requests of one `ModelStreamInfer` stream computed at once; responses still go back in request order.
+const STREAM_IN_FLIGHT: usize = 64;
+
+/// The gRPC API as an axum router, served next to (not on) the REST port.
+pub fn router(table: Arc<ModelTable>, max_request_bytes: usize, control: api::ModelControl) -> axum::Router {
+    let service = GrpcInferenceServiceServer::new(GrpcApi { table, control })
+        .max_decoding_message_size(max_request_bytes)
+        .max_encoding_message_size(usize::MAX);
+    tonic::service::Routes::new(service).prepare().into_axum_router()
+}
+
+#[derive(Debug, Clone)]
+struct GrpcApi {
+    table: Arc<ModelTable>,
+    control: api::ModelControl,
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let code = match &e {
+            ApiError::ModelNotFound(_) | ApiError::NotFound(_) => Code::NotFound,
+            ApiError::ModelUnavailable(_) | ApiError::ShuttingDown => Code::Unavailable,
+            ApiError::MalformedRequest(_) | ApiError::InvalidInput(_) => Code::InvalidArgument,
+            ApiError::PayloadTooLarge { .. } | ApiError::Overloaded { .. } => Code::ResourceExhausted,
+            ApiError::DeadlineExceeded => Code::DeadlineExceeded,
+            ApiError::MethodNotAllowed(_) => Code::Unimplemented,
+            ApiError::Inference(_) => Code::Internal,
+            ApiError::Unauthorized(_) => Code::Unauthenticated,
+            ApiError::Forbidden(_) => Code::PermissionDenied,
+        };
+        if code == Code::Internal {
+            tracing::warn!(error_type = e.error_type(), error = %e, "gRPC request failed");
+        }
+        Status::new(code, e.to_string())
+    }
+}
+
+type GrpcResult<T> = Result<Response<T>, Status>;
+
+/// An empty version string means "the version unversioned requests reach".
+fn version(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// The deadline a client sent in `grpc-timeout` ("100m" = 100 ms; units H, M, S, m, u, n).
+fn grpc_timeout<T>(request: &Request<T>) -> Result<Option<Duration>, Status> {
+    let Some(value) = request.metadata().get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let invalid = || Status::invalid_argument("grpc-timeout is not a valid timeout");
+    let text = value.to_str().map_err(|_| invalid())?;
+    let split = text.len().checked_sub(1).filter(|&at| at > 0 && text.is_char_boundary(at)).ok_or_else(invalid)?;
+    let (digits, unit) = text.split_at(split);
+    let amount: u64 = digits.parse().map_err(|_| invalid())?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return Err(invalid()),
+    };
+    Ok(Some(timeout))
+}
+
+fn authorization<T>(request: &Request<T>) -> Option<&str> {
+    request.metadata().get("authorization").and_then(|value| value.to_str().ok())
+}
+
+/// One inference, as both the unary and the streaming calls run it.
+async fn infer(
+    table: &ModelTable,
+    request: proto::ModelInferRequest,
+    deadline: Option<Duration>,
+) -> Result<proto::ModelInferResponse, ApiError> {
+    let arrived = Instant::now();
+    let serving = api::resolve(table, &request.model_name, version(&request.model_version))?;
+    let mut decoded = convert::infer_request(request)
+        .inspect_err(|e| serving.metrics.observe_error(e.error_type(), arrived.elapsed()))?;
+    decoded.timeout = scheduler::shorter(decoded.timeout, deadline);
+    let response = api::infer(serving, decoded).await?;
+    Ok(convert::infer_response(response))
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcApi {
+    async fn server_live(&self, _: Request<proto::ServerLiveRequest>) -> GrpcResult<proto::ServerLiveResponse> {
+        Ok(Response::new(proto::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<proto::ServerReadyRequest>) -> GrpcResult<proto::ServerReadyResponse> {
+        Ok(Response::new(proto::ServerReadyResponse { ready: self.table.is_ready() }))
+    }
+
+    async fn model_ready(&self, request: Request<proto::ModelReadyRequest>) -> GrpcResult<proto::ModelReadyResponse> {
+        let request = request.into_inner();
+        // Like Triton: an unknown model is an error, a known but unavailable one is "not ready".
+        let ready = match api::model_ready(&self.table, &request.name, version(&request.version)) {
+            Ok(()) => true,
+            Err(ApiError::ModelUnavailable(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Response::new(proto::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<proto::ServerMetadataRequest>,
+    ) -> GrpcResult<proto::ServerMetadataResponse> {
+        let metadata = api::server_metadata();
+        Ok(Response::new(proto::ServerMetadataResponse {
+            name: metadata.name.to_owned(),
+            version: metadata.version.to_owned(),
+            extensions: metadata.extensions.iter().map(|e| (*e).to_owned()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<proto::ModelMetadataRequest>,
+    ) -> GrpcResult<proto::ModelMetadataResponse> {
+        let request = request.into_inner();
+        let metadata = api::model_metadata(&self.table, &request.name, version(&request.version))?;
+        Ok(Response::new(convert::model_metadata(metadata)))
+    }
+
+    async fn model_infer(&self, request: Request<proto::ModelInferRequest>) -> GrpcResult<proto::ModelInferResponse> {
+        let deadline = grpc_timeout(&request)?;
+        Ok(Response::new(infer(&self.table, request.into_inner(), deadline).await?))
+    }
+
+    type ModelStreamInferStream =
+        Pin<Box<dyn Stream<Item = Result<proto::ModelStreamInferResponse, Status>> + Send + 'static>>;
+
+    /// Each request of the stream is answered in order; an inference error is an `error_message` in its place and
+    /// the stream goes on. At most [`STREAM_IN_FLIGHT`] requests of one stream are computed at once.
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<proto::ModelInferRequest>>,
+    ) -> GrpcResult<Self::ModelStreamInferStream> {
+        let deadline = grpc_timeout(&request)?;
+        let table = Arc::clone(&self.table);
+        let responses = request
+            .into_inner()
+            .map(move |message| {
+                let table = Arc::clone(&table);
+                async move {
+                    let request = message?;
+                    let id = request.id.clone();
+                    Ok(match infer(&table, request, deadline).await {
+                        Ok(response) => proto::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(e) => proto::ModelStreamInferResponse {
+                            error_message: e.to_string(),
+                            infer_response: Some(proto::ModelInferResponse { id, ..Default::default() }),
+                        },
+                    })
+                }
+            })
+            .buffered(STREAM_IN_FLIGHT);
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<proto::ModelConfigRequest>,
+    ) -> GrpcResult<proto::ModelConfigResponse> {
+        let request = request.into_inner();
+        let config = api::model_config(&self.table, &request.name, version(&request.version))?;
+        Ok(Response::new(proto::ModelConfigResponse { config: Some(convert::model_config(config)) }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<proto::ModelStatisticsRequest>,
+    ) -> GrpcResult<proto::ModelStatisticsResponse> {
+        let request = request.into_inner();
+        let model = (!request.name.is_empty()).then_some(request.name.as_str());
+        let statistics = api::statistics(&self.table, model, version(&request.version))?;
+        Ok(Response::new(convert::statistics(statistics)))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<proto::RepositoryIndexRequest>,
+    ) -> GrpcResult<proto::RepositoryIndexResponse> {
+        let rows = api::repository_index(&self.table, request.into_inner().ready);
+        let models = rows
+            .into_iter()
+            .map(|row| proto::repository_index_response::ModelIndex {
+                name: row.name,
+                version: row.version,
+                state: row.state.to_owned(),
+                reason: row.reason,
+            })
+            .collect();
+        Ok(Response::new(proto::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<proto::RepositoryModelLoadRequest>,
+    ) -> GrpcResult<proto::RepositoryModelLoadResponse> {
+        let auth = authorization(&request).map(str::to_owned);
+        let model = request.into_inner().model_name;
+        api::load_model(&self.table, &self.control, auth.as_deref(), &model).await?;
+        Ok(Response::new(proto::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<proto::RepositoryModelUnloadRequest>,
+    ) -> GrpcResult<proto::RepositoryModelUnloadResponse> {
+        let auth = authorization(&request).map(str::to_owned);
+        let model = request.into_inner().model_name;
+        api::unload_model(&self.table, &self.control, auth.as_deref(), &model).await?;
+        Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(value: &str) -> Request<()> {
+        let mut request = Request::new(());
+        request.metadata_mut().insert("grpc-timeout", value.parse().unwrap_or_else(|_| unreachable!()));
+        request
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(grpc_timeout(&with_timeout("100m")).ok().flatten(), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout(&with_timeout("2S")).ok().flatten(), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(&with_timeout("5u")).ok().flatten(), Some(Duration::from_micros(5)));
+        assert_eq!(grpc_timeout(&Request::new(())).ok().flatten(), None);
+        for bad in ["m", "10", "10x", "-1m"] {
+            assert!(grpc_timeout(&with_timeout(bad)).is_err(), "{bad}");
+        }
+    }
+}
