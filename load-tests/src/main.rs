@@ -36,6 +36,9 @@ struct Args {
     /// Rows per generated request (the batch dimension).
     #[arg(long, default_value_t = 1)]
     rows: usize,
+    /// Send generated inputs and ask for outputs with Triton's binary tensor extension instead of JSON data.
+    #[arg(long)]
+    binary: bool,
     /// A label for the run, echoed in the report.
     #[arg(long, default_value = "run")]
     label: String,
@@ -66,11 +69,11 @@ async fn main() -> Result<(), String> {
         .pool_max_idle_per_host(args.concurrency)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let body = match &args.body {
-        Some(path) => std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    let (body, header_length) = match &args.body {
+        Some(path) => (std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?, None),
         None => generated_body(&client, &args).await?,
     };
-    let body = Arc::new(body);
+    let body = Arc::new(bytes::Bytes::from(body));
     let url = Arc::new(format!("{}/v2/models/{}/infer", args.url, args.model));
 
     let warmup = Duration::from_secs_f64(args.warmup);
@@ -88,7 +91,11 @@ async fn main() -> Result<(), String> {
                 if sent >= measure_until {
                     break;
                 }
-                let ok = match client.post(url.as_str()).body(body.as_ref().clone()).send().await {
+                let mut request = client.post(url.as_str()).body(body.as_ref().clone());
+                if let Some(length) = header_length {
+                    request = request.header("inference-header-content-length", length);
+                }
+                let ok = match request.send().await {
                     Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
                     Err(_) => false,
                 };
@@ -148,8 +155,9 @@ async fn main() -> Result<(), String> {
     Ok(())
 }
 
-/// A request of `--rows` rows of random FP32 data for every input, shaped by the model metadata.
-async fn generated_body(client: &reqwest::Client, args: &Args) -> Result<Vec<u8>, String> {
+/// A request of `--rows` rows of random FP32 data for every input, shaped by the model metadata; with `--binary`,
+/// the JSON header's length too (the data follows it as raw little-endian floats).
+async fn generated_body(client: &reqwest::Client, args: &Args) -> Result<(Vec<u8>, Option<usize>), String> {
     let url = format!("{}/v2/models/{}", args.url, args.model);
     let metadata: Value = client
         .get(&url)
@@ -162,6 +170,7 @@ async fn generated_body(client: &reqwest::Client, args: &Args) -> Result<Vec<u8>
     let inputs = metadata["inputs"].as_array().ok_or_else(|| format!("no inputs in the metadata of {url}"))?;
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut requests = Vec::new();
+    let mut binary = Vec::new();
     for input in inputs {
         if input["datatype"] != "FP32" {
             return Err(format!("input {} is {}; pass --body for non-FP32 models", input["name"], input["datatype"]));
@@ -187,7 +196,25 @@ async fn generated_body(client: &reqwest::Client, args: &Args) -> Result<Vec<u8>
                 (seed % 10_000) as f32 / 1000.0
             })
             .collect();
-        requests.push(json!({"name": input["name"], "shape": shape, "datatype": "FP32", "data": data}));
+        if args.binary {
+            let size = data.len() * 4;
+            binary.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+            let parameters = json!({"binary_data_size": size});
+            requests.push(json!({"name": input["name"], "shape": shape, "datatype": "FP32", "parameters": parameters}));
+        } else {
+            requests.push(json!({"name": input["name"], "shape": shape, "datatype": "FP32", "data": data}));
+        }
     }
-    serde_json::to_vec(&json!({ "inputs": requests })).map_err(|e| e.to_string())
+    let request = if args.binary {
+        json!({ "inputs": requests, "parameters": {"binary_data_output": true} })
+    } else {
+        json!({ "inputs": requests })
+    };
+    let mut body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+    if !args.binary {
+        return Ok((body, None));
+    }
+    let header_length = body.len();
+    body.extend_from_slice(&binary);
+    Ok((body, Some(header_length)))
 }
