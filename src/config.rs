@@ -106,12 +106,38 @@ pub struct ServeArgs {
     /// or more); prefer the environment variable, which `ps` does not show [default: load/unload disabled]
     #[arg(long, env = "INFERGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// How the served models follow the repository: poll (watch it and load new versions), explicit (only the
+    /// load/unload API and --load-model), none (load once at start) [default: poll]
+    #[arg(long, env = "INFERGATE_MODEL_CONTROL_MODE", value_enum)]
+    pub model_control_mode: Option<ModelControlMode>,
+    /// Seconds between two looks at the repository in poll mode [default: 5]
+    #[arg(long, env = "INFERGATE_REPOSITORY_POLL_SECS")]
+    pub repository_poll_secs: Option<f64>,
+    /// Seconds a changed model file must be left alone before it is loaded, so a copy in progress is never loaded
+    /// [default: 2]
+    #[arg(long, env = "INFERGATE_REPOSITORY_SETTLE_SECS")]
+    pub repository_settle_secs: Option<f64>,
+    /// With --model-control-mode explicit: a model to load at start (repeatable).
+    #[arg(long = "load-model", env = "INFERGATE_LOAD_MODELS", value_delimiter = ',')]
+    pub load_models: Vec<String>,
     /// Log format [default: text]
     #[arg(long, env = "INFERGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `infergate=debug`) [default: info]
     #[arg(long, env = "INFERGATE_LOG_LEVEL")]
     pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelControlMode {
+    /// Load everything at start, then watch the repository.
+    #[default]
+    Poll,
+    /// Load only what --load-model names and what the load API asks for.
+    Explicit,
+    /// Load everything at start, once.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
@@ -135,6 +161,10 @@ struct ConfigFile {
     metrics_window_seconds: Option<u64>,
     ort_library: Option<PathBuf>,
     admin_token: Option<String>,
+    model_control_mode: Option<ModelControlMode>,
+    repository_poll_secs: Option<f64>,
+    repository_settle_secs: Option<f64>,
+    load_models: Option<Vec<String>>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
 }
@@ -154,6 +184,13 @@ pub struct Config {
     pub ort_library: Option<PathBuf>,
     /// Set: model load/unload are enabled for callers presenting it.
     pub admin_token: Option<Secret>,
+    pub model_control_mode: ModelControlMode,
+    /// Poll mode's interval.
+    pub repository_poll: Duration,
+    /// How long a changed file must be left alone before it is loaded.
+    pub repository_settle: Duration,
+    /// Explicit mode's models to load at start.
+    pub load_models: Vec<String>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -171,6 +208,10 @@ pub enum ConfigError {
     #[error("{0}")]
     Invalid(String),
 }
+
+/// Bounds of the repository poll interval, in seconds.
+const MIN_POLL_SECS: f64 = 0.05;
+const MAX_POLL_SECS: f64 = 3600.0;
 
 /// Shortest admin token accepted.
 const MIN_ADMIN_TOKEN_CHARS: usize = 16;
@@ -205,6 +246,10 @@ impl Default for Config {
             metrics_window: Duration::from_secs(60),
             ort_library: None,
             admin_token: None,
+            model_control_mode: ModelControlMode::Poll,
+            repository_poll: Duration::from_secs(5),
+            repository_settle: Duration::from_secs(2),
+            load_models: Vec::new(),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
         }
@@ -238,6 +283,22 @@ impl Config {
                 .unwrap_or(defaults.metrics_window),
             ort_library: args.ort_library.or(file.ort_library),
             admin_token: args.admin_token.or(file.admin_token).map(Secret),
+            model_control_mode: args.model_control_mode.or(file.model_control_mode).unwrap_or_default(),
+            repository_poll: seconds(
+                "--repository-poll-secs",
+                args.repository_poll_secs.or(file.repository_poll_secs),
+            )?
+            .unwrap_or(defaults.repository_poll),
+            repository_settle: seconds(
+                "--repository-settle-secs",
+                args.repository_settle_secs.or(file.repository_settle_secs),
+            )?
+            .unwrap_or(defaults.repository_settle),
+            load_models: if args.load_models.is_empty() {
+                file.load_models.unwrap_or_default()
+            } else {
+                args.load_models
+            },
             log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),
             log_level: args.log_level.or(file.log_level).unwrap_or(defaults.log_level),
         };
@@ -282,10 +343,32 @@ impl Config {
                 "--admin-token must be at least {MIN_ADMIN_TOKEN_CHARS} characters; a short token is guessable"
             )));
         }
+        if !self.load_models.is_empty() && self.model_control_mode != ModelControlMode::Explicit {
+            return Err(ConfigError::Invalid(
+                "--load-model only applies with --model-control-mode explicit (the other modes load every model)"
+                    .into(),
+            ));
+        }
+        if let Some(bad) = self.load_models.iter().find(|name| !crate::repository::is_valid_model_name(name)) {
+            return Err(ConfigError::Invalid(format!("--load-model '{bad}' is not a model name")));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(ConfigError::Invalid(format!("--log-level '{}' is not a valid filter: {e}", self.log_level)));
         }
         check_repository(&self.model_repository)
+    }
+}
+
+/// A watcher duration in seconds, within bounds.
+fn seconds(flag: &str, value: Option<f64>) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(secs) if secs.is_finite() && (MIN_POLL_SECS..=MAX_POLL_SECS).contains(&secs) => {
+            Ok(Some(Duration::from_secs_f64(secs)))
+        }
+        Some(secs) => {
+            Err(ConfigError::Invalid(format!("{flag} must be between {MIN_POLL_SECS} and {MAX_POLL_SECS}, got {secs}")))
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::api;
 use crate::backend::Backends;
-use crate::config::Config;
+use crate::config::{Config, ModelControlMode};
 use crate::lifecycle::ModelTable;
 use crate::telemetry::Telemetry;
 
@@ -79,10 +79,21 @@ impl Server {
         }
         let telemetry = Arc::new(Telemetry::new(config.metrics_window));
         let table = Arc::new(ModelTable::new(telemetry, Arc::new(backends), config.model_repository.clone()));
-        let loader = Arc::clone(&table);
-        tokio::spawn(async move { loader.load_local_repository().await });
-
         let (shutdown, stop) = watch::channel(false);
+        let loader = Arc::clone(&table);
+        let (mode, poll, settle) = (config.model_control_mode, config.repository_poll, config.repository_settle);
+        let (explicit, watch_stop) = (config.load_models.clone(), stop.clone());
+        tokio::spawn(async move {
+            let before = loader.fingerprints().await;
+            match mode {
+                ModelControlMode::Explicit => loader.load_named(&explicit).await,
+                ModelControlMode::Poll | ModelControlMode::None => loader.load_local_repository().await,
+            }
+            if mode == ModelControlMode::Poll {
+                loader.watch(poll, settle, before, watch_stop).await;
+            }
+        });
+
         let control = api::ModelControl::new(config.admin_token.as_ref().map(|token| token.0.clone()));
         let rest = api::http::router(Arc::clone(&table), config.max_request_bytes, control.clone());
         let http = serve(listener, rest, stop.clone());

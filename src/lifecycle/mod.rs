@@ -3,7 +3,7 @@
 //! Each model's versions are one [`VersionSet`] value behind an `ArcSwap`: a change builds a new set and stores
 //! it in one step, and a request holds the `Arc<ServingVersion>` it started on until it has been answered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,12 +14,13 @@ use dashmap::DashMap;
 use thiserror::Error;
 
 use crate::backend::{BackendError, Backends, Device, Signature};
+use crate::repository::local::{FileStamp, ModelFingerprint};
 use crate::repository::{self, DistributionChoice, ModelConfig, ModelSpec, MonitoringConfig};
 use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig};
 use crate::telemetry::{
     DEFAULT_SCORE_BUCKETS, Distribution, DriftMonitor, MAX_CLASSES, MonitorSpec, Reference, Telemetry, VersionMetrics,
 };
-use crate::tensor::DataType;
+use crate::tensor::{DataType, Tensor};
 
 /// A loaded version that takes traffic.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct ServingVersion {
     pub device: Device,
     /// The model's `model.toml` as the version was loaded with.
     pub model_config: Arc<ModelConfig>,
+    /// The model file as it was when loaded; a different stamp later means a new copy to load.
+    pub stamp: Option<FileStamp>,
     pub signature: Signature,
     pub scheduler: Scheduler,
     pub metrics: VersionMetrics,
@@ -252,44 +255,86 @@ impl ModelTable {
         tracing::info!(models = self.models.len(), "model repository loaded");
     }
 
-    /// (Re)loads one model from the repository folder: every version its policy selects is loaded, then the new
-    /// set of versions replaces the old one in one store. A version that fails to load keeps serving its previous
-    /// copy, if it had one; versions no longer selected stop taking requests and are freed once their requests
-    /// in flight are answered.
-    pub async fn load_model(&self, name: &str) -> Result<(), LookupError> {
+    /// Brings one model in line with the repository folder: every version its policy selects is loaded (with
+    /// `reload`, even those already serving the same file), then the new set of versions replaces the old one in
+    /// one store. A version whose new copy fails to load keeps serving the copy it had; versions no longer selected
+    /// or whose folder is gone stop taking requests and are freed once their requests in flight are answered. A
+    /// model whose folder is gone is unloaded.
+    pub async fn sync_model(&self, name: &str, reload: bool) -> Result<(), LookupError> {
         let _control = self.control.lock().await;
         let (root, model) = (self.repository.clone(), name.to_owned());
-        let listing = tokio::task::spawn_blocking(move || repository::local::scan_one(&root, &model))
-            .await
-            .ok()
-            .flatten()
-            .ok_or_else(|| LookupError::ModelNotFound { model: name.to_owned() })?;
+        let listing =
+            tokio::task::spawn_blocking(move || repository::local::scan_one(&root, &model)).await.ok().flatten();
         let previous = self.models.get(name).map(|entry| entry.versions.load_full());
+        let Some(listing) = listing else {
+            return match previous {
+                Some(_) => self.unload_locked(name),
+                None => Err(LookupError::ModelNotFound { model: name.to_owned() }),
+            };
+        };
         let mut set = VersionSet::default();
         match listing.versions {
             Err(e) => set.model_error = Some(e.to_string()),
             Ok(versions) => {
                 for v in versions {
-                    let state = match v.spec {
-                        Ok(spec) => self.load_spec(spec).await,
-                        Err(e) => VersionState::Failed(e.to_string()),
-                    };
-                    let kept = previous.as_ref().and_then(|set| match (&state, set.versions.get(&v.version)) {
-                        (VersionState::Failed(reason), Some(VersionState::Ready(serving))) => {
-                            tracing::warn!(model = name, version = v.version, %reason, "reload failed; the loaded copy keeps serving");
-                            Some(VersionState::Ready(Arc::clone(serving)))
-                        }
+                    let current = previous.as_ref().and_then(|set| match set.versions.get(&v.version) {
+                        Some(VersionState::Ready(serving)) => Some(Arc::clone(serving)),
                         _ => None,
                     });
-                    set.versions.insert(v.version, kept.unwrap_or(state));
+                    let state = match v.spec {
+                        Ok(spec) => match current {
+                            Some(serving)
+                                if !reload
+                                    && serving.stamp.is_some()
+                                    && serving.stamp == FileStamp::of(&spec.model_path)
+                                    && same_serving_config(&serving.model_config, &spec.config) =>
+                            {
+                                VersionState::Ready(serving)
+                            }
+                            _ => {
+                                self.telemetry.set_version_state(name, v.version, "loading");
+                                match (self.load_spec(spec).await, current) {
+                                    (VersionState::Failed(reason), Some(serving)) => {
+                                        tracing::warn!(model = name, version = v.version, %reason, "the new copy failed to load; the loaded copy keeps serving");
+                                        VersionState::Ready(serving)
+                                    }
+                                    (state, _) => state,
+                                }
+                            }
+                        },
+                        Err(e) => VersionState::Failed(e.to_string()),
+                    };
+                    set.versions.insert(v.version, state);
                 }
             }
         }
         if let (Some(error), Some(previous)) = (&set.model_error, &previous)
             && previous.latest_ready().is_some()
         {
-            tracing::warn!(model = name, %error, "reload failed; the loaded versions keep serving");
+            tracing::warn!(model = name, %error, "the model's new configuration is invalid; the loaded versions keep serving");
             return Ok(());
+        }
+        // A broken version never replaces a working one: when none of the selected versions serves, the versions
+        // that served before keep serving next to the failed ones.
+        if set.latest_ready().is_none()
+            && let Some(previous) = &previous
+        {
+            for (&version, state) in &previous.versions {
+                if let VersionState::Ready(serving) = state
+                    && !set.versions.contains_key(&version)
+                {
+                    tracing::warn!(model = name, version, "no selected version serves; this one keeps serving");
+                    set.versions.insert(version, VersionState::Ready(Arc::clone(serving)));
+                }
+            }
+        }
+        if let Some(previous) = &previous {
+            for (&version, state) in &previous.versions {
+                if !set.versions.contains_key(&version) && matches!(state, VersionState::Ready(_)) {
+                    tracing::info!(model = name, version, "version no longer selected; draining");
+                    self.telemetry.set_version_state(name, version, "unloaded");
+                }
+            }
         }
         for (&version, state) in &set.versions {
             self.telemetry.set_version_state(name, version, state.name());
@@ -301,13 +346,70 @@ impl ModelTable {
                 self.models.insert(name.to_owned(), Arc::new(entry));
             }
         }
-        tracing::info!(model = name, "model loaded");
+        tracing::info!(model = name, "model synchronised with the repository");
         Ok(())
+    }
+
+    /// Loads (or reloads) a model from the repository folder, every version afresh.
+    pub async fn load_model(&self, name: &str) -> Result<(), LookupError> {
+        self.sync_model(name, true).await
+    }
+
+    /// Polls the repository folder every `interval` until `stop`, and syncs each model whose files changed once
+    /// the change has settled: its files unchanged since the previous poll and left alone for `settle` (a copy
+    /// still being written keeps changing, so a half-written version is never loaded).
+    /// `applied` is what the table was loaded from (fingerprinted before the initial load, so a change made during
+    /// it is picked up).
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        settle: Duration,
+        mut applied: HashMap<String, ModelFingerprint>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut last = applied.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.wait_for(|&stop| stop) => return,
+            }
+            let now = self.fingerprints().await;
+            for (name, fingerprint) in &now {
+                let changed = applied.get(name) != Some(fingerprint);
+                let steady = last.get(name) == Some(fingerprint) && fingerprint.settled(settle);
+                if changed && steady {
+                    tracing::info!(model = %name, "model files changed");
+                    if let Err(e) = self.sync_model(name, false).await {
+                        tracing::warn!(model = %name, error = %e, "cannot sync the model");
+                    }
+                    applied.insert(name.clone(), fingerprint.clone());
+                }
+            }
+            last = now;
+        }
+    }
+
+    /// The fingerprint of every model folder of the repository and of every model in the table (a model whose
+    /// folder is gone fingerprints as empty).
+    pub async fn fingerprints(&self) -> HashMap<String, ModelFingerprint> {
+        let root = self.repository.clone();
+        let known = self.model_names();
+        tokio::task::spawn_blocking(move || {
+            let mut names = repository::local::model_names(&root).unwrap_or_default();
+            names.extend(known);
+            names.into_iter().map(|name| (name.clone(), ModelFingerprint::of(&root, &name))).collect()
+        })
+        .await
+        .unwrap_or_default()
     }
 
     /// Takes every version of a model out of service. Requests in flight finish on the version they started on.
     pub async fn unload_model(&self, name: &str) -> Result<(), LookupError> {
         let _control = self.control.lock().await;
+        self.unload_locked(name)
+    }
+
+    fn unload_locked(&self, name: &str) -> Result<(), LookupError> {
         let entry = self.entry(name)?;
         let mut set = VersionSet::clone(&entry.versions.load());
         for (&version, state) in set.versions.iter_mut() {
@@ -370,6 +472,17 @@ impl ModelTable {
         }
     }
 
+    /// Explicit mode's start: loads the named models, then reports ready.
+    pub async fn load_named(&self, names: &[String]) {
+        for name in names {
+            if let Err(e) = self.sync_model(name, true).await {
+                tracing::error!(model = %name, error = %e, "cannot load the model named by --load-model");
+            }
+        }
+        self.startup_complete.store(true, Ordering::Release);
+        tracing::info!(models = self.models.len(), "named models loaded");
+    }
+
     fn set_version_state(&self, model: &str, version: u64, state: VersionState) {
         self.telemetry.set_version_state(model, version, state.name());
         if let Some(entry) = self.models.get(model) {
@@ -385,6 +498,9 @@ impl ModelTable {
 /// Loads, checks and starts one version; blocking, run off the async workers.
 fn load_version(spec: &ModelSpec, backends: &Backends, telemetry: &Telemetry) -> Result<ServingVersion, BackendError> {
     let started = Instant::now();
+    let stamp = FileStamp::of(&spec.model_path);
+    repository::local::verify_checksum(&spec.model_path)
+        .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
     let backend = backends.load(&spec.model_path, &spec.config)?;
     let config = &spec.config;
     check_batchable(backend.signature(), config.max_batch_size)
@@ -395,7 +511,9 @@ fn load_version(spec: &ModelSpec, backends: &Backends, telemetry: &Telemetry) ->
     let drift = drift_monitor(spec, backend.signature(), &monitors, telemetry.window())
         .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
     let metrics = telemetry.version(&spec.name, spec.version, &monitors, drift);
-    let scheduler = Scheduler::start(&label, Arc::clone(&backend), scheduler_config(config), metrics.clone())?;
+    let scheduling = scheduler_config(config, backend.signature())
+        .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
+    let scheduler = Scheduler::start(&label, Arc::clone(&backend), scheduling, metrics.clone())?;
     telemetry.set_load_duration(&spec.name, spec.version, started.elapsed());
     tracing::info!(
         model = %spec.name,
@@ -411,6 +529,7 @@ fn load_version(spec: &ModelSpec, backends: &Backends, telemetry: &Telemetry) ->
         backend_name: backend.name(),
         device: backend.device(),
         model_config: Arc::clone(&spec.config),
+        stamp,
         signature: backend.signature().clone(),
         scheduler,
         metrics,
@@ -522,12 +641,37 @@ pub fn monitor_plan(signature: &Signature, monitoring: &MonitoringConfig) -> Res
         .collect()
 }
 
-fn scheduler_config(config: &ModelConfig) -> SchedulerConfig {
+/// Whether a version loaded with `loaded` can keep serving under `new`: everything but the version policy (which
+/// only decides which versions serve) must be the same.
+fn same_serving_config(loaded: &ModelConfig, new: &ModelConfig) -> bool {
+    let policy_free = |c: &ModelConfig| ModelConfig { version_policy: repository::VersionPolicy::All, ..c.clone() };
+    policy_free(loaded) == policy_free(new)
+}
+
+/// One row of zeros (empty strings for BYTES) per input, every free dimension 1.
+fn warmup_inputs(signature: &Signature) -> Result<Vec<Tensor>, String> {
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<usize> = spec.shape.iter().map(|&d| usize::try_from(d).unwrap_or(1).max(1)).collect();
+            let elements: usize = shape.iter().product();
+            let bytes = match spec.datatype.element_size() {
+                Some(size) => vec![0u8; elements * size],
+                None => vec![0u8; elements * 4],
+            };
+            Tensor::new(spec.datatype, shape, bytes::Bytes::from(bytes))
+                .map_err(|e| format!("warm-up input '{}': {e}", spec.name))
+        })
+        .collect()
+}
+
+fn scheduler_config(config: &ModelConfig, signature: &Signature) -> Result<SchedulerConfig, String> {
     let batching = &config.batching;
     let mut preferred_batch_sizes = batching.preferred_batch_sizes.clone();
     preferred_batch_sizes.sort_unstable();
     preferred_batch_sizes.dedup();
-    SchedulerConfig {
+    Ok(SchedulerConfig {
         policy: BatchPolicy {
             max_batch_size: config.max_batch_size,
             max_queue_delay: Duration::from_micros(batching.max_queue_delay_us),
@@ -536,7 +680,11 @@ fn scheduler_config(config: &ModelConfig) -> SchedulerConfig {
         },
         instances: batching.instances,
         default_timeout: (batching.default_timeout_ms > 0).then(|| Duration::from_millis(batching.default_timeout_ms)),
-    }
+        warmup: match config.warmup.runs {
+            0 => None,
+            runs => Some((warmup_inputs(signature)?, runs)),
+        },
+    })
 }
 
 #[cfg(test)]

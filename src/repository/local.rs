@@ -2,11 +2,81 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
 
 use super::{ModelConfig, ModelListing, ModelSpec, RepositoryError, VersionListing, is_valid_model_name};
 
 pub const MODEL_FILE: &str = "model.onnx";
 pub const MODEL_CONFIG_FILE: &str = "model.toml";
+/// Optional, beside the model file: its SHA-256 in hex (as `sha256sum` writes it). A file that does not match is
+/// refused.
+pub const CHECKSUM_FILE: &str = "model.onnx.sha256";
+
+/// Size and modification time of a file, to tell whether it changed (or is still being written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    pub len: u64,
+    pub modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp { len: meta.len(), modified: meta.modified().ok() })
+    }
+
+    /// Unchanged for at least `settle`: a writer that is still copying it keeps touching it.
+    pub fn settled(&self, settle: Duration) -> bool {
+        self.modified.and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= settle)
+    }
+}
+
+/// What the watcher compares between two polls of one model folder: the stamps of its `model.toml` and of every
+/// version folder's model file and checksum.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelFingerprint(Vec<(String, Option<FileStamp>)>);
+
+impl ModelFingerprint {
+    pub fn of(root: &Path, name: &str) -> ModelFingerprint {
+        let dir = root.join(name);
+        let mut stamps = vec![(MODEL_CONFIG_FILE.to_owned(), FileStamp::of(&dir.join(MODEL_CONFIG_FILE)))];
+        for entry in read_dir(&dir).unwrap_or_default() {
+            let Some(version) = entry.file_name().to_str().filter(|v| parse_version(v).is_some()).map(str::to_owned)
+            else {
+                continue;
+            };
+            for file in [MODEL_FILE, CHECKSUM_FILE] {
+                stamps.push((format!("{version}/{file}"), FileStamp::of(&entry.path().join(file))));
+            }
+        }
+        stamps.sort_by(|a, b| a.0.cmp(&b.0));
+        ModelFingerprint(stamps)
+    }
+
+    /// Every file present has been left alone for `settle`.
+    pub fn settled(&self, settle: Duration) -> bool {
+        self.0.iter().all(|(_, stamp)| stamp.is_none_or(|s| s.settled(settle)))
+    }
+}
+
+/// Checks the model file against its `model.onnx.sha256`, when the version folder has one.
+pub fn verify_checksum(model_path: &Path) -> Result<(), String> {
+    let Some(checksum_path) = model_path.parent().map(|dir| dir.join(CHECKSUM_FILE)) else { return Ok(()) };
+    let expected = match std::fs::read_to_string(&checksum_path) {
+        Ok(text) => text.split_whitespace().next().unwrap_or_default().to_ascii_lowercase(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", checksum_path.display())),
+    };
+    let bytes = std::fs::read(model_path).map_err(|e| format!("cannot read {}: {e}", model_path.display()))?;
+    let actual: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(format!("{} has SHA-256 {actual}, but {} says {expected}", model_path.display(), checksum_path.display()))
+    }
+}
 
 /// Lists every model of a repository folder with the versions its policy selects. Folders whose names cannot
 /// be model names (hidden ones among them) are skipped with a warning; one broken model never hides the others.

@@ -11,6 +11,7 @@ use thiserror::Error;
 
 pub use model_config::{
     BackendChoice, BatchingConfig, DistributionChoice, ModelConfig, MonitoringConfig, OutputMonitoring, VersionPolicy,
+    WarmupConfig,
 };
 
 /// One model version to load: where its file is and how the model is configured.

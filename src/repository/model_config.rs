@@ -74,6 +74,22 @@ pub struct ModelConfig {
     pub batching: BatchingConfig,
     #[serde(default)]
     pub monitoring: MonitoringConfig,
+    #[serde(default)]
+    pub warmup: WarmupConfig,
+}
+
+/// `[warmup]`: inferences each instance runs before the version takes traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmupConfig {
+    /// Runs per instance, on inputs of one row of zeros shaped by the signature; 0 turns warm-up off.
+    pub runs: usize,
+}
+
+impl Default for WarmupConfig {
+    fn default() -> Self {
+        WarmupConfig { runs: 1 }
+    }
 }
 
 impl Default for ModelConfig {
@@ -86,6 +102,7 @@ impl Default for ModelConfig {
             max_batch_size: 0,
             batching: BatchingConfig::default(),
             monitoring: MonitoringConfig::default(),
+            warmup: WarmupConfig::default(),
         }
     }
 }
@@ -167,6 +184,9 @@ const MAX_INSTANCES: usize = 64;
 const MAX_BATCH_SIZE_LIMIT: usize = 1 << 20;
 const MAX_QUEUE_DELAY_US: u64 = 10_000_000;
 
+/// Most warm-up runs per instance: enough to settle any runtime, few enough to keep loads quick.
+const MAX_WARMUP_RUNS: usize = 100;
+
 impl ModelConfig {
     pub fn parse(text: &str) -> Result<ModelConfig, String> {
         let config: ModelConfig = toml::from_str(text).map_err(|e| e.message().to_owned())?;
@@ -184,6 +204,9 @@ impl ModelConfig {
         }
         if self.max_batch_size > MAX_BATCH_SIZE_LIMIT {
             return Err(format!("max_batch_size must be at most {MAX_BATCH_SIZE_LIMIT}, got {}", self.max_batch_size));
+        }
+        if self.warmup.runs > MAX_WARMUP_RUNS {
+            return Err(format!("warmup.runs must be at most {MAX_WARMUP_RUNS}, got {}", self.warmup.runs));
         }
         if self.intra_op_threads == 0 || self.intra_op_threads > MAX_INSTANCES {
             return Err(format!(

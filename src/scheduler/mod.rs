@@ -28,6 +28,8 @@ pub struct SchedulerConfig {
     pub instances: usize,
     /// Deadline of requests that set none.
     pub default_timeout: Option<Duration>,
+    /// Inputs each instance runs this many times on its own session before the version takes traffic.
+    pub warmup: Option<(Vec<Tensor>, usize)>,
 }
 
 #[derive(Debug, Error)]
@@ -157,9 +159,10 @@ impl Scheduler {
             let batched = scheduler.config.policy.max_batch_size > 0;
             let metrics = scheduler.metrics.clone();
             let name: String = format!("{label}/{instance}").chars().take(15).collect();
+            let warmup = scheduler.config.warmup.clone();
             std::thread::Builder::new()
                 .name(name)
-                .spawn(move || match backend.session() {
+                .spawn(move || match backend.session().and_then(|session| warm_up(session, warmup)) {
                     Ok(session) => {
                         let _ = started_tx.send(Ok(()));
                         Instance { shared, backend, session, batched, metrics }.run();
@@ -251,6 +254,20 @@ impl Scheduler {
         }
         Ok(rows)
     }
+}
+
+/// Runs the warm-up inputs through a fresh session (first runs allocate, pick kernels, fill caches), so the
+/// version's first requests do not pay for it. A failure fails the version's start.
+fn warm_up(
+    mut session: Box<dyn Session>,
+    warmup: Option<(Vec<Tensor>, usize)>,
+) -> Result<Box<dyn Session>, BackendError> {
+    if let Some((inputs, runs)) = warmup {
+        for _ in 0..runs {
+            session.run(inputs.clone()).map_err(|e| BackendError::Compute(format!("warm-up failed: {e}")))?;
+        }
+    }
+    Ok(session)
 }
 
 impl Drop for Scheduler {

@@ -70,6 +70,7 @@ fn start(max_batch_size: usize, delay: Duration) -> (Arc<Scheduler>, Runs, mpsc:
         release: Arc::new(Mutex::new(release_rx)),
     });
     let config = SchedulerConfig {
+        warmup: None,
         policy: BatchPolicy {
             max_batch_size,
             max_queue_delay: delay,

@@ -22,6 +22,8 @@ pub fn config(repository: &Path) -> Config {
         http_port: 0,
         grpc_port: 0,
         metrics_port: 0,
+        // The repository is watched only by the tests about watching it.
+        model_control_mode: infergate::config::ModelControlMode::None,
         ..Config::default()
     }
 }
