@@ -208,3 +208,26 @@ async fn swaps_under_load_fail_no_request() {
     assert_eq!(serving_version(&server).await.as_deref(), Some("1"));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// File-system notifications bring a new version in long before the next periodic look.
+#[tokio::test]
+async fn notifications_pick_up_a_new_version_between_polls() {
+    let root = temp_dir("watch-notify");
+    copy_model(&root, "m", 1, "mlp/1/model.onnx");
+    let config = Config {
+        model_control_mode: ModelControlMode::Poll,
+        repository_poll: Duration::from_secs(600),
+        repository_settle: Duration::from_millis(300),
+        ..config(&root)
+    };
+    let server = TestServer::start(config).await;
+    assert_eq!(serving_version(&server).await.as_deref(), Some("1"));
+    let written = Instant::now();
+    copy_model(&root, "m", 2, "mlp/1/model.onnx");
+    eventually("version 2 serves without waiting for the 10-minute poll", Duration::from_secs(10), || async {
+        serving_version(&server).await.as_deref() == Some("2")
+    })
+    .await;
+    println!("new version serving {:?} after it was written", written.elapsed());
+    std::fs::remove_dir_all(&root).unwrap();
+}

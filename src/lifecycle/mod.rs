@@ -4,7 +4,7 @@
 //! it in one step, and a request holds the `Arc<ServingVersion>` it started on until it has been answered.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -355,9 +355,12 @@ impl ModelTable {
         self.sync_model(name, true).await
     }
 
-    /// Polls the repository folder every `interval` until `stop`, and syncs each model whose files changed once
-    /// the change has settled: its files unchanged since the previous poll and left alone for `settle` (a copy
-    /// still being written keeps changing, so a half-written version is never loaded).
+    /// Watches the repository folder until `stop`: file-system notifications, and a look every `interval` as the
+    /// fallback (notifications are lost on some file systems, e.g. network mounts). A model whose files changed is
+    /// synced once the change has settled: its files unchanged since the previous look and left alone for `settle`
+    /// (a copy still being written keeps changing, so a half-written version is never loaded). A notification
+    /// brings the next look forward to `settle` after it.
+    ///
     /// `applied` is what the table was loaded from (fingerprinted before the initial load, so a change made during
     /// it is picked up).
     pub async fn watch(
@@ -367,25 +370,39 @@ impl ModelTable {
         mut applied: HashMap<String, ModelFingerprint>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        let (events, mut notified) = tokio::sync::mpsc::channel::<()>(1);
+        let _watcher = notifications(&self.repository, events);
         let mut last = applied.clone();
+        let mut next_look = tokio::time::Instant::now() + interval;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep_until(next_look) => {}
+                Some(()) = notified.recv() => {
+                    // A change brings the next look forward, never back: a folder that changes all the time is
+                    // still looked at.
+                    next_look = next_look.min(tokio::time::Instant::now() + settle);
+                    continue;
+                }
                 _ = stop.wait_for(|&stop| stop) => return,
             }
             let now = self.fingerprints().await;
+            let mut pending = false;
             for (name, fingerprint) in &now {
-                let changed = applied.get(name) != Some(fingerprint);
-                let steady = last.get(name) == Some(fingerprint) && fingerprint.settled(settle);
-                if changed && steady {
+                if applied.get(name) == Some(fingerprint) {
+                    continue;
+                }
+                if last.get(name) == Some(fingerprint) && fingerprint.settled(settle) {
                     tracing::info!(model = %name, "model files changed");
                     if let Err(e) = self.sync_model(name, false).await {
                         tracing::warn!(model = %name, error = %e, "cannot sync the model");
                     }
                     applied.insert(name.clone(), fingerprint.clone());
+                } else {
+                    pending = true;
                 }
             }
             last = now;
+            next_look = tokio::time::Instant::now() + if pending { settle.min(interval) } else { interval };
         }
     }
 
@@ -639,6 +656,31 @@ pub fn monitor_plan(signature: &Signature, monitoring: &MonitoringConfig) -> Res
             Ok(MonitorSpec { output, name: spec.name.clone(), distribution })
         })
         .collect()
+}
+
+/// File-system notifications for the repository folder, each one a nudge on `events` (a full channel already
+/// holds a nudge, so none is lost). `None` when the platform cannot watch: polling alone then.
+fn notifications(root: &Path, events: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    // Reads (ours included: looking at the folder and loading a file open them) are not changes.
+    let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && (event.kind.is_create() || event.kind.is_modify() || event.kind.is_remove())
+        {
+            let _ = events.try_send(());
+        }
+    };
+    let watcher = notify::recommended_watcher(handler).and_then(|mut watcher| {
+        watcher.watch(root, notify::RecursiveMode::Recursive)?;
+        Ok(watcher)
+    });
+    match watcher {
+        Ok(watcher) => Some(watcher),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %root.display(), "no file-system notifications; polling only");
+            None
+        }
+    }
 }
 
 /// Whether a version loaded with `loaded` can keep serving under `new`: everything but the version policy (which
