@@ -63,6 +63,8 @@ async fn bundled_models_match_onnx_runtime_on_both_backends() {
         assert_eq!(status, 200);
         assert_eq!(meta["parameters"]["backend"], backend, "{meta}");
         assert_eq!(meta["parameters"]["device"], "cpu", "{meta}");
+        let provider = if backend == "ort" { "CPUExecutionProvider" } else { "tract" };
+        assert_eq!(meta["parameters"]["execution_provider"], provider, "{meta}");
         let (_, config) = server.get("/v2/models/gbt/config").await;
         assert_eq!(config["backend"], backend, "{config}");
         std::fs::remove_dir_all(&root).unwrap();

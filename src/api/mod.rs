@@ -138,6 +138,8 @@ pub struct ModelMetadata {
 pub struct MetadataParameters {
     pub backend: &'static str,
     pub device: Device,
+    /// The ONNX Runtime execution provider the version runs on ("tract" for the embedded backend).
+    pub execution_provider: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
@@ -163,6 +165,11 @@ pub fn model_metadata(table: &ModelTable, model: &str, version: Option<&str>) ->
         parameters: MetadataParameters {
             backend: serving.backend_name,
             device: serving.device,
+            execution_provider: match (serving.backend_name, serving.device) {
+                ("ort", Device::Cuda(_)) => "CUDAExecutionProvider",
+                ("ort", Device::Cpu) => "CPUExecutionProvider",
+                _ => "tract",
+            },
             notes: serving.signature.notes.clone(),
         },
     })

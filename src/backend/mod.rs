@@ -139,7 +139,11 @@ impl Backends {
     /// Loads a version with the backend its config asks for.
     pub fn load(&self, path: &Path, config: &ModelConfig) -> Result<Arc<dyn Backend>, BackendError> {
         let fail = |reason: String| BackendError::Load { path: path.display().to_string(), reason };
-        let options = onnxruntime::SessionOptions { device: config.device, intra_op_threads: config.intra_op_threads };
+        let options = onnxruntime::SessionOptions {
+            device: config.device,
+            intra_op_threads: config.intra_op_threads,
+            cuda: config.cuda.unwrap_or_default(),
+        };
         Ok(match (config.backend, &self.ort) {
             (BackendChoice::Tract, _) => Arc::new(tract::TractBackend::load(path, config.device)?),
             (BackendChoice::Ort | BackendChoice::Auto, Ok(runtime)) => {

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use super::onnx_file::OnnxFile;
 use super::signature::resolve_free_dims;
 use super::{Backend, BackendError, BackendStatus, Device, ProviderStatus, Session, Signature, TensorSpec};
+use crate::repository::CudaConfig;
 use crate::tensor::{DataType, Tensor, push_bytes_element};
 
 /// Why ONNX Runtime is not available.
@@ -98,7 +99,8 @@ impl OrtRuntime {
 
     /// The library, where it was found, and whether the CUDA execution provider registers (with its own message).
     pub fn status(&self) -> BackendStatus {
-        let cuda = match self.builder(SessionOptions { device: Device::Cuda(0), intra_op_threads: 1 }) {
+        let probe = SessionOptions { device: Device::Cuda(0), intra_op_threads: 1, cuda: CudaConfig::default() };
+        let cuda = match self.builder(probe) {
             Ok(_) => {
                 ProviderStatus { name: "cuda", available: true, detail: "CUDAExecutionProvider registers".to_owned() }
             }
@@ -126,7 +128,7 @@ impl OrtRuntime {
             .map_err(text)?;
         let providers: Vec<ExecutionProviderDispatch> = match options.device {
             Device::Cpu => vec![ep::CPU::default().build()],
-            Device::Cuda(id) => vec![cuda(id)?],
+            Device::Cuda(id) => vec![cuda(id, options.cuda)?],
         };
         builder.with_execution_providers(providers).map_err(|e| format!("{}: {e}", options.device))
     }
@@ -135,13 +137,30 @@ impl OrtRuntime {
 /// CUDA, registered with `error_on_failure`. `is_available()` only says the provider was compiled in, so it is not
 /// asked: registering it is the real test, and its message the real reason.
 #[cfg(feature = "cuda")]
-fn cuda(id: u32) -> Result<ExecutionProviderDispatch, String> {
+fn cuda(id: u32, options: CudaConfig) -> Result<ExecutionProviderDispatch, String> {
+    use crate::repository::{ArenaStrategy, ConvSearch};
     let id = i32::try_from(id).map_err(|_| format!("CUDA device {id} is out of range"))?;
-    Ok(ep::CUDA::default().with_device_id(id).build().error_on_failure())
+    let mut provider = ep::CUDA::default()
+        .with_device_id(id)
+        .with_arena_extend_strategy(match options.arena_extend_strategy {
+            ArenaStrategy::NextPowerOfTwo => ep::ArenaExtendStrategy::NextPowerOfTwo,
+            ArenaStrategy::SameAsRequested => ep::ArenaExtendStrategy::SameAsRequested,
+        })
+        .with_conv_algorithm_search(match options.cudnn_conv_algo_search {
+            ConvSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
+            ConvSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
+            ConvSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
+        })
+        .with_cuda_graph(options.cuda_graphs);
+    if options.memory_limit_mb > 0 {
+        let bytes = usize::try_from(options.memory_limit_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        provider = provider.with_memory_limit(bytes);
+    }
+    Ok(provider.build().error_on_failure())
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_id: u32) -> Result<ExecutionProviderDispatch, String> {
+fn cuda(_id: u32, _options: CudaConfig) -> Result<ExecutionProviderDispatch, String> {
     Err("this infergate was built without CUDA support (cargo feature `cuda`)".to_owned())
 }
 
@@ -161,6 +180,8 @@ fn load_error(e: &::ort::LoadDynamicError) -> String {
 pub struct SessionOptions {
     pub device: Device,
     pub intra_op_threads: usize,
+    /// CUDA provider options (defaults unless `[cuda]` says otherwise).
+    pub cuda: CudaConfig,
 }
 
 /// One model version on ONNX Runtime.

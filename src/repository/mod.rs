@@ -10,8 +10,8 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use model_config::{
-    BackendChoice, BatchingConfig, DistributionChoice, ModelConfig, MonitoringConfig, OutputMonitoring, VersionPolicy,
-    WarmupConfig,
+    ArenaStrategy, BackendChoice, BatchingConfig, ConvSearch, CudaConfig, DistributionChoice, ModelConfig,
+    MonitoringConfig, OutputMonitoring, VersionPolicy, WarmupConfig,
 };
 
 /// One model version to load: where its file is and how the model is configured.

@@ -76,6 +76,38 @@ pub struct ModelConfig {
     pub monitoring: MonitoringConfig,
     #[serde(default)]
     pub warmup: WarmupConfig,
+    /// `[cuda]`: ONNX Runtime CUDA provider options, for `device = "cuda:N"`.
+    #[serde(default)]
+    pub cuda: Option<CudaConfig>,
+}
+
+/// `[cuda]`: how ONNX Runtime's CUDA provider runs this model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CudaConfig {
+    /// Most GPU memory the provider's arena may take, in MiB; 0 = no limit.
+    pub memory_limit_mb: u64,
+    pub arena_extend_strategy: ArenaStrategy,
+    pub cudnn_conv_algo_search: ConvSearch,
+    /// CUDA graphs capture the whole run once and replay it; only for models whose shapes never change.
+    pub cuda_graphs: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArenaStrategy {
+    #[default]
+    NextPowerOfTwo,
+    SameAsRequested,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvSearch {
+    #[default]
+    Exhaustive,
+    Heuristic,
+    Default,
 }
 
 /// `[warmup]`: inferences each instance runs before the version takes traffic.
@@ -103,6 +135,7 @@ impl Default for ModelConfig {
             batching: BatchingConfig::default(),
             monitoring: MonitoringConfig::default(),
             warmup: WarmupConfig::default(),
+            cuda: None,
         }
     }
 }
@@ -214,6 +247,9 @@ impl ModelConfig {
                 self.intra_op_threads
             ));
         }
+        if self.cuda.is_some() && self.device == Device::Cpu {
+            return Err("[cuda] options need device = \"cuda:N\"".to_owned());
+        }
         if self.backend == BackendChoice::Tract && self.device != Device::Cpu {
             return Err(format!(
                 "device = \"{}\" needs backend = \"ort\" (or \"auto\"); tract computes on the CPU",
@@ -280,6 +316,22 @@ mod tests {
         assert!(ModelConfig::parse("version_policy = { latest = 0 }").is_err());
         assert!(ModelConfig::parse("version_policy = { specific = [] }").is_err());
         assert!(ModelConfig::parse("version_policy = { latest = -1 }").is_err());
+    }
+
+    #[test]
+    fn cuda_options() {
+        let config = ModelConfig::parse(
+            "device = \"cuda:1\"\n[cuda]\nmemory_limit_mb = 2048\narena_extend_strategy = \"same_as_requested\"\n\
+             cudnn_conv_algo_search = \"heuristic\"\ncuda_graphs = true\n",
+        )
+        .unwrap();
+        assert_eq!(config.device, Device::Cuda(1));
+        let cuda = config.cuda.unwrap();
+        assert_eq!((cuda.memory_limit_mb, cuda.cuda_graphs), (2048, true));
+        assert_eq!(cuda.arena_extend_strategy, ArenaStrategy::SameAsRequested);
+        assert_eq!(cuda.cudnn_conv_algo_search, ConvSearch::Heuristic);
+        assert!(ModelConfig::parse("[cuda]\ncuda_graphs = true\n").unwrap_err().contains("cuda:N"));
+        assert!(ModelConfig::parse("device = \"cuda:0\"\n[cuda]\nconv = 1\n").is_err());
     }
 
     #[test]
