@@ -59,7 +59,7 @@ fn backends(args: &BackendsArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let statuses = backends.statuses();
+    let statuses = backends.statuses(true);
     if args.json {
         match serde_json::to_string_pretty(&statuses) {
             Ok(json) => println!("{json}"),

@@ -74,7 +74,7 @@ impl Server {
             .await
             .map_err(|e| ServerError::Backend(format!("looking for backends failed: {e}")))?
             .map_err(ServerError::Backend)?;
-        for status in backends.statuses() {
+        for status in backends.statuses(false) {
             tracing::info!(backend = status.name, available = status.available, detail = %status.detail, "backend");
         }
         let telemetry = Arc::new(Telemetry::new(config.metrics_window));

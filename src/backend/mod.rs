@@ -145,19 +145,21 @@ impl Backends {
             cuda: config.cuda.unwrap_or_default(),
         };
         Ok(match (config.backend, &self.ort) {
-            (BackendChoice::Tract, _) => Arc::new(tract::TractBackend::load(path, config.device)?),
+            (BackendChoice::Tract, _) | (BackendChoice::Auto, Err(_)) => {
+                Arc::new(tract::TractBackend::load(path, config.device)?)
+            }
             (BackendChoice::Ort | BackendChoice::Auto, Ok(runtime)) => {
                 Arc::new(onnxruntime::OrtBackend::load(Arc::clone(runtime), path, options)?)
             }
-            (BackendChoice::Auto, Err(_)) => Arc::new(tract::TractBackend::load(path, config.device)?),
             (BackendChoice::Ort, Err(reason)) => {
                 return Err(fail(format!("backend = \"ort\", but ONNX Runtime is not available: {reason}")));
             }
         })
     }
 
-    /// Every backend with its execution providers, for `infergate backends` and the logs.
-    pub fn statuses(&self) -> Vec<BackendStatus> {
+    /// Every backend, for `infergate backends` and the start-up log; `probe_providers` also tries each optional
+    /// execution provider (the command does, the server does not: it would load the CUDA libraries for a log line).
+    pub fn statuses(&self, probe_providers: bool) -> Vec<BackendStatus> {
         let tract = BackendStatus {
             name: "tract",
             available: true,
@@ -165,7 +167,7 @@ impl Backends {
             execution_providers: vec![ProviderStatus { name: "cpu", available: true, detail: String::new() }],
         };
         let ort = match &self.ort {
-            Ok(runtime) => runtime.status(),
+            Ok(runtime) => runtime.status(probe_providers),
             Err(reason) => {
                 BackendStatus { name: "ort", available: false, detail: reason.clone(), execution_providers: Vec::new() }
             }

@@ -22,6 +22,8 @@ pub struct OnnxFile {
     pub inputs: Vec<TensorSpec>,
     /// What was changed to serve the model, for its metadata ("output 'p' is ...").
     pub notes: Vec<String>,
+    /// The file as read, handed on as is when nothing was rewritten.
+    source: Vec<u8>,
 }
 
 impl OnnxFile {
@@ -39,12 +41,12 @@ impl OnnxFile {
         if !notes.is_empty() {
             ensure_default_opset(&mut proto);
         }
-        Ok(OnnxFile { proto, inputs, notes })
+        Ok(OnnxFile { proto, inputs, notes, source: bytes })
     }
 
-    /// The (rewritten) model, encoded again, for backends that load from bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        self.proto.encode_to_vec()
+    /// The model for backends that load from bytes: the file as read, or encoded again when it was rewritten.
+    pub fn take_model_bytes(&mut self) -> Vec<u8> {
+        if self.notes.is_empty() { std::mem::take(&mut self.source) } else { self.proto.encode_to_vec() }
     }
 }
 

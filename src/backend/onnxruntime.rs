@@ -97,20 +97,26 @@ impl OrtRuntime {
         &self.library
     }
 
-    /// The library, where it was found, and whether the CUDA execution provider registers (with its own message).
-    pub fn status(&self) -> BackendStatus {
-        let probe = SessionOptions { device: Device::Cuda(0), intra_op_threads: 1, cuda: CudaConfig::default() };
-        let cuda = match self.builder(probe) {
-            Ok(_) => {
-                ProviderStatus { name: "cuda", available: true, detail: "CUDAExecutionProvider registers".to_owned() }
-            }
-            Err(reason) => ProviderStatus { name: "cuda", available: false, detail: reason },
-        };
+    /// The library and where it was found; with `probe_providers`, also whether the CUDA execution provider
+    /// registers (with its own message), which loads the provider's library and so is left to `infergate backends`.
+    pub fn status(&self, probe_providers: bool) -> BackendStatus {
+        let mut execution_providers = vec![ProviderStatus { name: "cpu", available: true, detail: String::new() }];
+        if probe_providers {
+            let probe = SessionOptions { device: Device::Cuda(0), intra_op_threads: 1, cuda: CudaConfig::default() };
+            execution_providers.push(match self.builder(probe) {
+                Ok(_) => ProviderStatus {
+                    name: "cuda",
+                    available: true,
+                    detail: "CUDAExecutionProvider registers".to_owned(),
+                },
+                Err(reason) => ProviderStatus { name: "cuda", available: false, detail: reason },
+            });
+        }
         BackendStatus {
             name: "ort",
             available: true,
             detail: format!("{} (found by {}); {}", self.library.display(), self.found_by, ::ort::info()),
-            execution_providers: vec![ProviderStatus { name: "cpu", available: true, detail: String::new() }, cuda],
+            execution_providers,
         }
     }
 
@@ -203,8 +209,8 @@ impl std::fmt::Debug for OrtBackend {
 impl OrtBackend {
     pub fn load(runtime: Arc<OrtRuntime>, path: &Path, options: SessionOptions) -> Result<OrtBackend, BackendError> {
         let fail = |reason: String| BackendError::Load { path: path.display().to_string(), reason };
-        let file = OnnxFile::read(path)?;
-        let model = file.encode();
+        let mut file = OnnxFile::read(path)?;
+        let model = file.take_model_bytes();
         let session =
             runtime.builder(options).map_err(&fail)?.commit_from_memory(&model).map_err(|e| fail(e.to_string()))?;
 

@@ -39,7 +39,7 @@ impl TractBackend {
                 "device = \"{device}\": the tract backend computes on the CPU only; use backend = \"ort\""
             )));
         }
-        let OnnxFile { proto, inputs, notes } = OnnxFile::read(path)?;
+        let OnnxFile { proto, inputs, notes, .. } = OnnxFile::read(path)?;
         let graph = proto.graph.as_ref().ok_or_else(|| fail("the ONNX file holds no graph".to_owned()))?;
         let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
 

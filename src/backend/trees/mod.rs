@@ -14,7 +14,7 @@
 
 pub mod tract_op;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Most classes or targets per row: scores are allocated per row and output, so a model cannot ask for more.
 pub const MAX_OUTPUTS: usize = 1 << 16;
@@ -169,12 +169,12 @@ impl Ensemble {
         // Flat index of every (tree, node); trees in order of first appearance, each rooted at its first node.
         let mut index: HashMap<(i64, i64), u32> = HashMap::with_capacity(n);
         let mut roots = Vec::new();
-        let mut tree_seen: HashMap<i64, ()> = HashMap::new();
+        let mut trees_seen: HashSet<i64> = HashSet::new();
         for (ix, (&tree, &node)) in attrs.tree_ids.iter().zip(&attrs.node_ids).enumerate() {
             if index.insert((tree, node), ix as u32).is_some() {
                 return Err(format!("tree {tree} lists node {node} twice"));
             }
-            if tree_seen.insert(tree, ()).is_none() {
+            if trees_seen.insert(tree) {
                 roots.push(ix as u32);
             }
         }
