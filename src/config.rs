@@ -12,6 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::repository::ModelConfig;
+use crate::repository::mlflow::{self, MlflowAuth, MlflowModel};
+
 #[derive(Debug, Parser)]
 #[command(name = "infergate", version, about = "A model serving gateway for ONNX models (KServe v2 protocol).")]
 #[command(args_conflicts_with_subcommands = true)]
@@ -23,6 +26,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once at start; boxing the flags would only add noise to every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the models of a model repository (the default).
@@ -120,6 +125,23 @@ pub struct ServeArgs {
     /// With --model-control-mode explicit: a model to load at start (repeatable).
     #[arg(long = "load-model", env = "INFERGATE_LOAD_MODELS", value_delimiter = ',')]
     pub load_models: Vec<String>,
+    /// The MLflow tracking server whose Model Registry to follow, e.g. http://mlflow:5000 (credentials from
+    /// MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)
+    #[arg(long, env = "INFERGATE_MLFLOW_URI")]
+    pub mlflow_uri: Option<String>,
+    /// A registered model and an alias to serve, as NAME@ALIAS (repeatable; `latest` is the newest version). The
+    /// first alias of a model answers requests that name no version.
+    #[arg(long = "mlflow-model", env = "INFERGATE_MLFLOW_MODELS", value_delimiter = ',')]
+    pub mlflow_models: Vec<String>,
+    /// Seconds between two looks at the registry's aliases [default: 5]
+    #[arg(long, env = "INFERGATE_MLFLOW_POLL_SECS")]
+    pub mlflow_poll_secs: Option<f64>,
+    /// Folder the model versions fetched from MLflow are kept in [default: infergate-mlflow in the temp folder]
+    #[arg(long, env = "INFERGATE_MLFLOW_CACHE")]
+    pub mlflow_cache: Option<PathBuf>,
+    /// Accept MLflow webhook deliveries at POST /v2/mlflow/webhook signed with this secret [default: off]
+    #[arg(long, env = "INFERGATE_MLFLOW_WEBHOOK_SECRET", hide_env_values = true)]
+    pub mlflow_webhook_secret: Option<String>,
     /// Log format [default: text]
     #[arg(long, env = "INFERGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -167,6 +189,42 @@ struct ConfigFile {
     load_models: Option<Vec<String>>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    mlflow: Option<MlflowFile>,
+}
+
+/// `[mlflow]` of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MlflowFile {
+    uri: Option<String>,
+    poll_secs: Option<f64>,
+    cache: Option<PathBuf>,
+    webhook_secret: Option<String>,
+    #[serde(default)]
+    models: Vec<MlflowModelFile>,
+}
+
+/// `[[mlflow.models]]`: a registered model, the aliases to serve and, in `[mlflow.models.config]`, the settings
+/// a `model.toml` would hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MlflowModelFile {
+    name: String,
+    aliases: Vec<String>,
+    serve_as: Option<String>,
+    config: Option<ModelConfig>,
+}
+
+/// Following the MLflow Model Registry.
+#[derive(Debug, Clone)]
+pub struct MlflowSettings {
+    pub uri: String,
+    pub auth: MlflowAuth,
+    pub models: Vec<MlflowModel>,
+    pub poll: Duration,
+    pub cache: PathBuf,
+    /// Set: webhook deliveries signed with it are accepted.
+    pub webhook_secret: Option<Secret>,
 }
 
 /// The validated configuration every part of the server reads.
@@ -193,6 +251,8 @@ pub struct Config {
     pub load_models: Vec<String>,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Set: these models follow the MLflow Model Registry.
+    pub mlflow: Option<MlflowSettings>,
 }
 
 #[derive(Debug, Error)]
@@ -252,6 +312,7 @@ impl Default for Config {
             load_models: Vec::new(),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
+            mlflow: None,
         }
     }
 }
@@ -264,6 +325,7 @@ impl Config {
             None => ConfigFile::default(),
         };
         let defaults = Config::default();
+        let mlflow = mlflow_settings(&args, file.mlflow.unwrap_or_default())?;
         let config = Config {
             model_repository: args.model_repository.or(file.model_repository).unwrap_or(defaults.model_repository),
             host: args.host.or(file.host).unwrap_or(defaults.host),
@@ -301,6 +363,7 @@ impl Config {
             },
             log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),
             log_level: args.log_level.or(file.log_level).unwrap_or(defaults.log_level),
+            mlflow,
         };
         config.validate()?;
         Ok(config)
@@ -355,8 +418,118 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(ConfigError::Invalid(format!("--log-level '{}' is not a valid filter: {e}", self.log_level)));
         }
-        check_repository(&self.model_repository)
+        check_repository(&self.model_repository)?;
+        if let Some(mlflow) = &self.mlflow {
+            self.validate_mlflow(mlflow)?;
+        }
+        Ok(())
     }
+
+    fn validate_mlflow(&self, mlflow: &MlflowSettings) -> Result<(), ConfigError> {
+        let mut served = std::collections::HashSet::new();
+        for model in &mlflow.models {
+            mlflow::check_model(model).map_err(ConfigError::Invalid)?;
+            if !served.insert(model.serve_as.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "two MLflow models are served as '{}'; set serve_as to tell them apart",
+                    model.serve_as
+                )));
+            }
+        }
+        mlflow::MlflowClient::new(&mlflow.uri, MlflowAuth::None).map_err(ConfigError::Invalid)?;
+        if let Some(secret) = &mlflow.webhook_secret
+            && secret.0.trim().chars().count() < MIN_ADMIN_TOKEN_CHARS
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--mlflow-webhook-secret must be at least {MIN_ADMIN_TOKEN_CHARS} characters"
+            )));
+        }
+        // The cache must not be watched as part of the local repository.
+        let (cache, repository) = (absolute(&mlflow.cache), absolute(&self.model_repository));
+        if cache.starts_with(&repository) {
+            return Err(ConfigError::Invalid(format!(
+                "--mlflow-cache {} is inside the model repository {}; put it elsewhere",
+                mlflow.cache.display(),
+                self.model_repository.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `path` made absolute and, where it exists, with links resolved.
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)).unwrap_or_else(|_| path.to_owned())
+}
+
+/// The MLflow settings from flags over the file's `[mlflow]`; `None` when neither names a tracking server.
+fn mlflow_settings(args: &ServeArgs, file: MlflowFile) -> Result<Option<MlflowSettings>, ConfigError> {
+    let uri = args.mlflow_uri.clone().or(file.uri);
+    let models = if args.mlflow_models.is_empty() {
+        file.models
+            .into_iter()
+            .map(|m| {
+                let config = m.config.unwrap_or_default();
+                config.validate().map_err(|e| ConfigError::Invalid(format!("[mlflow.models] '{}': {e}", m.name)))?;
+                Ok(MlflowModel {
+                    serve_as: m.serve_as.unwrap_or_else(|| m.name.clone()),
+                    registered: m.name,
+                    aliases: m.aliases,
+                    config: std::sync::Arc::new(config),
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?
+    } else {
+        flag_models(&args.mlflow_models)?
+    };
+    let webhook_secret = args.mlflow_webhook_secret.clone().or(file.webhook_secret).map(Secret);
+    let Some(uri) = uri else {
+        if !models.is_empty() || webhook_secret.is_some() {
+            return Err(ConfigError::Invalid("MLflow models or a webhook secret are set, but no --mlflow-uri".into()));
+        }
+        return Ok(None);
+    };
+    if models.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "--mlflow-uri {uri} is set, but no --mlflow-model NAME@ALIAS says what to serve from it"
+        )));
+    }
+    Ok(Some(MlflowSettings {
+        uri,
+        auth: MlflowAuth::from_env(),
+        models,
+        poll: seconds("--mlflow-poll-secs", args.mlflow_poll_secs.or(file.poll_secs))?
+            .unwrap_or(Duration::from_secs(5)),
+        cache: args
+            .mlflow_cache
+            .clone()
+            .or(file.cache)
+            .unwrap_or_else(|| std::env::temp_dir().join("infergate-mlflow")),
+        webhook_secret,
+    }))
+}
+
+/// `--mlflow-model NAME@ALIAS` entries, one model per name with its aliases in the order given.
+fn flag_models(entries: &[String]) -> Result<Vec<MlflowModel>, ConfigError> {
+    let mut models: Vec<MlflowModel> = Vec::new();
+    for entry in entries {
+        let Some((name, alias)) = entry.rsplit_once('@') else {
+            return Err(ConfigError::Invalid(format!(
+                "--mlflow-model '{entry}' must be NAME@ALIAS, e.g. iris@champion or iris@latest"
+            )));
+        };
+        match models.iter_mut().find(|m| m.registered == name) {
+            Some(model) if model.aliases.iter().any(|a| a == alias) => {}
+            Some(model) => model.aliases.push(alias.to_owned()),
+            None => models.push(MlflowModel {
+                registered: name.to_owned(),
+                serve_as: name.to_owned(),
+                aliases: vec![alias.to_owned()],
+                config: std::sync::Arc::new(ModelConfig::default()),
+            }),
+        }
+    }
+    Ok(models)
 }
 
 /// A watcher duration in seconds, within bounds.
@@ -448,6 +621,49 @@ mod tests {
         std::fs::write(&path, "http_prot = 9000\n").unwrap();
         let err = Config::resolve(ServeArgs { config: Some(path), ..args() }).unwrap_err();
         assert!(err.to_string().contains("http_prot"), "{err}");
+    }
+
+    #[test]
+    fn mlflow_models_from_flags_and_file() {
+        let flags = ServeArgs {
+            mlflow_uri: Some("http://127.0.0.1:5000".into()),
+            mlflow_models: vec!["iris@champion".into(), "iris@challenger".into(), "fraud@latest".into()],
+            ..args()
+        };
+        let mlflow = Config::resolve(flags.clone()).unwrap().mlflow.unwrap();
+        let served: Vec<(&str, Vec<&str>)> = mlflow
+            .models
+            .iter()
+            .map(|m| (m.serve_as.as_str(), m.aliases.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(served, [("iris", vec!["champion", "challenger"]), ("fraud", vec!["latest"])]);
+        assert_eq!(mlflow.poll, Duration::from_secs(5));
+
+        let no_alias = ServeArgs { mlflow_models: vec!["iris".into()], ..flags.clone() };
+        assert!(Config::resolve(no_alias).unwrap_err().to_string().contains("NAME@ALIAS"));
+        let no_models = ServeArgs { mlflow_models: Vec::new(), ..flags.clone() };
+        assert!(Config::resolve(no_models).is_err());
+        let no_uri = ServeArgs { mlflow_uri: None, ..flags.clone() };
+        assert!(Config::resolve(no_uri).is_err());
+        let ftp = ServeArgs { mlflow_uri: Some("ftp://mlflow".into()), ..flags.clone() };
+        assert!(Config::resolve(ftp).is_err());
+        let inside = ServeArgs { mlflow_cache: Some("models/.cache".into()), ..flags };
+        assert!(Config::resolve(inside).unwrap_err().to_string().contains("inside the model repository"));
+
+        let dir = std::env::temp_dir().join(format!("infergate-config-mlflow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server.toml");
+        let file = "[mlflow]\nuri = \"http://mlflow:5000\"\npoll_secs = 2.5\n\n[[mlflow.models]]\nname = \"Fraud Model\"\n\
+                    serve_as = \"fraud\"\naliases = [\"champion\"]\n[mlflow.models.config]\nmax_batch_size = 64\n";
+        std::fs::write(&path, file).unwrap();
+        let mlflow = Config::resolve(ServeArgs { config: Some(path.clone()), ..args() }).unwrap().mlflow.unwrap();
+        assert_eq!(mlflow.poll, Duration::from_millis(2500));
+        assert_eq!(mlflow.models[0].registered, "Fraud Model");
+        assert_eq!(mlflow.models[0].serve_as, "fraud");
+        assert_eq!(mlflow.models[0].config.max_batch_size, 64);
+        std::fs::write(&path, file.replace("max_batch_size", "max_bacth_size")).unwrap();
+        assert!(Config::resolve(ServeArgs { config: Some(path), ..args() }).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

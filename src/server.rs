@@ -25,6 +25,34 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error("{0}")]
     Backend(String),
+    #[error("{0}")]
+    Mlflow(String),
+}
+
+/// Starts following the MLflow Model Registry; returns where webhook deliveries go.
+fn start_mlflow(
+    mlflow: &crate::config::MlflowSettings,
+    table: &Arc<ModelTable>,
+    stop: watch::Receiver<bool>,
+) -> Result<api::MlflowHook, String> {
+    let client = crate::repository::mlflow::MlflowClient::new(&mlflow.uri, mlflow.auth.clone())?;
+    let (nudges, nudged) = tokio::sync::mpsc::channel(64);
+    let hook = match &mlflow.webhook_secret {
+        Some(secret) => {
+            let registered = mlflow.models.iter().map(|m| m.registered.clone()).collect();
+            api::MlflowHook::new(&secret.0, registered, nudges)
+        }
+        None => api::MlflowHook::disabled(),
+    };
+    let follower = crate::lifecycle::MlflowFollower {
+        client,
+        models: mlflow.models.clone(),
+        cache: mlflow.cache.clone(),
+        poll: mlflow.poll,
+    };
+    tracing::info!(uri = %mlflow.uri, models = mlflow.models.len(), cache = %mlflow.cache.display(), "following the MLflow Model Registry");
+    tokio::spawn(Arc::clone(table).follow_mlflow(follower, nudged, stop));
+    Ok(hook)
 }
 
 /// How the server ended.
@@ -78,8 +106,16 @@ impl Server {
             tracing::info!(backend = status.name, available = status.available, detail = %status.detail, "backend");
         }
         let telemetry = Arc::new(Telemetry::new(config.metrics_window));
-        let table = Arc::new(ModelTable::new(telemetry, Arc::new(backends), config.model_repository.clone()));
+        let followed = config.mlflow.iter().flat_map(|m| m.models.iter().map(|model| model.serve_as.clone()));
+        let table = Arc::new(
+            ModelTable::new(telemetry, Arc::new(backends), config.model_repository.clone())
+                .with_mlflow_models(followed),
+        );
         let (shutdown, stop) = watch::channel(false);
+        let hook = match &config.mlflow {
+            Some(mlflow) => start_mlflow(mlflow, &table, stop.clone()).map_err(ServerError::Mlflow)?,
+            None => api::MlflowHook::disabled(),
+        };
         let loader = Arc::clone(&table);
         let (mode, poll, settle) = (config.model_control_mode, config.repository_poll, config.repository_settle);
         let (explicit, watch_stop) = (config.load_models.clone(), stop.clone());
@@ -95,7 +131,7 @@ impl Server {
         });
 
         let control = api::ModelControl::new(config.admin_token.as_ref().map(|token| token.0.clone()));
-        let rest = api::http::router(Arc::clone(&table), config.max_request_bytes, control.clone());
+        let rest = api::http::router(Arc::clone(&table), config.max_request_bytes, control.clone(), hook);
         let http = serve(listener, rest, stop.clone());
         let grpc = serve(
             grpc_listener,

@@ -92,7 +92,10 @@ async fn new_versions_load_and_broken_ones_never_replace_a_serving_one() {
         serving_version(&server).await.as_deref() == Some("2")
     })
     .await;
-    assert_eq!(index_state(&server, "1").await, None);
+    eventually("version 1 is drained and listed as unloaded", Duration::from_secs(10), || async {
+        index_state(&server, "1").await == Some(("UNAVAILABLE".to_owned(), "unloaded".to_owned()))
+    })
+    .await;
 
     // Deleting version 2's folder unloads it; version 1, present again, serves.
     std::fs::remove_dir_all(root.join("m/2")).unwrap();
@@ -222,5 +225,75 @@ async fn notifications_pick_up_a_new_version_between_polls() {
     })
     .await;
     println!("new version serving {:?} after it was written", written.elapsed());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// Every state a version passes through shows in the repository index: the new version is LOADING, then
+/// LOADING "warming up", then READY; the version it replaces is UNLOADING while a request still holds it, which
+/// is answered by it, and UNAVAILABLE "unloaded" once that request is done.
+#[tokio::test]
+async fn the_index_shows_every_state_of_a_swap() {
+    let root = temp_dir("watch-states");
+    common::copy_fixture(&root, "s", 1, "slow/1/model.onnx");
+    std::fs::write(root.join("s/model.toml"), "max_batch_size = 4096\n[warmup]\nruns = 100\n").unwrap();
+    let server = Arc::new(TestServer::start(polling(&root)).await);
+
+    // A long request holds version 1.
+    let long = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.post_json("/v2/models/s/infer", &common::slow_rows(3000)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!long.is_finished(), "the long request finished too soon to hold version 1");
+
+    // Record every (version, state, reason) the index shows while version 2 arrives.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (server, seen, watching) = (Arc::clone(&server), Arc::clone(&seen), Arc::clone(&watching));
+        tokio::spawn(async move {
+            while watching.load(Ordering::Relaxed) {
+                let index: Value =
+                    server.client.post(server.url("/v2/repository/index")).send().await.unwrap().json().await.unwrap();
+                {
+                    let mut seen = seen.lock().unwrap();
+                    for row in index.as_array().unwrap().iter().filter(|row| row["name"] == "s") {
+                        let text = |key: &str| row[key].as_str().unwrap_or_default().to_owned();
+                        let state = (text("version"), text("state"), text("reason"));
+                        if !seen.contains(&state) {
+                            seen.push(state);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    common::copy_fixture(&root, "s", 2, "slow/1/model.onnx");
+    let (status, answer) = long.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model_version"], "1", "the request in flight is answered by the version it started on");
+    eventually("version 1 is unloaded", Duration::from_secs(20), || async {
+        let seen = seen.lock().unwrap();
+        seen.iter().any(|(v, state, _)| v == "2" && state == "READY")
+            && seen.iter().any(|(v, state, reason)| v == "1" && state == "UNAVAILABLE" && reason == "unloaded")
+    })
+    .await;
+    watching.store(false, Ordering::Relaxed);
+    watcher.await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let position = |version: &str, state: &str, reason: &dyn Fn(&str) -> bool| {
+        seen.iter().position(|(v, s, r)| v == version && s == state && reason(r)).unwrap_or_else(|| {
+            panic!("version {version} never showed {state}; the index showed {seen:?}")
+        })
+    };
+    let loading = position("2", "LOADING", &|r| r.is_empty());
+    let warming = position("2", "LOADING", &|r| r == "warming up");
+    let ready = position("2", "READY", &|_| true);
+    let draining = position("1", "UNLOADING", &|r| r.starts_with("draining: 1 request"));
+    let unloaded = position("1", "UNAVAILABLE", &|r| r == "unloaded");
+    assert!(loading < warming && warming < ready, "{seen:?}");
+    assert!(ready <= draining + 1 && draining < unloaded, "{seen:?}");
     std::fs::remove_dir_all(&root).unwrap();
 }

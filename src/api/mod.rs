@@ -7,6 +7,7 @@ mod infer;
 mod model_config;
 mod repository;
 mod statistics;
+mod webhook;
 
 use thiserror::Error;
 
@@ -14,6 +15,7 @@ pub use infer::{InferOutput, InferRequest, InferResponse, NamedTensor, infer, or
 pub use model_config::{ModelConfigView, VersionPolicyView, model_config};
 pub use repository::{IndexRow, ModelControl, load_model, repository_index, unload_model};
 pub use statistics::{StatisticsView, statistics};
+pub use webhook::{Delivery, MlflowHook};
 
 use crate::backend::{BackendError, Device, TensorSpec};
 use crate::lifecycle::{LookupError, ModelTable};
@@ -91,6 +93,7 @@ impl From<LookupError> for ApiError {
                 ApiError::ModelNotFound(e.to_string())
             }
             LookupError::Unavailable { .. } => ApiError::ModelUnavailable(e.to_string()),
+            LookupError::Followed { .. } => ApiError::InvalidInput(e.to_string()),
         }
     }
 }

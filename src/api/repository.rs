@@ -59,6 +59,9 @@ pub struct IndexRow {
     pub state: &'static str,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// MLflow aliases naming the version.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// Every model of the repository folder and every version the server knows, with its state; `ready_only` keeps
@@ -73,6 +76,7 @@ pub fn repository_index(table: &ModelTable, ready_only: bool) -> Vec<IndexRow> {
             version: entry.version.map(|v| v.to_string()).unwrap_or_default(),
             state: entry.state,
             reason: entry.reason,
+            aliases: entry.aliases,
         })
         .collect()
 }

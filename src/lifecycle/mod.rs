@@ -3,19 +3,25 @@
 //! Each model's versions are one [`VersionSet`] value behind an `ArcSwap`: a change builds a new set and stores
 //! it in one step, and a request holds the `Arc<ServingVersion>` it started on until it has been answered.
 
-use std::collections::{BTreeMap, HashMap};
+mod mlflow;
+
+pub use mlflow::{MlflowFollower, MlflowStatus};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 use thiserror::Error;
 
 use crate::backend::{BackendError, Backends, Device, Signature};
 use crate::repository::local::{FileStamp, ModelFingerprint};
-use crate::repository::{self, DistributionChoice, ModelConfig, ModelSpec, MonitoringConfig};
+use crate::repository::{
+    self, DeclaredSignature, DistributionChoice, ModelConfig, ModelListing, ModelSpec, MonitoringConfig,
+};
 use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig};
 use crate::telemetry::{
     DEFAULT_SCORE_BUCKETS, Distribution, DriftMonitor, MAX_CLASSES, MonitorSpec, Reference, Telemetry, VersionMetrics,
@@ -42,6 +48,8 @@ pub struct ServingVersion {
 #[derive(Debug, Clone)]
 pub enum VersionState {
     Loading,
+    /// Loaded; its instances run the warm-up inferences before it takes traffic.
+    WarmingUp,
     Ready(Arc<ServingVersion>),
     Failed(String),
     /// Taken out of service by the repository API; requests in flight on it finish.
@@ -53,6 +61,7 @@ impl VersionState {
     pub fn name(&self) -> &'static str {
         match self {
             VersionState::Loading => "loading",
+            VersionState::WarmingUp => "warming_up",
             VersionState::Ready(_) => "ready",
             VersionState::Failed(_) => "failed",
             VersionState::Unloaded => "unloaded",
@@ -63,6 +72,7 @@ impl VersionState {
     pub fn describe(&self, version: u64) -> String {
         match self {
             VersionState::Loading => format!("version {version} is loading"),
+            VersionState::WarmingUp => format!("version {version} is warming up"),
             VersionState::Failed(reason) => format!("version {version} failed: {reason}"),
             VersionState::Ready(_) => format!("version {version} is ready"),
             VersionState::Unloaded => format!("version {version} is unloaded"),
@@ -76,15 +86,30 @@ pub struct VersionSet {
     pub versions: BTreeMap<u64, VersionState>,
     /// Set when the model as a whole cannot be served (e.g. its model.toml is invalid).
     pub model_error: Option<String>,
+    /// Names of versions (MLflow aliases): alias → version.
+    pub aliases: BTreeMap<String, u64>,
+    /// The version unversioned requests go to; `None`: the highest ready one.
+    pub default_version: Option<u64>,
 }
 
 impl VersionSet {
-    /// The highest ready version, which unversioned requests go to.
-    pub fn latest_ready(&self) -> Option<&Arc<ServingVersion>> {
-        self.versions.values().rev().find_map(|state| match state {
-            VersionState::Ready(v) => Some(v),
-            _ => None,
-        })
+    /// The version unversioned requests go to: the default version, or without one the highest ready version.
+    pub fn default_ready(&self) -> Option<&Arc<ServingVersion>> {
+        fn ready(state: &VersionState) -> Option<&Arc<ServingVersion>> {
+            match state {
+                VersionState::Ready(v) => Some(v),
+                _ => None,
+            }
+        }
+        match self.default_version {
+            Some(version) => self.versions.get(&version).and_then(ready),
+            None => self.versions.values().rev().find_map(ready),
+        }
+    }
+
+    /// The aliases that name `version`.
+    pub fn aliases_of(&self, version: u64) -> Vec<String> {
+        self.aliases.iter().filter(|&(_, &v)| v == version).map(|(alias, _)| alias.clone()).collect()
     }
 
     fn unavailable_reason(&self) -> String {
@@ -100,6 +125,29 @@ impl VersionSet {
 pub struct ModelEntry {
     pub name: String,
     pub versions: ArcSwap<VersionSet>,
+    /// Versions taken out of service whose requests in flight still hold them.
+    draining: Mutex<Vec<(u64, Weak<ServingVersion>)>>,
+}
+
+impl ModelEntry {
+    fn new(name: &str, set: VersionSet) -> ModelEntry {
+        ModelEntry { name: name.to_owned(), versions: ArcSwap::from_pointee(set), draining: Mutex::new(Vec::new()) }
+    }
+
+    /// Records versions taken out of service, forgetting those already freed.
+    fn drain(&self, versions: Vec<(u64, Weak<ServingVersion>)>) {
+        let mut draining = self.draining.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        draining.retain(|(_, v)| v.strong_count() > 0);
+        draining.extend(versions.into_iter().filter(|(_, v)| v.strong_count() > 0));
+    }
+
+    /// (version, requests holding it) of every version still draining. Counting takes no reference, so looking
+    /// never delays the free.
+    pub fn draining(&self) -> Vec<(u64, usize)> {
+        let mut draining = self.draining.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        draining.retain(|(_, v)| v.strong_count() > 0);
+        draining.iter().map(|(version, v)| (*version, v.strong_count())).filter(|&(_, n)| n > 0).collect()
+    }
 }
 
 /// One row of the repository index: a model, or one of its versions, with its state.
@@ -107,9 +155,11 @@ pub struct ModelEntry {
 pub struct IndexEntry {
     pub name: String,
     pub version: Option<u64>,
-    /// Triton's state names: READY, LOADING, UNAVAILABLE.
+    /// Triton's state names: READY, LOADING, UNLOADING (draining), UNAVAILABLE.
     pub state: &'static str,
     pub reason: String,
+    /// The aliases naming this version.
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Error)]
@@ -120,13 +170,19 @@ pub enum LookupError {
     VersionNotFound { model: String, version: String },
     #[error("model '{model}' is not available: {reason}")]
     Unavailable { model: String, reason: String },
+    #[error("model '{model}' follows the MLflow Model Registry: move its aliases in MLflow to change what it serves")]
+    Followed { model: String },
 }
 
 /// name → model, shared by every request.
 #[derive(Debug)]
 pub struct ModelTable {
     models: DashMap<String, Arc<ModelEntry>>,
-    startup_complete: AtomicBool,
+    /// Loaders (the repository's, MLflow's) still doing their first pass.
+    startup_pending: AtomicUsize,
+    /// Models that follow the MLflow Model Registry; the local repository's folders of those names are ignored.
+    followed: HashSet<String>,
+    mlflow_status: ArcSwapOption<MlflowStatus>,
     telemetry: Arc<Telemetry>,
     backends: Arc<Backends>,
     repository: PathBuf,
@@ -138,12 +194,37 @@ impl ModelTable {
     pub fn new(telemetry: Arc<Telemetry>, backends: Arc<Backends>, repository: PathBuf) -> ModelTable {
         ModelTable {
             models: DashMap::new(),
-            startup_complete: AtomicBool::new(false),
+            startup_pending: AtomicUsize::new(1),
+            followed: HashSet::new(),
+            mlflow_status: ArcSwapOption::empty(),
             telemetry,
             backends,
             repository,
             control: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// These models follow the MLflow Model Registry (see [`ModelTable::follow_mlflow`]), whose first pass also
+    /// holds readiness back.
+    pub fn with_mlflow_models(mut self, names: impl IntoIterator<Item = String>) -> ModelTable {
+        self.followed.extend(names);
+        if !self.followed.is_empty() {
+            self.startup_pending.fetch_add(1, Ordering::AcqRel);
+        }
+        self
+    }
+
+    fn is_followed(&self, name: &str) -> bool {
+        self.followed.contains(name)
+    }
+
+    fn startup_done(&self) {
+        let _ = self.startup_pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// What the MLflow follower last saw; `None` without MLflow.
+    pub fn mlflow_status(&self) -> Option<Arc<MlflowStatus>> {
+        self.mlflow_status.load_full()
     }
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {
@@ -165,7 +246,7 @@ impl ModelTable {
 
     /// True once every model the repository asked for at start has been loaded or has failed.
     pub fn is_ready(&self) -> bool {
-        self.startup_complete.load(Ordering::Acquire)
+        self.startup_pending.load(Ordering::Acquire) == 0
     }
 
     pub fn model_names(&self) -> Vec<String> {
@@ -181,7 +262,7 @@ impl ModelTable {
             .ok_or_else(|| LookupError::ModelNotFound { model: model.to_owned() })
     }
 
-    /// The version a request goes to: the one named, or the highest ready one.
+    /// The version a request goes to: the one named (by number or alias), or the default one.
     pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<ServingVersion>, LookupError> {
         let entry = self.entry(model)?;
         let set = entry.versions.load();
@@ -190,10 +271,13 @@ impl ModelTable {
             return Err(unavailable(error.clone()));
         }
         match version {
-            None => set.latest_ready().cloned().ok_or_else(|| unavailable(set.unavailable_reason())),
+            None => set.default_ready().cloned().ok_or_else(|| unavailable(set.unavailable_reason())),
             Some(text) => {
                 let not_found = || LookupError::VersionNotFound { model: model.to_owned(), version: text.to_owned() };
-                let number: u64 = text.parse().map_err(|_| not_found())?;
+                let number: u64 = match text.parse() {
+                    Ok(number) => number,
+                    Err(_) => *set.aliases.get(text).ok_or_else(not_found)?,
+                };
                 match set.versions.get(&number).ok_or_else(not_found)? {
                     VersionState::Ready(v) => Ok(Arc::clone(v)),
                     state => Err(unavailable(state.describe(number))),
@@ -203,7 +287,7 @@ impl ModelTable {
     }
 
     /// Loads every model of a local repository folder. Broken models and versions are logged and recorded with
-    /// their reason; the others serve regardless. Marks the table ready when done.
+    /// their reason; the others serve regardless. Every model is listed (as loading) before the first one loads.
     pub async fn load_local_repository(self: &Arc<Self>) {
         let root = self.repository.clone();
         let listings = match tokio::task::spawn_blocking(move || repository::local::scan(&root)).await {
@@ -217,71 +301,88 @@ impl ModelTable {
                 Vec::new()
             }
         };
-        let mut to_load = Vec::new();
-        for listing in listings {
+        let listings: Vec<ModelListing> = listings.into_iter().filter(|l| !self.is_followed(&l.name)).collect();
+        for listing in &listings {
             let mut set = VersionSet::default();
-            match listing.versions {
-                Err(e) => {
-                    tracing::error!(model = %listing.name, error = %e, "model cannot be served");
-                    set.model_error = Some(e.to_string());
-                }
-                Ok(versions) => {
-                    for v in versions {
-                        let state = match v.spec {
-                            Ok(spec) => {
-                                to_load.push(spec);
-                                self.telemetry.set_version_state(&listing.name, v.version, "loading");
-                                VersionState::Loading
-                            }
-                            Err(e) => {
-                                tracing::error!(model = %listing.name, version = v.version, error = %e, "version cannot be served");
-                                self.telemetry.set_version_state(&listing.name, v.version, "failed");
-                                VersionState::Failed(e.to_string())
-                            }
-                        };
-                        set.versions.insert(v.version, state);
-                    }
+            if let Ok(versions) = &listing.versions {
+                for v in versions {
+                    set.versions.insert(v.version, VersionState::Loading);
+                    self.telemetry.set_version_state(&listing.name, v.version, "loading");
                 }
             }
-            let entry = ModelEntry { name: listing.name.clone(), versions: ArcSwap::from_pointee(set) };
-            self.models.insert(listing.name, Arc::new(entry));
+            self.models.insert(listing.name.clone(), Arc::new(ModelEntry::new(&listing.name, set)));
         }
-        for spec in to_load {
-            let (name, version) = (spec.name.clone(), spec.version);
-            let state = self.load_spec(spec).await;
-            self.set_version_state(&name, version, state);
+        for listing in listings {
+            let _control = self.control.lock().await;
+            self.apply_listing(listing, true).await;
         }
-        self.startup_complete.store(true, Ordering::Release);
+        self.startup_done();
         tracing::info!(models = self.models.len(), "model repository loaded");
     }
 
-    /// Brings one model in line with the repository folder: every version its policy selects is loaded (with
-    /// `reload`, even those already serving the same file), then the new set of versions replaces the old one in
-    /// one store. A version whose new copy fails to load keeps serving the copy it had; versions no longer selected
-    /// or whose folder is gone stop taking requests and are freed once their requests in flight are answered. A
-    /// model whose folder is gone is unloaded.
+    /// Brings one model in line with the repository folder (see [`ModelTable::apply_listing`]); with `reload`,
+    /// even versions already serving the same file are loaded afresh. A model whose folder is gone is unloaded.
     pub async fn sync_model(&self, name: &str, reload: bool) -> Result<(), LookupError> {
+        if self.is_followed(name) {
+            return Err(LookupError::Followed { model: name.to_owned() });
+        }
         let _control = self.control.lock().await;
         let (root, model) = (self.repository.clone(), name.to_owned());
         let listing =
             tokio::task::spawn_blocking(move || repository::local::scan_one(&root, &model)).await.ok().flatten();
-        let previous = self.models.get(name).map(|entry| entry.versions.load_full());
-        let Some(listing) = listing else {
-            return match previous {
-                Some(_) => self.unload_locked(name),
-                None => Err(LookupError::ModelNotFound { model: name.to_owned() }),
-            };
+        match listing {
+            Some(listing) => {
+                self.apply_listing(listing, reload).await;
+                Ok(())
+            }
+            None if self.models.contains_key(name) => self.unload_locked(name),
+            None => Err(LookupError::ModelNotFound { model: name.to_owned() }),
+        }
+    }
+
+    /// Makes a source's listing of one model what is served: every listed version is loaded (with `reload`, even
+    /// those already serving the same file), then the new set of versions replaces the old one in one store. A
+    /// version whose new copy fails to load keeps serving the copy it had; versions no longer listed stop taking
+    /// requests and drain (they are freed once their requests in flight are answered). A broken version never
+    /// replaces a working one: when the version that would answer unversioned requests does not serve, the one
+    /// that answered them before keeps doing so. The caller holds `control`.
+    async fn apply_listing(&self, listing: ModelListing, reload: bool) {
+        let name = listing.name.as_str();
+        let entry = self.models.get(name).map(|e| Arc::clone(e.value()));
+        let previous = entry.as_ref().map(|entry| entry.versions.load_full());
+        let entry = match entry {
+            Some(entry) => entry,
+            None => {
+                let entry = Arc::new(ModelEntry::new(name, VersionSet::default()));
+                self.models.insert(name.to_owned(), Arc::clone(&entry));
+                entry
+            }
         };
-        let mut set = VersionSet::default();
+        let serving_before = |version: u64| {
+            previous.as_ref().and_then(|set| match set.versions.get(&version) {
+                Some(VersionState::Ready(serving)) => Some(Arc::clone(serving)),
+                _ => None,
+            })
+        };
+        let mut set =
+            VersionSet { aliases: listing.aliases, default_version: listing.default_version, ..Default::default() };
         match listing.versions {
             Err(e) => set.model_error = Some(e.to_string()),
             Ok(versions) => {
+                let mut to_load = Vec::new();
                 for v in versions {
-                    let current = previous.as_ref().and_then(|set| match set.versions.get(&v.version) {
-                        Some(VersionState::Ready(serving)) => Some(Arc::clone(serving)),
-                        _ => None,
-                    });
-                    let state = match v.spec {
+                    let current = serving_before(v.version);
+                    match v.spec {
+                        Err(e) => {
+                            let state = match current {
+                                Some(serving) => {
+                                    tracing::warn!(model = name, version = v.version, error = %e, "the version's new copy is unusable; the loaded copy keeps serving");
+                                    VersionState::Ready(serving)
+                                }
+                                None => VersionState::Failed(e.to_string()),
+                            };
+                            set.versions.insert(v.version, state);
+                        }
                         Ok(spec) => match current {
                             Some(serving)
                                 if !reload
@@ -289,65 +390,77 @@ impl ModelTable {
                                     && serving.stamp == FileStamp::of(&spec.model_path)
                                     && same_serving_config(&serving.model_config, &spec.config) =>
                             {
-                                VersionState::Ready(serving)
+                                set.versions.insert(v.version, VersionState::Ready(serving));
                             }
-                            _ => {
-                                self.telemetry.set_version_state(name, v.version, "loading");
-                                match (self.load_spec(spec).await, current) {
-                                    (VersionState::Failed(reason), Some(serving)) => {
-                                        tracing::warn!(model = name, version = v.version, %reason, "the new copy failed to load; the loaded copy keeps serving");
-                                        VersionState::Ready(serving)
-                                    }
-                                    (state, _) => state,
-                                }
-                            }
+                            current => to_load.push((spec, current)),
                         },
-                        Err(e) => VersionState::Failed(e.to_string()),
+                    }
+                }
+                // What is about to load shows as loading (a copy that serves keeps serving meanwhile).
+                let loading: Vec<u64> =
+                    to_load.iter().filter(|(_, current)| current.is_none()).map(|(spec, _)| spec.version).collect();
+                publish_states(&entry, &self.telemetry, &loading, &VersionState::Loading);
+                for (spec, current) in to_load {
+                    let version = spec.version;
+                    let state = match (self.load_spec(spec, Arc::clone(&entry)).await, current) {
+                        (VersionState::Failed(reason), Some(serving)) => {
+                            tracing::warn!(model = name, version, %reason, "the new copy failed to load; the loaded copy keeps serving");
+                            VersionState::Ready(serving)
+                        }
+                        (state, _) => state,
                     };
-                    set.versions.insert(v.version, state);
+                    set.versions.insert(version, state);
                 }
             }
         }
         if let (Some(error), Some(previous)) = (&set.model_error, &previous)
-            && previous.latest_ready().is_some()
+            && previous.default_ready().is_some()
         {
-            tracing::warn!(model = name, %error, "the model's new configuration is invalid; the loaded versions keep serving");
-            return Ok(());
+            tracing::warn!(model = name, %error, "the model's new listing is unusable; the loaded versions keep serving");
+            return;
         }
-        // A broken version never replaces a working one: when none of the selected versions serves, the versions
-        // that served before keep serving next to the failed ones.
-        if set.latest_ready().is_none()
-            && let Some(previous) = &previous
+        // The version unversioned requests went to keeps answering them when the new one does not serve.
+        if let Some(previous) = &previous
+            && let Some(before) = previous.default_ready()
         {
-            for (&version, state) in &previous.versions {
-                if let VersionState::Ready(serving) = state
-                    && !set.versions.contains_key(&version)
-                {
-                    tracing::warn!(model = name, version, "no selected version serves; this one keeps serving");
-                    set.versions.insert(version, VersionState::Ready(Arc::clone(serving)));
+            let new_default_serves = match set.default_version {
+                Some(v) => matches!(set.versions.get(&v), Some(VersionState::Ready(_))),
+                None => set.default_ready().is_some(),
+            };
+            if !new_default_serves {
+                tracing::warn!(
+                    model = name,
+                    version = before.version,
+                    "the version that should answer unversioned requests does not serve; this one keeps answering them"
+                );
+                if !matches!(set.versions.get(&before.version), Some(VersionState::Ready(_))) {
+                    set.versions.insert(before.version, VersionState::Ready(Arc::clone(before)));
                 }
+                set.default_version = Some(before.version);
             }
         }
         if let Some(previous) = &previous {
+            let mut draining = Vec::new();
             for (&version, state) in &previous.versions {
-                if !set.versions.contains_key(&version) && matches!(state, VersionState::Ready(_)) {
-                    tracing::info!(model = name, version, "version no longer selected; draining");
-                    self.telemetry.set_version_state(name, version, "unloaded");
+                if matches!(state, VersionState::Unloaded) {
+                    set.versions.entry(version).or_insert(VersionState::Unloaded);
+                }
+                let VersionState::Ready(old) = state else { continue };
+                let kept =
+                    matches!(set.versions.get(&version), Some(VersionState::Ready(new)) if Arc::ptr_eq(new, old));
+                if !kept {
+                    tracing::info!(model = name, version, "version taken out of service; draining");
+                    draining.push((version, Arc::downgrade(old)));
+                    set.versions.entry(version).or_insert(VersionState::Unloaded);
                 }
             }
+            entry.drain(draining);
         }
         for (&version, state) in &set.versions {
             self.telemetry.set_version_state(name, version, state.name());
         }
-        match self.models.get(name) {
-            Some(entry) => entry.versions.store(Arc::new(set)),
-            None => {
-                let entry = ModelEntry { name: name.to_owned(), versions: ArcSwap::from_pointee(set) };
-                self.models.insert(name.to_owned(), Arc::new(entry));
-            }
-        }
-        tracing::info!(model = name, "model synchronised with the repository");
-        Ok(())
+        entry.versions.store(Arc::new(set));
+        tracing::info!(model = name, "model versions updated");
     }
 
     /// Loads (or reloads) a model from the repository folder, every version afresh.
@@ -411,10 +524,15 @@ impl ModelTable {
     pub async fn fingerprints(&self) -> HashMap<String, ModelFingerprint> {
         let root = self.repository.clone();
         let known = self.model_names();
+        let followed = self.followed.clone();
         tokio::task::spawn_blocking(move || {
             let mut names = repository::local::model_names(&root).unwrap_or_default();
             names.extend(known);
-            names.into_iter().map(|name| (name.clone(), ModelFingerprint::of(&root, &name))).collect()
+            names
+                .into_iter()
+                .filter(|name| !followed.contains(name))
+                .map(|name| (name.clone(), ModelFingerprint::of(&root, &name)))
+                .collect()
         })
         .await
         .unwrap_or_default()
@@ -422,6 +540,9 @@ impl ModelTable {
 
     /// Takes every version of a model out of service. Requests in flight finish on the version they started on.
     pub async fn unload_model(&self, name: &str) -> Result<(), LookupError> {
+        if self.is_followed(name) {
+            return Err(LookupError::Followed { model: name.to_owned() });
+        }
         let _control = self.control.lock().await;
         self.unload_locked(name)
     }
@@ -429,54 +550,77 @@ impl ModelTable {
     fn unload_locked(&self, name: &str) -> Result<(), LookupError> {
         let entry = self.entry(name)?;
         let mut set = VersionSet::clone(&entry.versions.load());
+        let mut draining = Vec::new();
         for (&version, state) in set.versions.iter_mut() {
+            if let VersionState::Ready(serving) = state {
+                draining.push((version, Arc::downgrade(serving)));
+            }
             *state = VersionState::Unloaded;
             self.telemetry.set_version_state(name, version, "unloaded");
         }
         set.model_error = None;
         entry.versions.store(Arc::new(set));
+        entry.drain(draining);
         tracing::info!(model = name, "model unloaded");
         Ok(())
     }
 
-    /// Every model of the repository folder and of the table, with each version's state and reason.
+    /// Every model of the repository folder and of the table, with each version's state and reason; versions
+    /// taken out of service whose requests are still in flight are listed as UNLOADING.
     pub fn index(&self) -> Vec<IndexEntry> {
         let mut names = repository::local::model_names(&self.repository).unwrap_or_default();
+        names.retain(|name| !self.is_followed(name));
         names.extend(self.model_names());
         names.sort();
         names.dedup();
         let mut index = Vec::new();
         for name in names {
+            let row = |version, state, reason: String, aliases| IndexEntry {
+                name: name.clone(),
+                version,
+                state,
+                reason,
+                aliases,
+            };
             let Ok(entry) = self.entry(&name) else {
-                index.push(IndexEntry { name, version: None, state: "UNAVAILABLE", reason: "not loaded".to_owned() });
+                index.push(row(None, "UNAVAILABLE", "not loaded".to_owned(), Vec::new()));
                 continue;
             };
             let set = entry.versions.load();
             if let Some(error) = &set.model_error {
-                index.push(IndexEntry {
-                    name: name.clone(),
-                    version: None,
-                    state: "UNAVAILABLE",
-                    reason: error.clone(),
-                });
+                index.push(row(None, "UNAVAILABLE", error.clone(), Vec::new()));
             }
+            let draining = entry.draining();
             for (&version, state) in &set.versions {
                 let (state, reason) = match state {
                     VersionState::Ready(_) => ("READY", String::new()),
                     VersionState::Loading => ("LOADING", String::new()),
+                    VersionState::WarmingUp => ("LOADING", "warming up".to_owned()),
                     VersionState::Failed(reason) => ("UNAVAILABLE", reason.clone()),
+                    // Its draining copy gets its own row below.
+                    VersionState::Unloaded if draining.iter().any(|&(v, _)| v == version) => continue,
                     VersionState::Unloaded => ("UNAVAILABLE", "unloaded".to_owned()),
                 };
-                index.push(IndexEntry { name: name.clone(), version: Some(version), state, reason });
+                index.push(row(Some(version), state, reason, set.aliases_of(version)));
+            }
+            for (version, holders) in draining {
+                let reason = format!("draining: {holders} request(s) in flight");
+                index.push(row(Some(version), "UNLOADING", reason, Vec::new()));
             }
         }
         index
     }
 
-    async fn load_spec(&self, spec: ModelSpec) -> VersionState {
+    /// Loads one version of `entry`'s model, showing it as warming up in the entry while its instances warm up
+    /// (unless a copy of it serves meanwhile).
+    async fn load_spec(&self, spec: ModelSpec, entry: Arc<ModelEntry>) -> VersionState {
         let (name, version) = (spec.name.clone(), spec.version);
         let (telemetry, backends) = (Arc::clone(&self.telemetry), Arc::clone(&self.backends));
-        match tokio::task::spawn_blocking(move || load_version(&spec, &backends, &telemetry)).await {
+        let warming = {
+            let telemetry = Arc::clone(&telemetry);
+            move || publish_states(&entry, &telemetry, &[version], &VersionState::WarmingUp)
+        };
+        match tokio::task::spawn_blocking(move || load_version(&spec, &backends, &telemetry, &warming)).await {
             Ok(Ok(serving)) => VersionState::Ready(Arc::new(serving)),
             Ok(Err(e)) => {
                 tracing::error!(model = %name, version, error = %e, "version failed to load");
@@ -496,31 +640,53 @@ impl ModelTable {
                 tracing::error!(model = %name, error = %e, "cannot load the model named by --load-model");
             }
         }
-        self.startup_complete.store(true, Ordering::Release);
+        self.startup_done();
         tracing::info!(models = self.models.len(), "named models loaded");
-    }
-
-    fn set_version_state(&self, model: &str, version: u64, state: VersionState) {
-        self.telemetry.set_version_state(model, version, state.name());
-        if let Some(entry) = self.models.get(model) {
-            entry.versions.rcu(|set| {
-                let mut next = VersionSet::clone(set);
-                next.versions.insert(version, state.clone());
-                next
-            });
-        }
     }
 }
 
-/// Loads, checks and starts one version; blocking, run off the async workers.
-fn load_version(spec: &ModelSpec, backends: &Backends, telemetry: &Telemetry) -> Result<ServingVersion, BackendError> {
+/// Shows `versions` of `entry` in `state` (loading, warming up) in the live set and the metrics, except those
+/// that serve now: a copy being replaced keeps serving until the new one is ready.
+fn publish_states(entry: &ModelEntry, telemetry: &Telemetry, versions: &[u64], state: &VersionState) {
+    if versions.is_empty() {
+        return;
+    }
+    let serves = |set: &VersionSet, version: u64| matches!(set.versions.get(&version), Some(VersionState::Ready(_)));
+    entry.versions.rcu(|set| {
+        let mut next = VersionSet::clone(set);
+        for &version in versions {
+            if !serves(set, version) {
+                next.versions.insert(version, state.clone());
+            }
+        }
+        next
+    });
+    let set = entry.versions.load();
+    for &version in versions.iter().filter(|&&v| !serves(&set, v)) {
+        telemetry.set_version_state(&entry.name, version, state.name());
+    }
+}
+
+/// Loads, checks and starts one version; blocking, run off the async workers. `warming` is called once the
+/// backend has loaded, before the instances run their warm-up inferences.
+fn load_version(
+    spec: &ModelSpec,
+    backends: &Backends,
+    telemetry: &Telemetry,
+    warming: &dyn Fn(),
+) -> Result<ServingVersion, BackendError> {
     let started = Instant::now();
     let stamp = FileStamp::of(&spec.model_path);
     repository::local::verify_checksum(&spec.model_path)
         .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
     let backend = backends.load(&spec.model_path, &spec.config)?;
     let config = &spec.config;
-    check_batchable(backend.signature(), config.max_batch_size)
+    let checked = match &spec.declared {
+        Some(declared) => check_declared(declared, backend.signature()),
+        None => Ok(()),
+    };
+    checked
+        .and_then(|()| check_batchable(backend.signature(), config.max_batch_size))
         .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
     let label = format!("{}-{}", spec.name, spec.version);
     let monitors = monitor_plan(backend.signature(), &config.monitoring)
@@ -530,6 +696,9 @@ fn load_version(spec: &ModelSpec, backends: &Backends, telemetry: &Telemetry) ->
     let metrics = telemetry.version(&spec.name, spec.version, &monitors, drift);
     let scheduling = scheduler_config(config, backend.signature())
         .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
+    if scheduling.warmup.is_some() {
+        warming();
+    }
     let scheduler = Scheduler::start(&label, Arc::clone(&backend), scheduling, metrics.clone())?;
     telemetry.set_load_duration(&spec.name, spec.version, started.elapsed());
     tracing::info!(
@@ -551,6 +720,39 @@ fn load_version(spec: &ModelSpec, backends: &Backends, telemetry: &Telemetry) ->
         scheduler,
         metrics,
     })
+}
+
+/// Checks the signature a source declares (MLflow's `MLmodel`) against the graph's: every declared tensor must
+/// exist (by name, or by position when unnamed) with the same datatype and rank, and equal fixed dimensions.
+fn check_declared(declared: &DeclaredSignature, signature: &Signature) -> Result<(), String> {
+    let sides = [("input", &declared.inputs, &signature.inputs), ("output", &declared.outputs, &signature.outputs)];
+    for (side, declared, actual) in sides {
+        for (position, tensor) in declared.iter().enumerate() {
+            let label = tensor.name.clone().unwrap_or_else(|| format!("#{position}"));
+            let found = match &tensor.name {
+                Some(name) => actual.iter().find(|spec| &spec.name == name),
+                None => actual.get(position),
+            };
+            let Some(spec) = found else {
+                let names: Vec<&str> = actual.iter().map(|spec| spec.name.as_str()).collect();
+                return Err(format!(
+                    "the MLmodel signature declares {side} '{label}', which the ONNX graph does not have (its                      {side}s: {})",
+                    names.join(", ")
+                ));
+            };
+            let dims_agree = tensor.shape.len() == spec.shape.len()
+                && tensor.shape.iter().zip(&spec.shape).all(|(&d, &a)| d < 0 || a < 0 || d == a);
+            if tensor.datatype != spec.datatype || !dims_agree {
+                return Err(format!(
+                    "the MLmodel signature declares {side} '{label}' as {} {:?}, but the ONNX graph has {}",
+                    tensor.datatype.as_str(),
+                    tensor.shape,
+                    spec.describe()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Batching stacks requests along dimension 0 and splits outputs back by rows, so every input and output must

@@ -103,7 +103,7 @@ pub fn scan(root: &Path) -> Result<Vec<ModelListing>, RepositoryError> {
         .into_iter()
         .map(|name| {
             let versions = scan_model(&root.join(&name), &name);
-            ModelListing { name, versions }
+            ModelListing::plain(name, versions)
         })
         .collect())
 }
@@ -113,7 +113,7 @@ pub fn scan_one(root: &Path, name: &str) -> Option<ModelListing> {
     if !is_valid_model_name(name) || !root.join(name).is_dir() {
         return None;
     }
-    Some(ModelListing { name: name.to_owned(), versions: scan_model(&root.join(name), name) })
+    Some(ModelListing::plain(name.to_owned(), scan_model(&root.join(name), name)))
 }
 
 /// The names of the model folders of a repository, sorted.
@@ -146,7 +146,13 @@ fn scan_model(dir: &Path, name: &str) -> Result<Vec<VersionListing>, RepositoryE
         .map(|version| {
             let model_path = dir.join(version.to_string()).join(MODEL_FILE);
             let spec = if model_path.is_file() {
-                Ok(ModelSpec { name: name.to_owned(), version, model_path, config: Arc::clone(&config) })
+                Ok(ModelSpec {
+                    name: name.to_owned(),
+                    version,
+                    model_path,
+                    config: Arc::clone(&config),
+                    declared: None,
+                })
             } else {
                 Err(RepositoryError::MissingModelFile { path: model_path })
             };

@@ -2,8 +2,10 @@
 //! model came from.
 
 pub mod local;
+pub mod mlflow;
 mod model_config;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,6 +23,23 @@ pub struct ModelSpec {
     pub version: u64,
     pub model_path: PathBuf,
     pub config: Arc<ModelConfig>,
+    /// The signature the source declares (MLflow's `MLmodel`), checked against the graph at load.
+    pub declared: Option<Arc<DeclaredSignature>>,
+}
+
+/// A signature as a source declares it, to be checked against the model's graph.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeclaredSignature {
+    pub inputs: Vec<DeclaredTensor>,
+    pub outputs: Vec<DeclaredTensor>,
+}
+
+/// One declared tensor; an unnamed one is matched by position, a -1 dimension by anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredTensor {
+    pub name: Option<String>,
+    pub datatype: crate::tensor::DataType,
+    pub shape: Vec<i64>,
 }
 
 /// What a source found for one model: the versions its policy selects, or why the model cannot be served.
@@ -28,6 +47,17 @@ pub struct ModelSpec {
 pub struct ModelListing {
     pub name: String,
     pub versions: Result<Vec<VersionListing>, RepositoryError>,
+    /// Names the source gives versions (MLflow aliases), alias → version.
+    pub aliases: BTreeMap<String, u64>,
+    /// The version requests that name none go to; `None`: the highest ready one.
+    pub default_version: Option<u64>,
+}
+
+impl ModelListing {
+    /// A listing without aliases, whose unversioned requests go to the highest ready version.
+    pub fn plain(name: String, versions: Result<Vec<VersionListing>, RepositoryError>) -> ModelListing {
+        ModelListing { name, versions, aliases: BTreeMap::new(), default_version: None }
+    }
 }
 
 /// One selected version: ready to load, or refused with a reason (e.g. the folder lacks its model file).
@@ -49,6 +79,8 @@ pub enum RepositoryError {
     MissingVersion { version: u64, path: PathBuf },
     #[error("{path} is missing: a version folder must hold model.onnx")]
     MissingModelFile { path: PathBuf },
+    #[error("{0}")]
+    Source(String),
 }
 
 /// Model names travel in URLs and metric labels: letters, digits, '_', '-' and '.', not starting with '.'.

@@ -227,7 +227,7 @@ impl ModelConfig {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), String> {
         match &self.version_policy {
             VersionPolicy::Latest(0) => return Err("version_policy latest must be at least 1".to_owned()),
             VersionPolicy::Specific(v) if v.is_empty() => {

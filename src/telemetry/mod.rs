@@ -38,7 +38,7 @@ pub const WINDOW_PERCENTILES: [(&str, f64); 3] = [("50", 0.5), ("90", 0.9), ("99
 /// Buckets of score histograms when `model.toml` gives none: scores in [0, 1], such as probabilities.
 pub const DEFAULT_SCORE_BUCKETS: [f64; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 /// The version states published by `infergate_model_version_state`.
-pub const VERSION_STATES: [&str; 3] = ["loading", "ready", "failed"];
+pub const VERSION_STATES: [&str; 4] = ["loading", "warming_up", "ready", "failed"];
 
 /// The registry and every metric family of the server.
 #[derive(Debug)]
@@ -58,6 +58,9 @@ pub struct Telemetry {
     predictions: IntCounterVec,
     prediction_drift: GaugeVec,
     feature_drift: GaugeVec,
+    mlflow_up: IntGaugeVec,
+    mlflow_errors: IntCounterVec,
+    mlflow_alias: IntGaugeVec,
     window: Duration,
     process: process::ProcessMetrics,
 }
@@ -177,6 +180,22 @@ impl Telemetry {
                 "Population stability index of an input column's live distribution against reference.json.",
                 &["model", "version", "input", "feature"],
             ),
+            // Without labels they show nothing until MLflow is followed.
+            mlflow_up: gauge(
+                "infergate_mlflow_up",
+                "1 when the MLflow tracking server answered the last look, else 0.",
+                &[],
+            ),
+            mlflow_errors: counter(
+                "infergate_mlflow_errors_total",
+                "Looks at the MLflow Model Registry that failed (MLflow unreachable, a model it could not follow).",
+                &[],
+            ),
+            mlflow_alias: gauge(
+                "infergate_mlflow_alias_version",
+                "The version each followed MLflow alias points at, as last resolved.",
+                &["model", "alias"],
+            ),
             window,
             process: process::ProcessMetrics::new(&registry),
             registry,
@@ -237,6 +256,18 @@ impl Telemetry {
         for known in VERSION_STATES {
             self.version_state.with_label_values(&[model, &version, known]).set(i64::from(known == state));
         }
+    }
+
+    pub fn set_mlflow_up(&self, up: bool) {
+        self.mlflow_up.with_label_values::<&str>(&[]).set(i64::from(up));
+    }
+
+    pub fn count_mlflow_error(&self) {
+        self.mlflow_errors.with_label_values::<&str>(&[]).inc();
+    }
+
+    pub fn set_mlflow_alias(&self, model: &str, alias: &str, version: u64) {
+        self.mlflow_alias.with_label_values(&[model, alias]).set(i64::try_from(version).unwrap_or(i64::MAX));
     }
 
     pub fn set_load_duration(&self, model: &str, version: u64, took: Duration) {

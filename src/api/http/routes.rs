@@ -26,10 +26,16 @@ struct AppState {
     table: Arc<ModelTable>,
     max_request_bytes: usize,
     control: api::ModelControl,
+    hook: api::MlflowHook,
 }
 
 /// The REST API over a model table, refusing bodies over `max_request_bytes` with 413.
-pub fn router(table: Arc<ModelTable>, max_request_bytes: usize, control: api::ModelControl) -> Router {
+pub fn router(
+    table: Arc<ModelTable>,
+    max_request_bytes: usize,
+    control: api::ModelControl,
+    hook: api::MlflowHook,
+) -> Router {
     Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -48,10 +54,11 @@ pub fn router(table: Arc<ModelTable>, max_request_bytes: usize, control: api::Mo
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(load_model))
         .route("/v2/repository/models/{model}/unload", post(unload_model))
+        .route("/v2/mlflow/webhook", post(mlflow_webhook))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_request_bytes))
-        .with_state(AppState { table, max_request_bytes, control })
+        .with_state(AppState { table, max_request_bytes, control, hook })
 }
 
 /// `GET /metrics` on the metrics port, for Prometheus.
@@ -76,6 +83,14 @@ struct Ready {
     ready: bool,
 }
 
+/// The server's readiness with the detail of its model sources.
+#[derive(Serialize)]
+struct ServerReady {
+    ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mlflow: Option<crate::lifecycle::MlflowStatus>,
+}
+
 async fn live() -> Response {
     json_body(&Live { live: true })
 }
@@ -83,7 +98,8 @@ async fn live() -> Response {
 async fn ready(State(state): State<AppState>) -> Response {
     let ready = state.table.is_ready();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, json_body(&Ready { ready })).into_response()
+    (status, json_body(&ServerReady { ready, mlflow: state.table.mlflow_status().map(|status| (*status).clone()) }))
+        .into_response()
 }
 
 async fn server_metadata() -> Response {
@@ -175,6 +191,19 @@ async fn unload_model(
 ) -> Result<Response, ApiError> {
     api::unload_model(&state.table, &state.control, authorization(&headers), &model).await?;
     Ok(StatusCode::OK.into_response())
+}
+
+/// `POST /v2/mlflow/webhook`: an MLflow webhook delivery (see `api::MlflowHook`).
+async fn mlflow_webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    use crate::repository::mlflow::{WEBHOOK_DELIVERY_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER};
+    let delivery = state.hook.deliver(
+        header(WEBHOOK_DELIVERY_HEADER),
+        header(WEBHOOK_TIMESTAMP_HEADER),
+        header(WEBHOOK_SIGNATURE_HEADER),
+        &body,
+    )?;
+    Ok(json_body(&delivery))
 }
 
 /// Header a caller may set to bound how long it waits, in milliseconds (like the `timeout` parameter).
