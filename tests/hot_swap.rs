@@ -284,9 +284,9 @@ async fn the_index_shows_every_state_of_a_swap() {
 
     let seen = seen.lock().unwrap().clone();
     let position = |version: &str, state: &str, reason: &dyn Fn(&str) -> bool| {
-        seen.iter().position(|(v, s, r)| v == version && s == state && reason(r)).unwrap_or_else(|| {
-            panic!("version {version} never showed {state}; the index showed {seen:?}")
-        })
+        seen.iter()
+            .position(|(v, s, r)| v == version && s == state && reason(r))
+            .unwrap_or_else(|| panic!("version {version} never showed {state}; the index showed {seen:?}"))
     };
     let loading = position("2", "LOADING", &|r| r.is_empty());
     let warming = position("2", "LOADING", &|r| r == "warming up");

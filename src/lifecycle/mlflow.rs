@@ -18,6 +18,8 @@ use crate::repository::{ModelListing, ModelSpec, RepositoryError, VersionListing
 
 /// Longest wait between two tries while MLflow is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest wait before a failed download is tried again.
+const DOWNLOAD_RETRY: Duration = Duration::from_secs(5);
 
 /// What the follower needs.
 #[derive(Debug)]
@@ -78,9 +80,11 @@ impl ModelTable {
         loop {
             let mut outage = None;
             let mut model_error = None;
+            let mut incomplete = false;
             for model in follower.models.iter().filter(|m| only.as_ref().is_none_or(|name| *name == m.registered)) {
                 match self.follow_one(&follower, model, &mut applied).await {
-                    Ok(resolved) => {
+                    Ok((resolved, complete)) => {
+                        incomplete |= !complete;
                         status.aliases.insert(model.serve_as.clone(), resolved);
                     }
                     Err(e) => {
@@ -109,7 +113,11 @@ impl ModelTable {
             if std::mem::take(&mut first) {
                 self.startup_done();
             }
-            let delay = if status.reachable { follower.poll } else { backoff(status.consecutive_failures) };
+            let delay = match (status.reachable, incomplete) {
+                (false, _) => backoff(status.consecutive_failures),
+                (true, true) => follower.poll.min(DOWNLOAD_RETRY),
+                (true, false) => follower.poll,
+            };
             only = None;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -122,19 +130,20 @@ impl ModelTable {
         }
     }
 
-    /// Resolves one model's aliases and, when they moved, fetches and swaps its versions. Returns alias → version.
+    /// Resolves one model's aliases and, when they moved, fetches and swaps its versions. Returns alias → version,
+    /// and whether every version could be fetched.
     async fn follow_one(
         &self,
         follower: &MlflowFollower,
         model: &MlflowModel,
         applied: &mut HashMap<String, BTreeMap<String, u64>>,
-    ) -> Result<BTreeMap<String, u64>, MlflowError> {
+    ) -> Result<(BTreeMap<String, u64>, bool), MlflowError> {
         let resolved = follower.client.resolve(model).await?;
         for (alias, &version) in &resolved {
             self.telemetry.set_mlflow_alias(&model.serve_as, alias, version);
         }
         if applied.get(&model.serve_as) == Some(&resolved) {
-            return Ok(resolved);
+            return Ok((resolved, true));
         }
         let mut versions: Vec<u64> = resolved.values().copied().collect();
         versions.sort_unstable();
@@ -179,7 +188,7 @@ impl ModelTable {
         if complete {
             applied.insert(model.serve_as.clone(), resolved.clone());
         }
-        Ok(resolved)
+        Ok((resolved, complete))
     }
 
     /// A model that serves nothing says why (MLflow down, registered model missing); one that serves keeps serving.

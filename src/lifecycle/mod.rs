@@ -419,6 +419,23 @@ impl ModelTable {
             tracing::warn!(model = name, %error, "the model's new listing is unusable; the loaded versions keep serving");
             return;
         }
+        // An alias moved to a version that does not serve keeps naming the version it named, while that one serves.
+        if let Some(previous) = &previous {
+            let aliases: Vec<(String, u64)> = set.aliases.iter().map(|(a, &v)| (a.clone(), v)).collect();
+            for (alias, version) in aliases {
+                if matches!(set.versions.get(&version), Some(VersionState::Ready(_))) {
+                    continue;
+                }
+                let Some(&before) = previous.aliases.get(&alias) else { continue };
+                let Some(VersionState::Ready(serving)) = previous.versions.get(&before) else { continue };
+                tracing::warn!(model = name, %alias, version, kept = before, "the alias's new version does not serve; it keeps naming the one it named");
+                set.versions.insert(before, VersionState::Ready(Arc::clone(serving)));
+                set.aliases.insert(alias, before);
+                if set.default_version == Some(version) {
+                    set.default_version = Some(before);
+                }
+            }
+        }
         // The version unversioned requests went to keeps answering them when the new one does not serve.
         if let Some(previous) = &previous
             && let Some(before) = previous.default_ready()

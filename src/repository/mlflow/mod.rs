@@ -500,7 +500,9 @@ async fn reuse_cached(dir: &Path, expected: &CacheRecord) -> Option<Fetched> {
 
 /// Streams a response body to `path`, returning its SHA-256.
 async fn download(mut response: reqwest::Response, path: &Path) -> Result<String, String> {
-    if response.content_length().is_some_and(|len| len > MAX_MODEL_BYTES) {
+    // Read before the body: reqwest's length is what is left of it.
+    let expected = response.content_length();
+    if expected.is_some_and(|len| len > MAX_MODEL_BYTES) {
         return Err(format!("the model file is larger than {MAX_MODEL_BYTES} bytes"));
     }
     let mut file = tokio::fs::File::create(path).await.map_err(|e| format!("cannot create {}: {e}", path.display()))?;
@@ -516,7 +518,7 @@ async fn download(mut response: reqwest::Response, path: &Path) -> Result<String
         hasher.update(&chunk);
         file.write_all(&chunk).await.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    if let Some(expected) = response.content_length()
+    if let Some(expected) = expected
         && expected != written
     {
         return Err(format!("the download ended after {written} of {expected} bytes"));
