@@ -163,7 +163,7 @@ async fn swaps_under_load_fail_no_request() {
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let (status, body) = server.post_json("/v2/models/m/infer", &mlp_request()).await;
-                latencies.push(started.elapsed());
+                latencies.push((started, started.elapsed()));
                 if status == 200 {
                     answered.fetch_add(1, Ordering::Relaxed);
                     versions.insert(body["model_version"].as_str().unwrap().to_owned());
@@ -192,13 +192,25 @@ async fn swaps_under_load_fail_no_request() {
         versions.extend(v);
         latencies.extend(l);
     }
-    latencies.sort();
-    let p99 = latencies[latencies.len() * 99 / 100];
+    // p99 of the requests sent before the swaps (steady) and of those sent while they ran.
+    let p99 = |during: bool| {
+        let mut window: Vec<Duration> = latencies
+            .iter()
+            .filter(|(sent, _)| (*sent >= swaps_started && *sent <= swaps_started + swapping) == during)
+            .filter(|(sent, _)| during || *sent < swaps_started)
+            .map(|&(_, took)| took)
+            .collect();
+        window.sort();
+        (window.len(), window.get(window.len() * 99 / 100).copied().unwrap_or_default())
+    };
+    let ((steady_n, steady_p99), (during_n, during_p99)) = (p99(false), p99(true));
     let total = answered.load(Ordering::Relaxed);
     println!(
-        "swap-under-load: 50 swaps in {swapping:?}, {total} answered ({steady} before the swaps), {} failed, p99 {p99:?}",
+        "swap-under-load: 50 swaps in {swapping:?}, {total} answered, {} failed; steady: {steady_n} requests p99 \
+         {steady_p99:?}; during the swaps: {during_n} requests p99 {during_p99:?}",
         failed.load(Ordering::Relaxed)
     );
+    assert!(steady > 0 && during_n > 0);
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     assert_eq!(versions, ["1".to_owned(), "2".to_owned()].into_iter().collect());
     assert_eq!(serving_version(&server).await.as_deref(), Some("1"));
