@@ -436,7 +436,7 @@ impl Config {
                 )));
             }
         }
-        mlflow::MlflowClient::new(&mlflow.uri, MlflowAuth::None).map_err(ConfigError::Invalid)?;
+        mlflow::check_uri(&mlflow.uri).map_err(ConfigError::Invalid)?;
         if let Some(secret) = &mlflow.webhook_secret
             && secret.0.trim().chars().count() < MIN_ADMIN_TOKEN_CHARS
         {

@@ -305,7 +305,7 @@ impl ModelTable {
         for listing in &listings {
             let mut set = VersionSet::default();
             if let Ok(versions) = &listing.versions {
-                for v in versions {
+                for v in versions.iter().filter(|v| v.spec.is_ok()) {
                     set.versions.insert(v.version, VersionState::Loading);
                     self.telemetry.set_version_state(&listing.name, v.version, "loading");
                 }
@@ -367,20 +367,18 @@ impl ModelTable {
         let mut set =
             VersionSet { aliases: listing.aliases, default_version: listing.default_version, ..Default::default() };
         match listing.versions {
-            Err(e) => set.model_error = Some(e.to_string()),
+            Err(e) => {
+                tracing::error!(model = name, error = %e, "model cannot be served");
+                set.model_error = Some(e.to_string());
+            }
             Ok(versions) => {
                 let mut to_load = Vec::new();
                 for v in versions {
                     let current = serving_before(v.version);
                     match v.spec {
                         Err(e) => {
-                            let state = match current {
-                                Some(serving) => {
-                                    tracing::warn!(model = name, version = v.version, error = %e, "the version's new copy is unusable; the loaded copy keeps serving");
-                                    VersionState::Ready(serving)
-                                }
-                                None => VersionState::Failed(e.to_string()),
-                            };
+                            tracing::error!(model = name, version = v.version, error = %e, "version cannot be served");
+                            let state = keep_serving(name, v.version, VersionState::Failed(e.to_string()), current);
                             set.versions.insert(v.version, state);
                         }
                         Ok(spec) => match current {
@@ -402,13 +400,7 @@ impl ModelTable {
                 publish_states(&entry, &self.telemetry, &loading, &VersionState::Loading);
                 for (spec, current) in to_load {
                     let version = spec.version;
-                    let state = match (self.load_spec(spec, Arc::clone(&entry)).await, current) {
-                        (VersionState::Failed(reason), Some(serving)) => {
-                            tracing::warn!(model = name, version, %reason, "the new copy failed to load; the loaded copy keeps serving");
-                            VersionState::Ready(serving)
-                        }
-                        (state, _) => state,
-                    };
+                    let state = keep_serving(name, version, self.load_spec(spec, Arc::clone(&entry)).await, current);
                     set.versions.insert(version, state);
                 }
             }
@@ -662,6 +654,17 @@ impl ModelTable {
     }
 }
 
+/// A version's new state, unless it failed while a loaded copy of it serves: that copy keeps serving.
+fn keep_serving(model: &str, version: u64, state: VersionState, serving: Option<Arc<ServingVersion>>) -> VersionState {
+    match (state, serving) {
+        (VersionState::Failed(reason), Some(serving)) => {
+            tracing::warn!(model, version, %reason, "the new copy is unusable; the loaded copy keeps serving");
+            VersionState::Ready(serving)
+        }
+        (state, _) => state,
+    }
+}
+
 /// Shows `versions` of `entry` in `state` (loading, warming up) in the live set and the metrics, except those
 /// that serve now: a copy being replaced keeps serving until the new one is ready.
 fn publish_states(entry: &ModelEntry, telemetry: &Telemetry, versions: &[u64], state: &VersionState) {
@@ -753,7 +756,8 @@ fn check_declared(declared: &DeclaredSignature, signature: &Signature) -> Result
             let Some(spec) = found else {
                 let names: Vec<&str> = actual.iter().map(|spec| spec.name.as_str()).collect();
                 return Err(format!(
-                    "the MLmodel signature declares {side} '{label}', which the ONNX graph does not have (its                      {side}s: {})",
+                    "the MLmodel signature declares {side} '{label}', which the ONNX graph does not have (its \
+                     {side}s: {})",
                     names.join(", ")
                 ));
             };

@@ -125,14 +125,7 @@ pub struct MlflowClient {
 
 impl MlflowClient {
     pub fn new(uri: &str, auth: MlflowAuth) -> Result<MlflowClient, String> {
-        let base = reqwest::Url::parse(uri).map_err(|e| format!("--mlflow-uri '{uri}' is not a URL: {e}"))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(format!("--mlflow-uri '{uri}' must be an http:// or https:// URL"));
-        }
-        #[cfg(not(feature = "tls"))]
-        if base.scheme() == "https" {
-            return Err(format!("--mlflow-uri '{uri}' needs HTTPS, and this build has no TLS (cargo feature `tls`)"));
-        }
+        let base = check_uri(uri)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(Duration::from_secs(30))
@@ -308,6 +301,19 @@ impl MlflowClient {
         }
         Ok(response)
     }
+}
+
+/// The tracking server's URL, if this build can reach it: http://, or https:// with the `tls` feature.
+pub fn check_uri(uri: &str) -> Result<reqwest::Url, String> {
+    let base = reqwest::Url::parse(uri).map_err(|e| format!("--mlflow-uri '{uri}' is not a URL: {e}"))?;
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(format!("--mlflow-uri '{uri}' must be an http:// or https:// URL"));
+    }
+    #[cfg(not(feature = "tls"))]
+    if base.scheme() == "https" {
+        return Err(format!("--mlflow-uri '{uri}' needs HTTPS, and this build has no TLS (cargo feature `tls`)"));
+    }
+    Ok(base)
 }
 
 fn refused(what: &str, status: reqwest::StatusCode, body: &str) -> MlflowError {
