@@ -19,7 +19,7 @@ use thiserror::Error;
 
 pub use signature::{Signature, TensorSpec};
 
-use crate::repository::{BackendChoice, ModelConfig};
+use crate::repository::{BackendChoice, CudaConfig, ModelConfig};
 use crate::tensor::Tensor;
 
 /// One loaded, optimised model version, shared by its instance threads.
@@ -142,7 +142,7 @@ impl Backends {
         let options = onnxruntime::SessionOptions {
             device: config.device,
             intra_op_threads: config.intra_op_threads,
-            cuda: config.cuda.unwrap_or_default(),
+            cuda: CudaConfig { cudnn_conv_algo_search: Some(config.conv_search()), ..config.cuda.unwrap_or_default() },
         };
         Ok(match (config.backend, &self.ort) {
             (BackendChoice::Tract, _) | (BackendChoice::Auto, Err(_)) => {

@@ -152,12 +152,13 @@ fn cuda(id: u32, options: CudaConfig) -> Result<ExecutionProviderDispatch, Strin
             ArenaStrategy::NextPowerOfTwo => ep::ArenaExtendStrategy::NextPowerOfTwo,
             ArenaStrategy::SameAsRequested => ep::ArenaExtendStrategy::SameAsRequested,
         })
-        .with_conv_algorithm_search(match options.cudnn_conv_algo_search {
+        .with_conv_algorithm_search(match options.cudnn_conv_algo_search.unwrap_or_default() {
             ConvSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
             ConvSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
             ConvSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
         })
-        .with_cuda_graph(options.cuda_graphs);
+        .with_cuda_graph(options.cuda_graphs)
+        .with_tf32(options.tf32);
     if options.memory_limit_mb > 0 {
         let bytes = usize::try_from(options.memory_limit_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         provider = provider.with_memory_limit(bytes);

@@ -22,7 +22,7 @@ use crate::repository::local::{FileStamp, ModelFingerprint};
 use crate::repository::{
     self, DeclaredSignature, DistributionChoice, ModelConfig, ModelListing, ModelSpec, MonitoringConfig,
 };
-use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig};
+use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig, Warmup};
 use crate::telemetry::{
     DEFAULT_SCORE_BUCKETS, Distribution, DriftMonitor, MAX_CLASSES, MonitorSpec, Reference, Telemetry, VersionMetrics,
 };
@@ -931,6 +931,15 @@ fn warmup_inputs(signature: &Signature) -> Result<Vec<Tensor>, String> {
         .collect()
 }
 
+/// The batch sizes to warm up: as configured, else one row. (Warming every size of a batched conv model on ONNX
+/// Runtime's CUDA provider was measured and did not help: it chooses its algorithms again on each change of shape.)
+fn warmup_batch_sizes(config: &ModelConfig) -> Vec<usize> {
+    match &config.warmup.batch_sizes[..] {
+        [] => vec![1],
+        sizes => sizes.to_vec(),
+    }
+}
+
 fn scheduler_config(config: &ModelConfig, signature: &Signature) -> Result<SchedulerConfig, String> {
     let batching = &config.batching;
     let mut preferred_batch_sizes = batching.preferred_batch_sizes.clone();
@@ -947,7 +956,7 @@ fn scheduler_config(config: &ModelConfig, signature: &Signature) -> Result<Sched
         default_timeout: (batching.default_timeout_ms > 0).then(|| Duration::from_millis(batching.default_timeout_ms)),
         warmup: match config.warmup.runs {
             0 => None,
-            runs => Some((warmup_inputs(signature)?, runs)),
+            runs => Some(Warmup { row: warmup_inputs(signature)?, batch_sizes: warmup_batch_sizes(config), runs }),
         },
     })
 }
@@ -962,6 +971,20 @@ mod tests {
         let mut dim_names = vec![None; shape.len()];
         dim_names[0] = first.map(str::to_owned);
         TensorSpec { name: name.into(), datatype: DataType::Fp32, dim_names, shape }
+    }
+
+    #[test]
+    fn warm_up_covers_the_configured_batch_sizes() {
+        let config = |text: &str| ModelConfig::parse(text).unwrap();
+        assert_eq!(warmup_batch_sizes(&config("max_batch_size = 8")), vec![1]);
+        assert_eq!(warmup_batch_sizes(&config("device = \"cuda:0\"\nmax_batch_size = 4")), vec![1]);
+        let chosen = config("device = \"cuda:0\"\nmax_batch_size = 64\n[warmup]\nbatch_sizes = [1, 64]");
+        assert_eq!(warmup_batch_sizes(&chosen), vec![1, 64]);
+        let cpu = config("max_batch_size = 64\n[warmup]\nbatch_sizes = [16]");
+        assert_eq!(warmup_batch_sizes(&cpu), vec![16]);
+        let refused = ModelConfig::parse("max_batch_size = 4\n[warmup]\nbatch_sizes = [8]").unwrap_err();
+        assert!(refused.contains("between 1 and max_batch_size (4), got 8"), "{refused}");
+        assert!(ModelConfig::parse("[warmup]\nbatch_sizes = [2]").is_err());
     }
 
     #[test]

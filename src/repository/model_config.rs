@@ -82,15 +82,31 @@ pub struct ModelConfig {
 }
 
 /// `[cuda]`: how ONNX Runtime's CUDA provider runs this model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CudaConfig {
     /// Most GPU memory the provider's arena may take, in MiB; 0 = no limit.
     pub memory_limit_mb: u64,
     pub arena_extend_strategy: ArenaStrategy,
-    pub cudnn_conv_algo_search: ConvSearch,
+    /// How cuDNN picks convolution algorithms; unset: see [`ModelConfig::conv_search`].
+    pub cudnn_conv_algo_search: Option<ConvSearch>,
     /// CUDA graphs capture the whole run once and replay it; only for models whose shapes never change.
     pub cuda_graphs: bool,
+    /// TF32 tensor cores for FP32 matrix products and convolutions (ONNX Runtime's default): faster, with about
+    /// 10 bits of mantissa in the products; `false` keeps full FP32 precision.
+    pub tf32: bool,
+}
+
+impl Default for CudaConfig {
+    fn default() -> Self {
+        CudaConfig {
+            memory_limit_mb: 0,
+            arena_extend_strategy: ArenaStrategy::default(),
+            cudnn_conv_algo_search: None,
+            cuda_graphs: false,
+            tf32: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -114,13 +130,15 @@ pub enum ConvSearch {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WarmupConfig {
-    /// Runs per instance, on inputs of one row of zeros shaped by the signature; 0 turns warm-up off.
+    /// Runs per instance and batch size, on inputs of zeros shaped by the signature; 0 turns warm-up off.
     pub runs: usize,
+    /// Batch sizes (rows) to warm up; empty means one row.
+    pub batch_sizes: Vec<usize>,
 }
 
 impl Default for WarmupConfig {
     fn default() -> Self {
-        WarmupConfig { runs: 1 }
+        WarmupConfig { runs: 1, batch_sizes: Vec::new() }
     }
 }
 
@@ -227,6 +245,19 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// The cuDNN algorithm search of this model on a GPU: as configured; else `exhaustive` (ONNX Runtime's default:
+    /// the fastest algorithm, measured once for the one input shape) when requests are not batched, and `default`
+    /// when they are. ONNX Runtime chooses the algorithms again whenever the input shape changes from one run to the
+    /// next, which batches of varying size do all the time: measured on an H200 with ResNet-18 (docs/performance.md),
+    /// a batched run then took about 97 ms with `exhaustive`, 39 ms with `heuristic` and 17-22 ms with `default`.
+    pub fn conv_search(&self) -> ConvSearch {
+        match self.cuda.and_then(|cuda| cuda.cudnn_conv_algo_search) {
+            Some(search) => search,
+            None if self.max_batch_size > 0 => ConvSearch::Default,
+            None => ConvSearch::Exhaustive,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         match &self.version_policy {
             VersionPolicy::Latest(0) => return Err("version_policy latest must be at least 1".to_owned()),
@@ -249,6 +280,19 @@ impl ModelConfig {
         }
         if self.cuda.is_some() && self.device == Device::Cpu {
             return Err("[cuda] options need device = \"cuda:N\"".to_owned());
+        }
+        if self.cuda.is_some_and(|cuda| cuda.cuda_graphs) {
+            return Err("cuda_graphs is not supported: ONNX Runtime replays a CUDA graph only for inputs and outputs \
+                        bound in GPU memory, and infergate passes host tensors; leave it off"
+                .to_owned());
+        }
+        if let Some(&size) =
+            self.warmup.batch_sizes.iter().find(|&&size| size == 0 || size > self.max_batch_size.max(1))
+        {
+            return Err(format!(
+                "warmup.batch_sizes must be between 1 and max_batch_size ({}), got {size}",
+                self.max_batch_size.max(1)
+            ));
         }
         if self.backend == BackendChoice::Tract && self.device != Device::Cpu {
             return Err(format!(
@@ -322,15 +366,22 @@ mod tests {
     fn cuda_options() {
         let config = ModelConfig::parse(
             "device = \"cuda:1\"\n[cuda]\nmemory_limit_mb = 2048\narena_extend_strategy = \"same_as_requested\"\n\
-             cudnn_conv_algo_search = \"heuristic\"\ncuda_graphs = true\n",
+             cudnn_conv_algo_search = \"heuristic\"\ncuda_graphs = false\n",
         )
         .unwrap();
         assert_eq!(config.device, Device::Cuda(1));
         let cuda = config.cuda.unwrap();
-        assert_eq!((cuda.memory_limit_mb, cuda.cuda_graphs), (2048, true));
+        assert_eq!(cuda.cudnn_conv_algo_search, Some(ConvSearch::Heuristic));
+        assert_eq!((cuda.memory_limit_mb, cuda.cuda_graphs, cuda.tf32), (2048, false, true));
         assert_eq!(cuda.arena_extend_strategy, ArenaStrategy::SameAsRequested);
-        assert_eq!(cuda.cudnn_conv_algo_search, ConvSearch::Heuristic);
-        assert!(ModelConfig::parse("[cuda]\ncuda_graphs = true\n").unwrap_err().contains("cuda:N"));
+        assert_eq!(config.conv_search(), ConvSearch::Heuristic);
+        let exact = ModelConfig::parse("device = \"cuda:0\"\n[cuda]\ntf32 = false\n").unwrap();
+        assert_eq!((exact.cuda.unwrap().tf32, exact.conv_search()), (false, ConvSearch::Exhaustive));
+        let batched = ModelConfig::parse("device = \"cuda:0\"\nmax_batch_size = 8\n").unwrap();
+        assert_eq!(batched.conv_search(), ConvSearch::Default);
+        assert!(ModelConfig::parse("[cuda]\ntf32 = false\n").unwrap_err().contains("cuda:N"));
+        let graphs = ModelConfig::parse("device = \"cuda:0\"\n[cuda]\ncuda_graphs = true\n").unwrap_err();
+        assert!(graphs.contains("bound in GPU memory"), "{graphs}");
         assert!(ModelConfig::parse("device = \"cuda:0\"\n[cuda]\nconv = 1\n").is_err());
     }
 

@@ -28,8 +28,16 @@ pub struct SchedulerConfig {
     pub instances: usize,
     /// Deadline of requests that set none.
     pub default_timeout: Option<Duration>,
-    /// Inputs each instance runs this many times on its own session before the version takes traffic.
-    pub warmup: Option<(Vec<Tensor>, usize)>,
+    /// What each instance runs on its own session before the version takes traffic.
+    pub warmup: Option<Warmup>,
+}
+
+/// Warm-up runs: `row` (one row of every input) stacked to each of `batch_sizes`, `runs` times each.
+#[derive(Debug, Clone)]
+pub struct Warmup {
+    pub row: Vec<Tensor>,
+    pub batch_sizes: Vec<usize>,
+    pub runs: usize,
 }
 
 #[derive(Debug, Error)]
@@ -256,15 +264,23 @@ impl Scheduler {
     }
 }
 
-/// Runs the warm-up inputs through a fresh session (first runs allocate, pick kernels, fill caches), so the
-/// version's first requests do not pay for it. A failure fails the version's start.
-fn warm_up(
-    mut session: Box<dyn Session>,
-    warmup: Option<(Vec<Tensor>, usize)>,
-) -> Result<Box<dyn Session>, BackendError> {
-    if let Some((inputs, runs)) = warmup {
-        for _ in 0..runs {
-            session.run(inputs.clone()).map_err(|e| BackendError::Compute(format!("warm-up failed: {e}")))?;
+/// Runs the warm-up inputs through a fresh session (first runs allocate, pick kernels per shape, fill caches),
+/// so the version's first requests do not pay for it. A failure fails the version's start.
+fn warm_up(mut session: Box<dyn Session>, warmup: Option<Warmup>) -> Result<Box<dyn Session>, BackendError> {
+    let Some(warmup) = warmup else { return Ok(session) };
+    for &rows in &warmup.batch_sizes {
+        let inputs = if rows == 1 {
+            warmup.row.clone()
+        } else {
+            let stacked = warmup.row.iter().map(|row| concat_rows(&vec![row; rows]));
+            stacked
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| BackendError::Compute(format!("warm-up inputs of {rows} rows: {e}")))?
+        };
+        for _ in 0..warmup.runs {
+            session
+                .run(inputs.clone())
+                .map_err(|e| BackendError::Compute(format!("warm-up failed on {rows} row(s): {e}")))?;
         }
     }
     Ok(session)

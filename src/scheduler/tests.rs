@@ -156,3 +156,20 @@ async fn answers(tasks: Vec<tokio::task::JoinHandle<Reply>>) -> Vec<Reply> {
     }
     results
 }
+
+#[test]
+fn warm_up_runs_every_batch_size_the_given_number_of_times() {
+    let runs: Runs = Arc::new(Mutex::new(Vec::new()));
+    let (_release_tx, release_rx) = mpsc::channel();
+    let session = Box::new(RecorderSession { runs: Arc::clone(&runs), release: Arc::new(Mutex::new(release_rx)) });
+    let warmup = Warmup { row: vec![rows(&[7.0])], batch_sizes: vec![1, 3], runs: 2 };
+    warm_up(session, Some(warmup)).unwrap();
+    let seven = |n: usize| vec![7.0; n];
+    assert_eq!(*runs.lock().unwrap(), vec![seven(1), seven(1), seven(3), seven(3)]);
+
+    let (_release_tx, release_rx) = mpsc::channel();
+    let session = Box::new(RecorderSession { runs: Arc::clone(&runs), release: Arc::new(Mutex::new(release_rx)) });
+    let poisoned = Warmup { row: vec![rows(&[-1.0])], batch_sizes: vec![2], runs: 1 };
+    let error = warm_up(session, Some(poisoned)).err().unwrap().to_string();
+    assert!(error.contains("warm-up failed on 2 row(s)"), "{error}");
+}
