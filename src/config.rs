@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// or more); prefer the environment variable, which `ps` does not show [default: load/unload disabled]
     #[arg(long, env = "INFERGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Folder keeping rollout states across restarts (a restart resumes a rollout where it was, and never
+    /// promotes again a rolled-back candidate) [default: <temp>/infergate-state]
+    #[arg(long, env = "INFERGATE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// How the served models follow the repository: poll (watch it and load new versions), explicit (only the
     /// load/unload API and --load-model), none (load once at start) [default: poll]
     #[arg(long, env = "INFERGATE_MODEL_CONTROL_MODE", value_enum)]
@@ -183,6 +187,7 @@ struct ConfigFile {
     metrics_window_seconds: Option<u64>,
     ort_library: Option<PathBuf>,
     admin_token: Option<String>,
+    state_dir: Option<PathBuf>,
     model_control_mode: Option<ModelControlMode>,
     repository_poll_secs: Option<f64>,
     repository_settle_secs: Option<f64>,
@@ -242,6 +247,8 @@ pub struct Config {
     pub ort_library: Option<PathBuf>,
     /// Set: model load/unload are enabled for callers presenting it.
     pub admin_token: Option<Secret>,
+    /// Set: rollout states are kept there across restarts.
+    pub state_dir: Option<PathBuf>,
     pub model_control_mode: ModelControlMode,
     /// Poll mode's interval.
     pub repository_poll: Duration,
@@ -306,6 +313,7 @@ impl Default for Config {
             metrics_window: Duration::from_secs(60),
             ort_library: None,
             admin_token: None,
+            state_dir: None,
             model_control_mode: ModelControlMode::Poll,
             repository_poll: Duration::from_secs(5),
             repository_settle: Duration::from_secs(2),
@@ -345,6 +353,9 @@ impl Config {
                 .unwrap_or(defaults.metrics_window),
             ort_library: args.ort_library.or(file.ort_library),
             admin_token: args.admin_token.or(file.admin_token).map(Secret),
+            state_dir: Some(
+                args.state_dir.or(file.state_dir).unwrap_or_else(|| std::env::temp_dir().join("infergate-state")),
+            ),
             model_control_mode: args.model_control_mode.or(file.model_control_mode).unwrap_or_default(),
             repository_poll: seconds(
                 "--repository-poll-secs",

@@ -16,6 +16,7 @@ pub mod scheduler;
 pub mod server;
 pub mod telemetry;
 pub mod tensor;
+pub mod traffic;
 
 pub use config::Config;
 pub use server::Server;

@@ -9,7 +9,7 @@ use tracing::instrument;
 use super::{ApiError, scheduler_error};
 use crate::backend::Signature;
 use crate::backend::signature::describe;
-use crate::lifecycle::{ModelTable, ServingVersion};
+use crate::lifecycle::{ModelTable, Routed, ServingVersion};
 use crate::tensor::Tensor;
 
 /// A named input or output tensor.
@@ -20,7 +20,7 @@ pub struct NamedTensor {
 }
 
 /// A decoded inference request, whatever transport it came by.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct InferRequest {
     pub id: Option<String>,
     pub inputs: Vec<NamedTensor>,
@@ -28,6 +28,8 @@ pub struct InferRequest {
     pub outputs: Option<Vec<String>>,
     /// How long the caller will wait; the version's default applies when shorter or when this is `None`.
     pub timeout: Option<Duration>,
+    /// The `routing_key` parameter: requests with the same key go to the same traffic variant.
+    pub routing_key: Option<String>,
 }
 
 #[derive(Debug)]
@@ -42,12 +44,78 @@ pub struct InferResponse {
     pub model_version: String,
     pub id: Option<String>,
     pub outputs: Vec<InferOutput>,
+    /// The traffic variant that answered, when the model has a policy.
+    pub variant: Option<String>,
 }
 
 /// The version a request for `model` (and `version`, if pinned) goes to. Transports resolve before decoding
 /// the body, so a request for an unknown model is answered 404 whatever its body holds.
 pub fn resolve(table: &ModelTable, model: &str, version: Option<&str>) -> Result<Arc<ServingVersion>, ApiError> {
     Ok(table.resolve(model, version)?)
+}
+
+/// Where a request goes (see [`ModelTable::route`]); `key` is the routing key of the transport's header or
+/// metadata. Transports route before decoding the body, and again when the body's `routing_key` parameter is
+/// the only key.
+pub fn route(table: &ModelTable, model: &str, version: Option<&str>, key: Option<&str>) -> Result<Routed, ApiError> {
+    Ok(table.route(model, version, key)?)
+}
+
+/// Runs one routed inference: copies it to the shadow when drawn (never waited for, shed first when the
+/// shadow's queue is half full), answers from the routed version, and records the answer under its variant.
+pub async fn infer_routed(
+    table: &ModelTable,
+    model: &str,
+    routed: Routed,
+    request: InferRequest,
+) -> Result<InferResponse, ApiError> {
+    let started = Instant::now();
+    if let Some((name, shadow)) = table.shadow(model, &routed) {
+        send_shadow(table, model, &routed, name, shadow, request.clone());
+    }
+    let result = infer(Arc::clone(&routed.serving), request).await;
+    let Some(variant) = routed.variant.as_deref() else { return result };
+    let metrics = &table.telemetry().traffic;
+    let version = routed.serving.version.to_string();
+    let outcome = result.as_ref().map_or_else(|e| e.error_type(), |_| "ok");
+    metrics.variant_requests.with_label_values(&[model, variant, &version, outcome]).inc();
+    metrics.variant_duration.with_label_values(&[model, variant]).observe(started.elapsed().as_secs_f64());
+    if let Some(window) = routed.window() {
+        let outputs: Option<Vec<Tensor>> =
+            result.as_ref().ok().map(|r| r.outputs.iter().map(|o| o.tensor.clone()).collect());
+        window.window.observe(started.elapsed(), outputs.as_deref());
+    }
+    result.map(|response| InferResponse { variant: Some(variant.to_owned()), ..response })
+}
+
+fn send_shadow(
+    table: &ModelTable,
+    model: &str,
+    routed: &Routed,
+    name: Arc<str>,
+    shadow: Arc<ServingVersion>,
+    request: InferRequest,
+) {
+    let metrics = table.telemetry().traffic.clone();
+    let limit = shadow.scheduler.config().policy.max_queue_size / 2;
+    if shadow.scheduler.queue_len() >= limit.max(1) {
+        metrics.shadow_requests.with_label_values(&[model, &name, "shed"]).inc();
+        return;
+    }
+    let policy = routed.policy.clone();
+    let model = model.to_owned();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let result = infer(shadow, request).await;
+        let outcome = result.as_ref().map_or_else(|e| e.error_type(), |_| "ok");
+        metrics.shadow_requests.with_label_values(&[model.as_str(), &name, outcome]).inc();
+        metrics.shadow_duration.with_label_values(&[model.as_str(), &name]).observe(started.elapsed().as_secs_f64());
+        if let Some(window) = policy.as_ref().and_then(|p| p.variant(&name)) {
+            let outputs: Option<Vec<Tensor>> =
+                result.ok().map(|r| r.outputs.into_iter().map(|o| o.tensor).collect());
+            window.window.observe(started.elapsed(), outputs.as_deref());
+        }
+    });
 }
 
 /// Runs one inference on a resolved version. The request holds the `Arc` of its version until it is answered,
@@ -95,6 +163,7 @@ async fn run(serving: &ServingVersion, request: InferRequest) -> Result<(InferRe
         model_version: serving.version.to_string(),
         id: request.id,
         outputs,
+        variant: None,
     };
     Ok((response, rows))
 }

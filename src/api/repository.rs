@@ -27,15 +27,15 @@ impl ModelControl {
     }
 
     /// Checks an `Authorization` value ("Bearer <token>").
-    fn authorize(&self, authorization: Option<&str>) -> Result<(), ApiError> {
+    pub(super) fn authorize(&self, authorization: Option<&str>) -> Result<(), ApiError> {
         let Some(expected) = &self.token else {
             return Err(ApiError::Forbidden(
-                "model load and unload are disabled; set --admin-token (INFERGATE_ADMIN_TOKEN) to enable them"
+                "model management (load, unload, traffic) is disabled; set --admin-token (INFERGATE_ADMIN_TOKEN) to enable it"
                     .to_owned(),
             ));
         };
         let presented = authorization.and_then(|value| value.strip_prefix("Bearer ")).ok_or_else(|| {
-            ApiError::Unauthorized("model load and unload need 'Authorization: Bearer <token>'".into())
+            ApiError::Unauthorized("model management needs 'Authorization: Bearer <token>'".into())
         })?;
         if constant_time_eq(presented.trim().as_bytes(), expected.as_bytes()) {
             Ok(())

@@ -4,8 +4,10 @@
 //! it in one step, and a request holds the `Arc<ServingVersion>` it started on until it has been answered.
 
 mod mlflow;
+mod traffic;
 
 pub use mlflow::{MlflowFollower, MlflowStatus};
+pub use traffic::Routed;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use crate::repository::{
     self, DeclaredSignature, DistributionChoice, ModelConfig, ModelListing, ModelSpec, MonitoringConfig,
 };
 use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig, Warmup};
+use crate::traffic::rollout::TrafficState;
 use crate::telemetry::{
     DEFAULT_SCORE_BUCKETS, Distribution, DriftMonitor, MAX_CLASSES, MonitorSpec, Reference, Telemetry, VersionMetrics,
 };
@@ -125,13 +128,20 @@ impl VersionSet {
 pub struct ModelEntry {
     pub name: String,
     pub versions: ArcSwap<VersionSet>,
+    /// The traffic policy and rollout of the model's unpinned requests.
+    pub traffic: Arc<TrafficState>,
     /// Versions taken out of service whose requests in flight still hold them.
     draining: Mutex<Vec<(u64, Weak<ServingVersion>)>>,
 }
 
 impl ModelEntry {
     fn new(name: &str, set: VersionSet) -> ModelEntry {
-        ModelEntry { name: name.to_owned(), versions: ArcSwap::from_pointee(set), draining: Mutex::new(Vec::new()) }
+        ModelEntry {
+            name: name.to_owned(),
+            versions: ArcSwap::from_pointee(set),
+            traffic: Arc::new(TrafficState::default()),
+            draining: Mutex::new(Vec::new()),
+        }
     }
 
     /// Records versions taken out of service, forgetting those already freed.
@@ -186,6 +196,8 @@ pub struct ModelTable {
     telemetry: Arc<Telemetry>,
     backends: Arc<Backends>,
     repository: PathBuf,
+    /// Where rollout states are kept across restarts; `None` keeps them in memory only.
+    state_dir: Option<PathBuf>,
     /// Serialises loads and unloads, so two changes of one model never interleave.
     control: tokio::sync::Mutex<()>,
 }
@@ -200,8 +212,15 @@ impl ModelTable {
             telemetry,
             backends,
             repository,
+            state_dir: None,
             control: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Keeps rollout states in `dir`, so a restart resumes them.
+    pub fn with_state_dir(mut self, dir: PathBuf) -> ModelTable {
+        self.state_dir = Some(dir);
+        self
     }
 
     /// These models follow the MLflow Model Registry (see [`ModelTable::follow_mlflow`]), whose first pass also
@@ -364,6 +383,10 @@ impl ModelTable {
                 _ => None,
             })
         };
+        let file_traffic = listing.versions.as_ref().ok().and_then(|versions| {
+            let spec = versions.iter().find_map(|v| v.spec.as_ref().ok())?;
+            Some((spec.config.traffic.clone(), spec.config.rollout.clone()))
+        });
         let mut set =
             VersionSet { aliases: listing.aliases, default_version: listing.default_version, ..Default::default() };
         match listing.versions {
@@ -470,6 +493,9 @@ impl ModelTable {
         }
         entry.versions.store(Arc::new(set));
         tracing::info!(model = name, "model versions updated");
+        if let Some((traffic, rollout)) = file_traffic {
+            self.apply_file_traffic(&entry, traffic, rollout);
+        }
     }
 
     /// Loads (or reloads) a model from the repository folder, every version afresh.
@@ -909,7 +935,12 @@ fn notifications(root: &Path, events: tokio::sync::mpsc::Sender<()>) -> Option<n
 /// Whether a version loaded with `loaded` can keep serving under `new`: everything but the version policy (which
 /// only decides which versions serve) must be the same.
 fn same_serving_config(loaded: &ModelConfig, new: &ModelConfig) -> bool {
-    let policy_free = |c: &ModelConfig| ModelConfig { version_policy: repository::VersionPolicy::All, ..c.clone() };
+    let policy_free = |c: &ModelConfig| ModelConfig {
+        version_policy: repository::VersionPolicy::All,
+        traffic: None,
+        rollout: None,
+        ..c.clone()
+    };
     policy_free(loaded) == policy_free(new)
 }
 

@@ -4,6 +4,7 @@
 pub mod local;
 pub mod mlflow;
 mod model_config;
+mod traffic_config;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ pub use model_config::{
     ArenaStrategy, BackendChoice, BatchingConfig, ConvSearch, CudaConfig, DistributionChoice, ModelConfig,
     MonitoringConfig, OutputMonitoring, VersionPolicy, WarmupConfig,
 };
+pub use traffic_config::{RolloutConfig, ShadowConfig, Target, TrafficConfig, VariantConfig};
 
 /// One model version to load: where its file is and how the model is configured.
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use super::traffic_config::{RolloutConfig, TrafficConfig};
 use crate::backend::Device;
 
 /// Which backend computes a model.
@@ -79,6 +80,12 @@ pub struct ModelConfig {
     /// `[cuda]`: ONNX Runtime CUDA provider options, for `device = "cuda:N"`.
     #[serde(default)]
     pub cuda: Option<CudaConfig>,
+    /// `[traffic]`: the split of unpinned requests across variants, and the shadow.
+    #[serde(default)]
+    pub traffic: Option<TrafficConfig>,
+    /// `[rollout]`: automatic promotion or rollback of a candidate variant.
+    #[serde(default)]
+    pub rollout: Option<RolloutConfig>,
 }
 
 /// `[cuda]`: how ONNX Runtime's CUDA provider runs this model.
@@ -154,6 +161,8 @@ impl Default for ModelConfig {
             monitoring: MonitoringConfig::default(),
             warmup: WarmupConfig::default(),
             cuda: None,
+            traffic: None,
+            rollout: None,
         }
     }
 }
@@ -277,6 +286,12 @@ impl ModelConfig {
                 "intra_op_threads must be between 1 and {MAX_INSTANCES}, got {}",
                 self.intra_op_threads
             ));
+        }
+        if let Some(traffic) = &self.traffic {
+            traffic.validate()?;
+        }
+        if let Some(rollout) = &self.rollout {
+            rollout.validate(self.traffic.as_ref())?;
         }
         if self.cuda.is_some() && self.device == Device::Cpu {
             return Err("[cuda] options need device = \"cuda:N\"".to_owned());

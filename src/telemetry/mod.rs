@@ -61,8 +61,23 @@ pub struct Telemetry {
     mlflow_up: IntGaugeVec,
     mlflow_errors: IntCounterVec,
     mlflow_alias: IntGaugeVec,
+    pub traffic: TrafficMetrics,
     window: Duration,
     process: process::ProcessMetrics,
+}
+
+/// Traffic splitting, shadows and rollouts, per model and variant.
+#[derive(Debug, Clone)]
+pub struct TrafficMetrics {
+    /// Answers by variant: `model`, `variant`, `version` (that answered), `outcome` (`ok` or the error type).
+    pub variant_requests: IntCounterVec,
+    pub variant_duration: HistogramVec,
+    /// Shadow copies: `outcome` is `ok`, the error type, or `shed` (not sent: the shadow's queue was filling).
+    pub shadow_requests: IntCounterVec,
+    pub shadow_duration: HistogramVec,
+    pub weight: IntGaugeVec,
+    pub rollout_decisions: IntCounterVec,
+    pub rollout_percent: IntGaugeVec,
 }
 
 /// Handles of one model version, resolved once at load.
@@ -196,6 +211,51 @@ impl Telemetry {
                 "The version each followed MLflow alias points at, as last resolved.",
                 &["model", "alias"],
             ),
+            traffic: TrafficMetrics {
+                variant_requests: counter(
+                    "infergate_variant_requests_total",
+                    "Requests answered per traffic variant, by the version that answered and the outcome.",
+                    &["model", "variant", "version", "outcome"],
+                ),
+                variant_duration: registered(
+                    &registry,
+                    histogram(
+                        "infergate_variant_request_duration_seconds",
+                        "Time from a request's arrival to its answer, per traffic variant.",
+                        &DURATION_BUCKETS,
+                        &["model", "variant"],
+                    ),
+                ),
+                shadow_requests: counter(
+                    "infergate_shadow_requests_total",
+                    "Copies of requests for a shadow variant: answered (ok), failed (error type) or shed.",
+                    &["model", "variant", "outcome"],
+                ),
+                shadow_duration: registered(
+                    &registry,
+                    histogram(
+                        "infergate_shadow_request_duration_seconds",
+                        "Time a shadow variant took to answer its copy of a request.",
+                        &DURATION_BUCKETS,
+                        &["model", "variant"],
+                    ),
+                ),
+                weight: gauge(
+                    "infergate_traffic_weight_percent",
+                    "Share of a model's unpinned requests each variant receives.",
+                    &["model", "variant"],
+                ),
+                rollout_decisions: counter(
+                    "infergate_rollout_decisions_total",
+                    "Rollout decisions: start, resume, advance, rollback, promote.",
+                    &["model", "candidate", "decision"],
+                ),
+                rollout_percent: gauge(
+                    "infergate_rollout_candidate_percent",
+                    "The rollout candidate's current share of its and the baseline's traffic.",
+                    &["model"],
+                ),
+            },
             window,
             process: process::ProcessMetrics::new(&registry),
             registry,

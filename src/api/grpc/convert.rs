@@ -51,8 +51,12 @@ pub fn infer_request(request: proto::ModelInferRequest) -> Result<InferRequest, 
         _ => None,
     };
     let timeout = timeout.filter(|&us| us > 0).map(Duration::from_micros);
+    let routing_key = match request.parameters.get("routing_key").and_then(|p| p.parameter_choice.as_ref()) {
+        Some(proto::infer_parameter::ParameterChoice::StringParam(key)) => Some(key.clone()),
+        _ => None,
+    };
     let id = (!request.id.is_empty()).then_some(request.id);
-    Ok(InferRequest { id, inputs, outputs, timeout })
+    Ok(InferRequest { id, inputs, outputs, timeout, routing_key })
 }
 
 /// Typed contents to our little-endian bytes; narrower integers arrive in the 32-bit fields and must fit.
@@ -111,13 +115,21 @@ pub fn infer_response(response: InferResponse) -> proto::ModelInferResponse {
         });
         raw.push(output.tensor.data().clone());
     }
+    let parameters = response
+        .variant
+        .map(|variant| {
+            let choice = proto::infer_parameter::ParameterChoice::StringParam(variant);
+            ("variant".to_owned(), proto::InferParameter { parameter_choice: Some(choice) })
+        })
+        .into_iter()
+        .collect();
     proto::ModelInferResponse {
         model_name: response.model_name,
         model_version: response.model_version,
         id: response.id.unwrap_or_default(),
+        parameters,
         outputs,
         raw_output_contents: raw,
-        ..Default::default()
     }
 }
 

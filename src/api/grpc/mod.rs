@@ -94,17 +94,25 @@ fn authorization<T>(request: &Request<T>) -> Option<&str> {
 }
 
 /// One inference, as both the unary and the streaming calls run it.
+/// `key` is the `x-routing-key` metadata of a unary call; the `routing_key` parameter serves when it is absent.
 async fn infer(
     table: &ModelTable,
     request: proto::ModelInferRequest,
     deadline: Option<Duration>,
+    key: Option<String>,
 ) -> Result<proto::ModelInferResponse, ApiError> {
     let arrived = Instant::now();
-    let serving = api::resolve(table, &request.model_name, version(&request.model_version))?;
+    let model = request.model_name.clone();
+    let pinned = version(&request.model_version).map(str::to_owned);
+    let routed = api::route(table, &model, pinned.as_deref(), key.as_deref())?;
     let mut decoded = convert::infer_request(request)
-        .inspect_err(|e| serving.metrics.observe_error(e.error_type(), arrived.elapsed()))?;
+        .inspect_err(|e| routed.serving.metrics.observe_error(e.error_type(), arrived.elapsed()))?;
     decoded.timeout = scheduler::shorter(decoded.timeout, deadline);
-    let response = api::infer(serving, decoded).await?;
+    let routed = match (&decoded.routing_key, &key, &pinned) {
+        (Some(parameter), None, None) => api::route(table, &model, None, Some(parameter))?,
+        _ => routed,
+    };
+    let response = api::infer_routed(table, &model, routed, decoded).await?;
     Ok(convert::infer_response(response))
 }
 
@@ -152,7 +160,17 @@ impl GrpcInferenceService for GrpcApi {
 
     async fn model_infer(&self, request: Request<proto::ModelInferRequest>) -> GrpcResult<proto::ModelInferResponse> {
         let deadline = grpc_timeout(&request)?;
-        Ok(Response::new(infer(&self.table, request.into_inner(), deadline).await?))
+        let key = request.metadata().get("x-routing-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let response = infer(&self.table, request.into_inner(), deadline, key).await?;
+        let variant = response.parameters.get("variant").and_then(|p| match &p.parameter_choice {
+            Some(proto::infer_parameter::ParameterChoice::StringParam(v)) => v.parse().ok(),
+            _ => None,
+        });
+        let mut response = Response::new(response);
+        if let Some(variant) = variant {
+            response.metadata_mut().insert("x-infergate-variant", variant);
+        }
+        Ok(response)
     }
 
     type ModelStreamInferStream =
@@ -173,7 +191,7 @@ impl GrpcInferenceService for GrpcApi {
                 async move {
                     let request = message?;
                     let id = request.id.clone();
-                    Ok(match infer(&table, request, deadline).await {
+                    Ok(match infer(&table, request, deadline, None).await {
                         Ok(response) => proto::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),

@@ -43,6 +43,9 @@ struct RequestParameters {
     /// Every output in binary unless it says otherwise.
     #[serde(default)]
     binary_data_output: Option<bool>,
+    /// Requests with the same key go to the same traffic variant.
+    #[serde(default)]
+    routing_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -128,7 +131,8 @@ pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<(Inf
             .collect()
     });
     let timeout = request.parameters.timeout.filter(|&us| us > 0).map(Duration::from_micros);
-    Ok((InferRequest { id: request.id, inputs, outputs, timeout }, format))
+    let routing_key = request.parameters.routing_key;
+    Ok((InferRequest { id: request.id, inputs, outputs, timeout, routing_key }, format))
 }
 
 fn decode_input(input: InputBody<'_>, binary: &mut Bytes) -> Result<NamedTensor, ApiError> {
@@ -367,7 +371,15 @@ struct ResponseBody<'a> {
     model_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<ResponseParameters<'a>>,
     outputs: Vec<OutputTensor<'a>>,
+}
+
+#[derive(Serialize)]
+struct ResponseParameters<'a> {
+    /// The traffic variant that answered.
+    variant: &'a str,
 }
 
 #[derive(Serialize)]
@@ -444,6 +456,7 @@ pub fn encode_response(response: &InferResponse, format: &OutputFormat) -> Resul
         model_name: &response.model_name,
         model_version: &response.model_version,
         id: response.id.as_deref(),
+        parameters: response.variant.as_deref().map(|variant| ResponseParameters { variant }),
         outputs: response
             .outputs
             .iter()

@@ -49,6 +49,8 @@ pub fn router(
         .route("/v2/models/{model}/versions/{version}/config", get(model_config))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
+        .route("/v2/models/{model}/traffic", get(traffic).put(set_traffic).delete(remove_traffic))
+        .route("/v2/models/{model}/rollout", get(rollout))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .route("/v2/repository/index", post(repository_index))
@@ -206,6 +208,40 @@ async fn mlflow_webhook(State(state): State<AppState>, headers: HeaderMap, body:
     Ok(json_body(&delivery))
 }
 
+async fn traffic(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+    Ok(json_body(&api::traffic(&state.table, &model)?))
+}
+
+/// `PUT /v2/models/{model}/traffic`: a policy in the shape of `[traffic]`, as JSON.
+async fn set_traffic(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let policy = serde_json::from_slice(&body).map_err(|e| ApiError::malformed(format!("invalid policy: {e}")))?;
+    api::set_traffic(&state.table, &state.control, authorization(&headers), &model, Some(policy))?;
+    Ok(json_body(&api::traffic(&state.table, &model)?))
+}
+
+async fn remove_traffic(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    api::set_traffic(&state.table, &state.control, authorization(&headers), &model, None)?;
+    Ok(json_body(&api::traffic(&state.table, &model)?))
+}
+
+async fn rollout(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+    Ok(json_body(&api::rollout(&state.table, &model)?))
+}
+
+/// Header a caller may set so that its requests go to the same traffic variant.
+pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
+/// Header naming the traffic variant that answered.
+pub const VARIANT_HEADER: &str = "x-infergate-variant";
+
 /// Header a caller may set to bound how long it waits, in milliseconds (like the `timeout` parameter).
 const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 
@@ -228,13 +264,18 @@ async fn run_infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let serving = api::resolve(&state.table, model, version)?;
+    let header_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
+    let routed = api::route(&state.table, model, version, header_key)?;
     let (request, format) = decode(state, body, headers)
         .await
-        .inspect_err(|e| serving.metrics.observe_error(e.error_type(), arrived.elapsed()))?;
-    let response = api::infer(serving, request).await?;
+        .inspect_err(|e| routed.serving.metrics.observe_error(e.error_type(), arrived.elapsed()))?;
+    let routed = match (&request.routing_key, header_key, version) {
+        (Some(key), None, None) => api::route(&state.table, model, None, Some(key))?,
+        _ => routed,
+    };
+    let response = api::infer_routed(&state.table, model, routed, request).await?;
     let encoded = json::encode_response(&response, &format)?;
-    Ok(match encoded.header_length {
+    let mut reply = match encoded.header_length {
         None => json_bytes(encoded.body),
         Some(length) => (
             [
@@ -244,7 +285,11 @@ async fn run_infer(
             encoded.body,
         )
             .into_response(),
-    })
+    };
+    if let Some(variant) = response.variant.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        reply.headers_mut().insert(HeaderName::from_static(VARIANT_HEADER), variant);
+    }
+    Ok(reply)
 }
 
 /// Reads and decodes the body (JSON, or JSON and binary tensors), and applies the timeout header.

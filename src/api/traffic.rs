@@ -1,0 +1,57 @@
+//! The traffic management extension: a model's traffic policy (read by anyone, changed with the admin token) and
+//! the state of its rollout.
+
+use serde::Serialize;
+
+use super::{ApiError, ModelControl};
+use crate::lifecycle::ModelTable;
+use crate::repository::TrafficConfig;
+use crate::traffic::rollout::RolloutStatus;
+
+/// `GET /v2/models/{model}/traffic`: the policy in force, with its current weights.
+#[derive(Debug, Serialize)]
+pub struct TrafficView {
+    pub model: String,
+    pub policy: Option<TrafficConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_unix: Option<u64>,
+}
+
+pub fn traffic(table: &ModelTable, model: &str) -> Result<TrafficView, ApiError> {
+    let entry = table.entry(model)?;
+    let policy = entry.traffic.policy.load_full();
+    Ok(TrafficView {
+        model: model.to_owned(),
+        since_unix: policy.as_ref().map(|p| p.since_unix),
+        policy: policy.map(|p| {
+            let mut config = p.config.clone();
+            for (variant, live) in config.variants.iter_mut().zip(&p.variants) {
+                variant.weight = live.weight;
+            }
+            config
+        }),
+    })
+}
+
+/// `PUT /v2/models/{model}/traffic` with a policy (the shape of `[traffic]`), or `DELETE` to remove it. An
+/// invalid policy is refused with the reason and the one in force stays.
+pub fn set_traffic(
+    table: &ModelTable,
+    control: &ModelControl,
+    authorization: Option<&str>,
+    model: &str,
+    policy: Option<TrafficConfig>,
+) -> Result<(), ApiError> {
+    control.authorize(authorization)?;
+    table.entry(model)?;
+    table.set_traffic(model, policy).map_err(ApiError::InvalidInput)
+}
+
+/// `GET /v2/models/{model}/rollout`: the rollout's state and its decisions, with their numbers.
+pub fn rollout(table: &ModelTable, model: &str) -> Result<RolloutStatus, ApiError> {
+    let entry = table.entry(model)?;
+    let status = entry.traffic.rollout.load_full();
+    status
+        .map(|s| (*s).clone())
+        .ok_or_else(|| ApiError::ModelNotFound(format!("model '{model}' has no rollout")))
+}

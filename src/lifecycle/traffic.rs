@@ -1,0 +1,152 @@
+//! Routing of unpinned requests by a model's traffic policy, and the policy's checks against what is served.
+
+use std::sync::Arc;
+
+use super::{LookupError, ModelEntry, ModelTable, ServingVersion, VersionSet};
+use crate::backend::{Signature, TensorSpec};
+use crate::repository::{RolloutConfig, Target, TrafficConfig};
+use crate::traffic::{Policy, Variant, rollout};
+
+/// Where a request goes: the version, and the variant of the policy that chose it.
+#[derive(Debug)]
+pub struct Routed {
+    pub serving: Arc<ServingVersion>,
+    pub variant: Option<Arc<str>>,
+    /// The policy that routed the request (its windows record the answer).
+    pub policy: Option<Arc<Policy>>,
+}
+
+impl Routed {
+    pub fn window(&self) -> Option<&Variant> {
+        let (policy, name) = (self.policy.as_ref()?, self.variant.as_ref()?);
+        policy.variant(name)
+    }
+}
+
+impl ModelTable {
+    /// The version a request goes to. A pinned version (number or alias) bypasses the traffic policy; otherwise
+    /// the policy picks a variant (by `key` when given), the next variant answers when the chosen one cannot,
+    /// and without a policy, or when no variant can answer, the model's default version does.
+    pub fn route(&self, model: &str, version: Option<&str>, key: Option<&str>) -> Result<Routed, LookupError> {
+        let plain = |serving| Routed { serving, variant: None, policy: None };
+        if version.is_some() {
+            return self.resolve(model, version).map(plain);
+        }
+        let entry = self.entry(model)?;
+        let Some(policy) = entry.traffic.policy.load_full() else {
+            return self.resolve(model, None).map(plain);
+        };
+        for variant in policy.order(key) {
+            if let Ok(serving) = self.resolve_target(model, &variant.target) {
+                let name = Arc::clone(&variant.name);
+                return Ok(Routed { serving, variant: Some(name), policy: Some(policy) });
+            }
+        }
+        self.resolve(model, None).map(plain)
+    }
+
+    /// The shadow's version for a request routed by `routed`'s policy, when this request is drawn for a copy.
+    pub fn shadow(&self, model: &str, routed: &Routed) -> Option<(Arc<str>, Arc<ServingVersion>)> {
+        let variant = routed.policy.as_ref()?.shadow_draw()?;
+        let serving = self.resolve_target(model, &variant.target).ok()?;
+        Some((Arc::clone(&variant.name), serving))
+    }
+
+    fn resolve_target(&self, model: &str, target: &Target) -> Result<Arc<ServingVersion>, LookupError> {
+        let version = target.version.map(|v| v.to_string());
+        self.resolve(target.model.as_deref().unwrap_or(model), version.as_deref())
+    }
+
+    /// Puts a policy in force for `model` (from the management API): checked against what the table serves, and
+    /// refused with the reason otherwise, the old policy staying. A rollout in progress stops.
+    pub fn set_traffic(&self, model: &str, config: Option<TrafficConfig>) -> Result<(), String> {
+        let entry = self.entry(model).map_err(|e| e.to_string())?;
+        if let Some(config) = &config {
+            config.validate()?;
+            self.check_traffic(&entry, &entry.versions.load(), config, true)?;
+        }
+        entry.traffic.stop_rollout();
+        entry.traffic.store(model, config.map(Policy::new), &self.telemetry.traffic);
+        tracing::info!(model, "traffic policy set through the management API");
+        Ok(())
+    }
+
+    /// Applies `model.toml`'s `[traffic]` and `[rollout]` when they changed since last applied.
+    pub(super) fn apply_file_traffic(
+        &self,
+        entry: &Arc<ModelEntry>,
+        traffic: Option<TrafficConfig>,
+        rollout: Option<RolloutConfig>,
+    ) {
+        let name = entry.name.as_str();
+        if !entry.traffic.file_changed(traffic.as_ref(), rollout.as_ref()) {
+            return;
+        }
+        let Some(traffic) = traffic else {
+            entry.traffic.stop_rollout();
+            entry.traffic.store(name, None, &self.telemetry.traffic);
+            return;
+        };
+        // Other models may not be loaded yet at start: only this model's versions are checked here.
+        if let Err(reason) = self.check_traffic(entry, &entry.versions.load(), &traffic, false) {
+            tracing::error!(model = name, %reason, "[traffic] refused; the policy in force stays");
+            return;
+        }
+        entry.traffic.stop_rollout();
+        entry.traffic.store(name, Some(Policy::new(traffic.clone())), &self.telemetry.traffic);
+        tracing::info!(model = name, "traffic policy set from model.toml");
+        if let Some(rollout) = rollout {
+            let metrics = self.telemetry.traffic.clone();
+            rollout::start(name, Arc::clone(&entry.traffic), traffic, rollout, self.state_dir.clone(), metrics);
+        }
+    }
+
+    /// Every variant names a version this model lists, or (with `strict`) a model this table has whose
+    /// signature is the same.
+    fn check_traffic(
+        &self,
+        entry: &ModelEntry,
+        set: &VersionSet,
+        config: &TrafficConfig,
+        strict: bool,
+    ) -> Result<(), String> {
+        let own = set.default_ready().map(|v| v.signature.clone());
+        let shadow = config.shadow.as_ref().map(|s| (&s.name, s.target()));
+        for (name, target) in config.variants.iter().map(|v| (&v.name, v.target())).chain(shadow) {
+            match target.model.as_deref().filter(|&m| m != entry.name) {
+                None => {
+                    if let Some(version) = target.version
+                        && !set.versions.contains_key(&version)
+                    {
+                        return Err(format!("variant '{name}': model '{}' has no version {version}", entry.name));
+                    }
+                }
+                Some(other) if strict => {
+                    let version = target.version.map(|v| v.to_string());
+                    let serving = self
+                        .resolve(other, version.as_deref())
+                        .map_err(|e| format!("variant '{name}': {e}"))?;
+                    if let Some(own) = &own
+                        && !same_signature(own, &serving.signature)
+                    {
+                        return Err(format!(
+                            "variant '{name}': model '{other}' has another signature than '{}'",
+                            entry.name
+                        ));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Same inputs and outputs: names, datatypes and shapes (dimension names aside).
+fn same_signature(a: &Signature, b: &Signature) -> bool {
+    let same = |x: &[TensorSpec], y: &[TensorSpec]| {
+        x.len() == y.len()
+            && x.iter().zip(y).all(|(x, y)| x.name == y.name && x.datatype == y.datatype && x.shape == y.shape)
+    };
+    same(&a.inputs, &b.inputs) && same(&a.outputs, &b.outputs)
+}

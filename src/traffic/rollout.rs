@@ -1,0 +1,378 @@
+//! Automatic rollout: the candidate's share rises step by step while it compares well with the baseline (error
+//! rate, p99 latency, prediction distribution); a breach sets its share to 0 at once, passing the last step below
+//! 100 promotes it. Every decision is logged, counted and kept for the rollout endpoint, and the state is written
+//! to disk so a restart resumes where it was and never re-promotes a rolled-back candidate.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use serde::{Deserialize, Serialize};
+
+use super::{Policy, WindowSummary, psi};
+use crate::repository::{RolloutConfig, TrafficConfig};
+use crate::telemetry::TrafficMetrics;
+
+/// Decisions kept for the endpoint.
+const KEPT_DECISIONS: usize = 100;
+
+/// A model's traffic: the policy in force, the rollout's status, and what `model.toml` said last.
+#[derive(Debug, Default)]
+pub struct TrafficState {
+    pub policy: ArcSwapOption<Policy>,
+    pub rollout: ArcSwapOption<RolloutStatus>,
+    file: Mutex<Option<(TrafficConfig, Option<RolloutConfig>)>>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl TrafficState {
+    /// Puts `policy` in force (or none) and publishes its weights.
+    pub fn store(&self, model: &str, policy: Option<Policy>, metrics: &TrafficMetrics) {
+        if let Some(old) = self.policy.load().as_ref() {
+            for v in &old.variants {
+                metrics.weight.with_label_values(&[model, &v.name]).set(0);
+            }
+        }
+        if let Some(policy) = &policy {
+            for v in &policy.variants {
+                metrics.weight.with_label_values(&[model, &v.name]).set(i64::from(v.weight));
+            }
+        }
+        self.policy.store(policy.map(Arc::new));
+    }
+
+    /// Whether `model.toml`'s traffic differs from what was applied from it last; records it as applied.
+    pub fn file_changed(&self, traffic: Option<&TrafficConfig>, rollout: Option<&RolloutConfig>) -> bool {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let now = traffic.map(|t| (t.clone(), rollout.cloned()));
+        if *file == now {
+            return false;
+        }
+        *file = now;
+        true
+    }
+
+    /// Stops the rollout that runs, if any (a new policy from the file or the API replaces it).
+    pub fn stop_rollout(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        self.rollout.store(None);
+    }
+
+    fn set_task(&self, task: tokio::task::AbortHandle) {
+        if let Some(old) = self.task.lock().unwrap_or_else(|e| e.into_inner()).replace(task) {
+            old.abort();
+        }
+    }
+}
+
+/// What the rollout endpoint shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStatus {
+    pub baseline: String,
+    pub candidate: String,
+    /// `running`, `rolled_back` or `promoted`.
+    pub state: &'static str,
+    pub step: usize,
+    pub steps: Vec<u32>,
+    pub candidate_percent: u32,
+    pub decisions: Vec<Decision>,
+}
+
+/// One decision, with the numbers it was taken on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub at_unix: u64,
+    /// `start`, `resume`, `advance`, `rollback` or `promote`.
+    pub decision: &'static str,
+    pub step: usize,
+    pub candidate_percent: u32,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<WindowSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<WindowSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psi: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ratio: Option<f64>,
+}
+
+/// The state written to disk after every decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Saved {
+    /// The rollout it belongs to: baseline and candidate with their targets, and the steps.
+    identity: String,
+    state: String,
+    step: usize,
+    reason: String,
+}
+
+/// Starts the rollout of `model`: resumes the saved state of the same rollout, or begins at its first step.
+pub fn start(
+    model: &str,
+    traffic: Arc<TrafficState>,
+    file: TrafficConfig,
+    config: RolloutConfig,
+    state_dir: Option<PathBuf>,
+    metrics: TrafficMetrics,
+) {
+    let run = Rollout {
+        model: model.to_owned(),
+        identity: identity(&file, &config),
+        traffic: Arc::clone(&traffic),
+        file,
+        config,
+        path: state_dir.map(|dir| dir.join("rollout").join(format!("{model}.json"))),
+        metrics,
+        decisions: Vec::new(),
+    };
+    let task = tokio::spawn(run.run());
+    traffic.set_task(task.abort_handle());
+}
+
+fn identity(file: &TrafficConfig, config: &RolloutConfig) -> String {
+    let describe = |name: &str| {
+        file.variant(name).map_or_else(String::new, |v| {
+            let model = v.model.as_deref().unwrap_or("");
+            let version = v.version.map_or_else(|| "default".to_owned(), |v| v.to_string());
+            format!("{name}={model}/{version}")
+        })
+    };
+    format!("{} {} steps {:?}", describe(&config.baseline), describe(&config.candidate), config.steps)
+}
+
+struct Rollout {
+    model: String,
+    identity: String,
+    traffic: Arc<TrafficState>,
+    file: TrafficConfig,
+    config: RolloutConfig,
+    path: Option<PathBuf>,
+    metrics: TrafficMetrics,
+    decisions: Vec<Decision>,
+}
+
+/// Where a step's comparison stands.
+enum Verdict {
+    Waiting,
+    Pass,
+    Breach(String),
+}
+
+impl Rollout {
+    async fn run(mut self) {
+        let saved = self.load();
+        let mut step = match saved {
+            Some(saved) if saved.state == "rolled_back" => {
+                return self.finish("resume", "rolled_back", 0, format!("resumed after a restart: {}", saved.reason));
+            }
+            Some(saved) if saved.state == "promoted" => {
+                let last = self.config.steps.len() - 1;
+                return self.finish("resume", "promoted", last, format!("resumed after a restart: {}", saved.reason));
+            }
+            Some(saved) => {
+                let step = saved.step.min(self.config.steps.len() - 1);
+                self.decide("resume", step, "resumed after a restart at the step it had reached".to_owned(), None);
+                step
+            }
+            None => {
+                self.decide("start", 0, "rollout started".to_owned(), None);
+                0
+            }
+        };
+        loop {
+            if self.config.steps[step] >= 100 {
+                let reason = "the candidate passed every step".to_owned();
+                return self.finish("promote", "promoted", step, reason);
+            }
+            self.apply(step, "running");
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs_f64(self.config.check_secs)).await;
+                let Some(policy) = self.traffic.policy.load_full() else { return };
+                let (baseline, candidate) = match (
+                    policy.variant(&self.config.baseline).map(|v| v.window.summary()),
+                    policy.variant(&self.config.candidate).map(|v| v.window.summary()),
+                ) {
+                    (Some(b), Some(c)) => (b, c),
+                    _ => return,
+                };
+                let held = started.elapsed() >= Duration::from_secs_f64(self.config.step_secs);
+                let (verdict, psi, ratio) = self.judge(&baseline, &candidate, held);
+                let numbers = Some((baseline, candidate, psi, ratio));
+                match verdict {
+                    Verdict::Waiting => continue,
+                    Verdict::Breach(reason) => return self.rollback(step, reason, numbers),
+                    Verdict::Pass => {
+                        let reason = format!("step {}% held {:.1} s within bounds", self.percent(step), self.config.step_secs);
+                        self.decide("advance", step + 1, reason, numbers);
+                        step += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Compares the two windows: a breach as soon as both have enough answers; a pass once the step was held.
+    fn judge(&self, baseline: &WindowSummary, candidate: &WindowSummary, held: bool) -> (Verdict, f64, f64) {
+        let psi = psi(&baseline.predictions, &candidate.predictions);
+        let ratio = if baseline.p99_ms > 0.0 { candidate.p99_ms / baseline.p99_ms } else { 1.0 };
+        let c = &self.config;
+        if baseline.requests < c.min_requests || candidate.requests < c.min_requests {
+            return (Verdict::Waiting, psi, ratio);
+        }
+        let verdict = if candidate.error_rate > baseline.error_rate + c.max_error_rate_increase {
+            Verdict::Breach(format!(
+                "error rate {:.4} against the baseline's {:.4} (allowed +{})",
+                candidate.error_rate, baseline.error_rate, c.max_error_rate_increase
+            ))
+        } else if ratio > c.max_p99_ratio {
+            Verdict::Breach(format!(
+                "p99 {:.2} ms is {ratio:.2}x the baseline's {:.2} ms (allowed {}x)",
+                candidate.p99_ms, baseline.p99_ms, c.max_p99_ratio
+            ))
+        } else if psi > c.max_psi {
+            Verdict::Breach(format!("prediction PSI {psi:.3} against the baseline (allowed {})", c.max_psi))
+        } else if held {
+            Verdict::Pass
+        } else {
+            Verdict::Waiting
+        };
+        (verdict, psi, ratio)
+    }
+
+    fn percent(&self, step: usize) -> u32 {
+        self.config.steps[step]
+    }
+
+    /// Sets the weights of `step` (the candidate's share of the two variants' weight) and saves the state.
+    fn apply(&mut self, step: usize, state: &'static str) {
+        let candidate_percent = if state == "rolled_back" { 0 } else { self.percent(step) };
+        let mut config = self.file.clone();
+        let pool: u32 = config
+            .variants
+            .iter()
+            .filter(|v| v.name == self.config.baseline || v.name == self.config.candidate)
+            .map(|v| v.weight)
+            .sum();
+        let candidate_weight = (pool * candidate_percent).div_ceil(100).min(pool);
+        for v in &mut config.variants {
+            if v.name == self.config.candidate {
+                v.weight = candidate_weight;
+            } else if v.name == self.config.baseline {
+                v.weight = pool - candidate_weight;
+            }
+        }
+        self.traffic.store(&self.model, Some(Policy::new(config)), &self.metrics);
+        self.metrics.rollout_percent.with_label_values(&[&self.model]).set(i64::from(candidate_percent));
+        self.publish(step, state, candidate_percent);
+        let reason = self.decisions.last().map(|d| d.reason.clone()).unwrap_or_default();
+        self.save(state, step, &reason);
+    }
+
+    fn rollback(&mut self, step: usize, reason: String, numbers: Option<(WindowSummary, WindowSummary, f64, f64)>) {
+        self.decide("rollback", step, reason, numbers);
+        self.apply(step, "rolled_back");
+    }
+
+    fn finish(&mut self, decision: &'static str, state: &'static str, step: usize, reason: String) {
+        self.decide(decision, step, reason, None);
+        self.apply(step, state);
+    }
+
+    fn decide(
+        &mut self,
+        decision: &'static str,
+        step: usize,
+        reason: String,
+        numbers: Option<(WindowSummary, WindowSummary, f64, f64)>,
+    ) {
+        let step = step.min(self.config.steps.len() - 1);
+        let candidate_percent = if decision == "rollback" { 0 } else { self.percent(step) };
+        let (baseline, candidate, psi, ratio) = match numbers {
+            Some((b, c, psi, ratio)) => (Some(b), Some(c), Some(psi), Some(ratio)),
+            None => (None, None, None, None),
+        };
+        tracing::info!(
+            model = %self.model,
+            candidate = %self.config.candidate,
+            decision,
+            step,
+            candidate_percent,
+            baseline_requests = baseline.as_ref().map(|b| b.requests),
+            candidate_requests = candidate.as_ref().map(|c| c.requests),
+            baseline_error_rate = baseline.as_ref().map(|b| b.error_rate),
+            candidate_error_rate = candidate.as_ref().map(|c| c.error_rate),
+            baseline_p99_ms = baseline.as_ref().map(|b| b.p99_ms),
+            candidate_p99_ms = candidate.as_ref().map(|c| c.p99_ms),
+            psi,
+            p99_ratio = ratio,
+            %reason,
+            "rollout decision"
+        );
+        self.metrics.rollout_decisions.with_label_values(&[&self.model, &self.config.candidate, decision]).inc();
+        let at_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.decisions.push(Decision {
+            at_unix,
+            decision,
+            step,
+            candidate_percent,
+            reason,
+            baseline,
+            candidate,
+            psi,
+            p99_ratio: ratio,
+        });
+        if self.decisions.len() > KEPT_DECISIONS {
+            self.decisions.remove(0);
+        }
+    }
+
+    fn publish(&self, step: usize, state: &'static str, candidate_percent: u32) {
+        self.traffic.rollout.store(Some(Arc::new(RolloutStatus {
+            baseline: self.config.baseline.clone(),
+            candidate: self.config.candidate.clone(),
+            state,
+            step,
+            steps: self.config.steps.clone(),
+            candidate_percent,
+            decisions: self.decisions.clone(),
+        })));
+    }
+
+    fn load(&self) -> Option<Saved> {
+        let path = self.path.as_ref()?;
+        let text = std::fs::read(path).ok()?;
+        match serde_json::from_slice::<Saved>(&text) {
+            Ok(saved) if saved.identity == self.identity => Some(saved),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(model = %self.model, path = %path.display(), error = %e, "rollout state unreadable; starting over");
+                None
+            }
+        }
+    }
+
+    /// Writes the state by temp file, fsync and rename, so a crash leaves the old state or the new one.
+    fn save(&self, state: &str, step: usize, reason: &str) {
+        let Some(path) = &self.path else { return };
+        let saved =
+            Saved { identity: self.identity.clone(), state: state.to_owned(), step, reason: reason.to_owned() };
+        let write = || -> std::io::Result<()> {
+            let dir = path.parent().unwrap_or(path);
+            std::fs::create_dir_all(dir)?;
+            let staging = dir.join(format!(".{}.tmp", self.model));
+            let mut file = std::fs::File::create(&staging)?;
+            std::io::Write::write_all(&mut file, &serde_json::to_vec_pretty(&saved).unwrap_or_default())?;
+            file.sync_all()?;
+            std::fs::rename(&staging, path)
+        };
+        if let Err(e) = write() {
+            tracing::error!(model = %self.model, path = %path.display(), error = %e, "cannot save the rollout state");
+        }
+    }
+}
