@@ -174,6 +174,33 @@ def mlp(seed: int) -> onnx.ModelProto:
     return model
 
 
+def slow_mlp(width: int = 256, layers: int = 512) -> onnx.ModelProto:
+    """The mlp's signature (input [batch, 64] -> probabilities [batch, 10]) with the cost of `slow`: a deliberately
+    slow variant for the traffic tests (a shadow that must not delay the primary)."""
+    rng = np.random.default_rng(3)
+    w_in = (rng.standard_normal((64, width)) / 8.0).astype(np.float32)
+    w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    w_out = (rng.standard_normal((width, 10)) / np.sqrt(width)).astype(np.float32)
+    nodes, current = [helper.make_node("MatMul", ["input", "w_in"], ["h"])], "h"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [current, "w"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
+        current = f"t{i}"
+    nodes.append(helper.make_node("MatMul", [current, "w_out"], ["logits"]))
+    nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "mlp_slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(a, n) for a, n in [(w_in, "w_in"), (w, "w"), (w_out, "w_out")]],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def passthrough() -> onnx.ModelProto:
     """One input per served datatype, each copied to an output: checks every datatype end to end."""
     types = {
@@ -275,7 +302,15 @@ def main() -> None:
         path = save(iris_forest(trees, depth, seed), "iris", version)
         golden(path, "iris", version, "X", iris_rows)
 
-    for name, model in {"passthrough": passthrough(), "slow": slow(), "unsupported": unsupported()}.items():
+    fixtures = {
+        "passthrough": passthrough(),
+        "slow": slow(),
+        "unsupported": unsupported(),
+        # The traffic tests' variants: the mlp's signature with other answers, and with a deliberate slowness.
+        "mlp_other": mlp(seed=99),
+        "mlp_slow": slow_mlp(),
+    }
+    for name, model in fixtures.items():
         path = FIXTURES / name / "1" / "model.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         model.graph.name = name

@@ -111,8 +111,7 @@ fn send_shadow(
         metrics.shadow_requests.with_label_values(&[model.as_str(), &name, outcome]).inc();
         metrics.shadow_duration.with_label_values(&[model.as_str(), &name]).observe(started.elapsed().as_secs_f64());
         if let Some(window) = policy.as_ref().and_then(|p| p.variant(&name)) {
-            let outputs: Option<Vec<Tensor>> =
-                result.ok().map(|r| r.outputs.into_iter().map(|o| o.tensor).collect());
+            let outputs: Option<Vec<Tensor>> = result.ok().map(|r| r.outputs.into_iter().map(|o| o.tensor).collect());
             window.window.observe(started.elapsed(), outputs.as_deref());
         }
     });

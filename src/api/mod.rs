@@ -4,10 +4,10 @@
 pub mod grpc;
 pub mod http;
 mod infer;
-mod traffic;
 mod model_config;
 mod repository;
 mod statistics;
+mod traffic;
 mod webhook;
 
 use thiserror::Error;
@@ -15,10 +15,10 @@ use thiserror::Error;
 pub use infer::{
     InferOutput, InferRequest, InferResponse, NamedTensor, infer, infer_routed, order_inputs, resolve, route,
 };
-pub use traffic::{TrafficView, rollout, set_traffic, traffic};
 pub use model_config::{ModelConfigView, VersionPolicyView, model_config};
 pub use repository::{IndexRow, ModelControl, load_model, repository_index, unload_model};
 pub use statistics::{StatisticsView, statistics};
+pub use traffic::{TrafficView, rollout, set_traffic, traffic};
 pub use webhook::{Delivery, MlflowHook};
 
 use crate::backend::{BackendError, Device, TensorSpec};

@@ -34,9 +34,9 @@ impl ModelControl {
                     .to_owned(),
             ));
         };
-        let presented = authorization.and_then(|value| value.strip_prefix("Bearer ")).ok_or_else(|| {
-            ApiError::Unauthorized("model management needs 'Authorization: Bearer <token>'".into())
-        })?;
+        let presented = authorization
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::Unauthorized("model management needs 'Authorization: Bearer <token>'".into()))?;
         if constant_time_eq(presented.trim().as_bytes(), expected.as_bytes()) {
             Ok(())
         } else {

@@ -51,7 +51,5 @@ pub fn set_traffic(
 pub fn rollout(table: &ModelTable, model: &str) -> Result<RolloutStatus, ApiError> {
     let entry = table.entry(model)?;
     let status = entry.traffic.rollout.load_full();
-    status
-        .map(|s| (*s).clone())
-        .ok_or_else(|| ApiError::ModelNotFound(format!("model '{model}' has no rollout")))
+    status.map(|s| (*s).clone()).ok_or_else(|| ApiError::ModelNotFound(format!("model '{model}' has no rollout")))
 }

@@ -25,11 +25,11 @@ use crate::repository::{
     self, DeclaredSignature, DistributionChoice, ModelConfig, ModelListing, ModelSpec, MonitoringConfig,
 };
 use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig, Warmup};
-use crate::traffic::rollout::TrafficState;
 use crate::telemetry::{
     DEFAULT_SCORE_BUCKETS, Distribution, DriftMonitor, MAX_CLASSES, MonitorSpec, Reference, Telemetry, VersionMetrics,
 };
 use crate::tensor::{DataType, Tensor};
+use crate::traffic::rollout::TrafficState;
 
 /// A loaded version that takes traffic.
 #[derive(Debug)]

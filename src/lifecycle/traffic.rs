@@ -123,9 +123,8 @@ impl ModelTable {
                 }
                 Some(other) if strict => {
                     let version = target.version.map(|v| v.to_string());
-                    let serving = self
-                        .resolve(other, version.as_deref())
-                        .map_err(|e| format!("variant '{name}': {e}"))?;
+                    let serving =
+                        self.resolve(other, version.as_deref()).map_err(|e| format!("variant '{name}': {e}"))?;
                     if let Some(own) = &own
                         && !same_signature(own, &serving.signature)
                     {

@@ -146,7 +146,8 @@ impl RolloutConfig {
                 return Err(format!("[rollout] names variant '{name}', which [traffic] does not have"));
             }
         }
-        let pool: u32 = [&self.baseline, &self.candidate].iter().filter_map(|n| traffic.variant(n)).map(|v| v.weight).sum();
+        let pool: u32 =
+            [&self.baseline, &self.candidate].iter().filter_map(|n| traffic.variant(n)).map(|v| v.weight).sum();
         if pool == 0 {
             return Err("[rollout] baseline and candidate have no weight between them to share".to_owned());
         }
@@ -160,7 +161,7 @@ impl RolloutConfig {
         if !positive(self.step_secs) || !positive(self.check_secs) {
             return Err("[rollout] step_secs and check_secs must be positive".to_owned());
         }
-        if !positive(self.max_p99_ratio) || !(self.max_psi.is_finite() && self.max_psi >= 0.0) {
+        if !(positive(self.max_p99_ratio) && self.max_psi.is_finite() && self.max_psi >= 0.0) {
             return Err("[rollout] max_p99_ratio must be positive and max_psi at least 0".to_owned());
         }
         if !(0.0..=1.0).contains(&self.max_error_rate_increase) {
@@ -203,7 +204,9 @@ mod tests {
         assert_eq!(err, "variant 'a' is named twice");
         assert!(parse("variants = [{ name = \"../a\", weight = 100 }]").is_err());
         assert!(parse("variants = [{ name = \"a\", model = \"../x\", weight = 100 }]").is_err());
-        assert!(parse("variants = [{ name = \"a\", weight = 100 }]\nshadow = { name = \"s\", percent = 101 }").is_err());
+        assert!(
+            parse("variants = [{ name = \"a\", weight = 100 }]\nshadow = { name = \"s\", percent = 101 }").is_err()
+        );
         assert!(parse("variants = []").is_err());
         assert!(parse("variants = [{ name = \"a\", weight = 100, colour = 1 }]").is_err());
     }

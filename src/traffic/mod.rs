@@ -42,8 +42,7 @@ impl Policy {
         };
         let variants = config.variants.iter().map(|v| variant(&v.name, v.target(), v.weight)).collect();
         let shadow = config.shadow.as_ref().map(|s| variant(&s.name, s.target(), 0));
-        let since_unix =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let since_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Policy { config, variants, shadow, since_unix }
     }
 
@@ -223,8 +222,7 @@ fn prediction_bins(tensor: &Tensor) -> Vec<usize> {
     let columns = if shape.len() >= 2 { shape[1..].iter().product::<usize>() } else { 1 };
     match tensor.dtype() {
         DataType::Fp32 => {
-            let values: Vec<f32> =
-                data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             if columns > 1 {
                 values
                     .chunks_exact(columns)
@@ -240,7 +238,10 @@ fn prediction_bins(tensor: &Tensor) -> Vec<usize> {
         DataType::Int64 => data
             .chunks_exact(8)
             .step_by(columns.max(1))
-            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]).rem_euclid(PREDICTION_BINS as i64) as usize)
+            .map(|c| {
+                i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]).rem_euclid(PREDICTION_BINS as i64)
+                    as usize
+            })
             .collect(),
         DataType::Int32 => data
             .chunks_exact(4)

@@ -207,7 +207,8 @@ impl Rollout {
                     Verdict::Waiting => continue,
                     Verdict::Breach(reason) => return self.rollback(step, reason, numbers),
                     Verdict::Pass => {
-                        let reason = format!("step {}% held {:.1} s within bounds", self.percent(step), self.config.step_secs);
+                        let reason =
+                            format!("step {}% held {:.1} s within bounds", self.percent(step), self.config.step_secs);
                         self.decide("advance", step + 1, reason, numbers);
                         step += 1;
                         break;
@@ -360,8 +361,7 @@ impl Rollout {
     /// Writes the state by temp file, fsync and rename, so a crash leaves the old state or the new one.
     fn save(&self, state: &str, step: usize, reason: &str) {
         let Some(path) = &self.path else { return };
-        let saved =
-            Saved { identity: self.identity.clone(), state: state.to_owned(), step, reason: reason.to_owned() };
+        let saved = Saved { identity: self.identity.clone(), state: state.to_owned(), step, reason: reason.to_owned() };
         let write = || -> std::io::Result<()> {
             let dir = path.parent().unwrap_or(path);
             std::fs::create_dir_all(dir)?;

@@ -533,6 +533,7 @@ mod tests {
                 model_version: "1".into(),
                 id: None,
                 outputs: vec![InferOutput { name: "x".into(), tensor }],
+                variant: None,
             };
             let encoded = encode_response(&response, &OutputFormat::default()).unwrap();
             assert_eq!(encoded.header_length, None);
@@ -616,10 +617,12 @@ mod tests {
             model_version: "1".into(),
             id: None,
             outputs: request.inputs.into_iter().map(|i| InferOutput { name: i.name, tensor: i.tensor }).collect(),
+            variant: Some("b".into()),
         };
         let encoded = encode_response(&response, &format).unwrap();
         let len = encoded.header_length.unwrap();
         let json: serde_json::Value = serde_json::from_slice(&encoded.body[..len]).unwrap();
+        assert_eq!(json["parameters"]["variant"], "b", "the variant that answered is a response parameter");
         assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 8);
         assert!(json["outputs"][0].get("data").is_none());
         assert_eq!(json["outputs"][1]["data"], serde_json::json!(["abc", "de"]));
