@@ -73,14 +73,16 @@ pub async fn infer_routed(
     if let Some((name, shadow)) = table.shadow(model, &routed) {
         send_shadow(table, model, &routed, name, shadow, request.clone());
     }
-    let result = infer(Arc::clone(&routed.serving), request).await;
-    let Some(variant) = routed.variant.as_deref() else { return result };
+    // The request holds its version once (the draining count of a swapped-out version counts holders).
+    let Routed { serving, variant, policy } = routed;
+    let version = serving.version.to_string();
+    let result = infer(serving, request).await;
+    let Some(variant) = variant.as_deref() else { return result };
     let metrics = &table.telemetry().traffic;
-    let version = routed.serving.version.to_string();
     let outcome = result.as_ref().map_or_else(|e| e.error_type(), |_| "ok");
     metrics.variant_requests.with_label_values(&[model, variant, &version, outcome]).inc();
     metrics.variant_duration.with_label_values(&[model, variant]).observe(started.elapsed().as_secs_f64());
-    if let Some(window) = routed.window() {
+    if let Some(window) = policy.as_ref().and_then(|p| p.variant(variant)) {
         let outputs: Option<Vec<Tensor>> =
             result.as_ref().ok().map(|r| r.outputs.iter().map(|o| o.tensor.clone()).collect());
         window.window.observe(started.elapsed(), outputs.as_deref());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{LookupError, ModelEntry, ModelTable, ServingVersion, VersionSet};
 use crate::backend::{Signature, TensorSpec};
 use crate::repository::{RolloutConfig, Target, TrafficConfig};
-use crate::traffic::{Policy, Variant, rollout};
+use crate::traffic::{Policy, rollout};
 
 /// Where a request goes: the version, and the variant of the policy that chose it.
 #[derive(Debug)]
@@ -14,13 +14,6 @@ pub struct Routed {
     pub variant: Option<Arc<str>>,
     /// The policy that routed the request (its windows record the answer).
     pub policy: Option<Arc<Policy>>,
-}
-
-impl Routed {
-    pub fn window(&self) -> Option<&Variant> {
-        let (policy, name) = (self.policy.as_ref()?, self.variant.as_ref()?);
-        policy.variant(name)
-    }
 }
 
 impl ModelTable {
