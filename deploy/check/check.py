@@ -1,0 +1,109 @@
+"""Checks rendered Kubernetes manifests offline.
+
+    check.py kubernetes FILE...   every core resource against the Kubernetes schemas, strictly (unknown fields fail)
+    check.py kserve FILE...       KServe resources: their containers as core Containers, protocols and formats
+    check.py alerts RULE ALERTS   a PrometheusRule's groups equal deploy/prometheus/alerts.yaml's
+
+Resources of other API groups are skipped by `kubernetes` (the Prometheus-operator kinds are checked by
+validate-monitoring.mjs). Exits 1 on the first file with a failure, after reporting every failure in it.
+"""
+
+import sys
+
+import kubernetes_validate
+import yaml
+
+KUBERNETES_VERSION = "1.31.0"
+CUSTOM_GROUPS = ("monitoring.coreos.com/", "serving.kserve.io/")
+KSERVE_PROTOCOLS = {"v1", "v2", "grpc-v1", "grpc-v2"}
+
+
+def documents(path: str) -> list:
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def name(doc: dict) -> str:
+    return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+def check_kubernetes(paths: list) -> list:
+    failures, checked = [], 0
+    for path in paths:
+        for doc in documents(path):
+            if str(doc.get("apiVersion", "")).startswith(CUSTOM_GROUPS):
+                continue
+            try:
+                kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+                checked += 1
+            except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as e:
+                failures.append(f"{path}: {name(doc)}: {getattr(e, 'message', e)}")
+    if checked == 0 and not failures:
+        failures.append(f"{' '.join(paths)}: no Kubernetes resource found")
+    print(f"kubernetes {KUBERNETES_VERSION} (strict): {checked} valid")
+    return failures
+
+
+def as_pod(containers: list) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": {"containers": containers}}
+
+
+def check_kserve(paths: list) -> list:
+    failures, runtimes, services = [], {}, []
+    for path in paths:
+        for doc in documents(path):
+            kind, spec = doc.get("kind"), doc.get("spec") or {}
+            where = f"{path}: {name(doc)}"
+            if kind in ("ClusterServingRuntime", "ServingRuntime"):
+                if doc.get("apiVersion") != "serving.kserve.io/v1alpha1":
+                    failures.append(f"{where}: apiVersion must be serving.kserve.io/v1alpha1")
+                unknown = set(spec.get("protocolVersions", [])) - KSERVE_PROTOCOLS
+                if unknown or not spec.get("protocolVersions"):
+                    failures.append(f"{where}: protocolVersions {spec.get('protocolVersions')} (known: {KSERVE_PROTOCOLS})")
+                formats = [f.get("name") for f in spec.get("supportedModelFormats", [])]
+                if not formats:
+                    failures.append(f"{where}: no supportedModelFormats")
+                try:
+                    kubernetes_validate.validate(as_pod(spec.get("containers", [])), KUBERNETES_VERSION, strict=True)
+                except kubernetes_validate.ValidationError as e:
+                    failures.append(f"{where}: containers: {e.message}")
+                runtimes[doc["metadata"]["name"]] = formats
+            elif kind == "InferenceService":
+                if doc.get("apiVersion") != "serving.kserve.io/v1beta1":
+                    failures.append(f"{where}: apiVersion must be serving.kserve.io/v1beta1")
+                services.append((where, spec.get("predictor", {}).get("model", {})))
+    for where, model in services:
+        runtime, model_format = model.get("runtime"), model.get("modelFormat", {}).get("name")
+        if runtime not in runtimes:
+            failures.append(f"{where}: runtime {runtime!r} is not defined here")
+        elif model_format not in runtimes[runtime]:
+            failures.append(f"{where}: runtime {runtime} does not serve format {model_format!r}")
+        if not model.get("storageUri"):
+            failures.append(f"{where}: no storageUri")
+    print(f"kserve: {len(runtimes)} runtime(s), {len(services)} inference service(s)")
+    return failures
+
+
+def check_alerts(rule_path: str, alerts_path: str) -> list:
+    rules = [d for d in documents(rule_path) if d.get("kind") == "PrometheusRule"]
+    alerts = documents(alerts_path)[0]
+    if len(rules) != 1 or rules[0]["spec"]["groups"] != alerts["groups"]:
+        return [f"{rule_path}: the PrometheusRule's groups differ from {alerts_path}"]
+    print(f"alerts: {rule_path} carries the {sum(len(g['rules']) for g in alerts['groups'])} rules of {alerts_path}")
+    return []
+
+
+def main() -> int:
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    command, paths = sys.argv[1], sys.argv[2:]
+    checks = {"kubernetes": lambda: check_kubernetes(paths), "kserve": lambda: check_kserve(paths)}
+    checks["alerts"] = lambda: check_alerts(*paths)
+    failures = checks[command]()
+    for failure in failures:
+        print(f"FAIL {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
