@@ -15,6 +15,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import urllib.request
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -101,7 +102,7 @@ def http_checks(url, goldens, token):
     print("tritonclient HTTP: ok")
 
 
-def grpc_checks(url, goldens, token):
+def grpc_checks(url, goldens, token, http_url):
     client = grpcclient.InferenceServerClient(url)
     assert client.is_server_live() and client.is_server_ready()
     assert "statistics" in client.get_server_metadata().extensions
@@ -136,7 +137,44 @@ def grpc_checks(url, goldens, token):
     client.load_model("mlp", headers=auth)
     assert client.is_model_ready("mlp")
     stream_order(client)
+    traffic_over_grpc(client, http_url, token)
     print("tritonclient gRPC: ok")
+
+
+def traffic_over_grpc(client, http_url, token):
+    """A traffic policy on iris (set over REST), then gRPC requests: the routing key from the metadata or the
+    `routing_key` parameter keeps a caller on one variant, and the answer names it."""
+    policy = {"variants": [{"name": "one", "version": 1, "weight": 50}, {"name": "two", "version": 2, "weight": 50}]}
+    put = urllib.request.Request(
+        f"http://{http_url}/v2/models/iris/traffic",
+        data=json.dumps(policy).encode(),
+        method="PUT",
+        headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
+    )
+    urllib.request.urlopen(put).read()
+    row = grpcclient.InferInput("X", [1, 4], "FP32")
+    row.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32))
+
+    def variant(response):
+        return response.parameters["variant"].string_param
+
+    seen = set()
+    for i in range(40):
+        key = {"x-routing-key": f"user-{i}"}
+        by_metadata = [client.infer("iris", [row], headers=key).get_response() for _ in range(3)]
+        by_parameter = client.infer("iris", [row], parameters={"routing_key": f"user-{i}"}).get_response()
+        names = {variant(r) for r in by_metadata} | {variant(by_parameter)}
+        assert len(names) == 1, f"user-{i} answered by {names}"
+        expected_version = {"one": "1", "two": "2"}[names.pop()]
+        assert by_parameter.model_version == expected_version, by_parameter
+        seen.add(expected_version)
+    assert seen == {"1", "2"}, f"40 keys all went to version(s) {seen}"
+    pinned = client.infer("iris", [row], model_version="1").get_response()
+    assert "variant" not in pinned.parameters and pinned.model_version == "1"
+    delete = urllib.request.Request(
+        f"http://{http_url}/v2/models/iris/traffic", method="DELETE", headers={"authorization": f"Bearer {token}"}
+    )
+    urllib.request.urlopen(delete).read()
 
 
 def stream_order(client, count=1000):
@@ -198,7 +236,7 @@ def main():
     args = parser.parse_args()
     goldens = load_goldens(args.golden)
     http_checks(args.http, goldens, args.token)
-    grpc_checks(args.grpc, goldens, args.token)
+    grpc_checks(args.grpc, goldens, args.token, args.http)
     with tempfile.TemporaryDirectory() as out:
         perf(args.http, "http", args.perf, out)
         perf(args.grpc, "grpc", args.perf, out)
