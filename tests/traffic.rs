@@ -186,6 +186,14 @@ async fn splits_follow_weights_keys_stick_and_policies_change_live() {
         metrics.contains("infergate_variant_requests_total{model=\"mlp\",outcome=\"ok\",variant=\"a\",version=\"1\"}")
     );
     assert!(metrics.contains("infergate_traffic_weight_percent{model=\"mlp\",variant=\"b\"} 40"));
+
+    // A restart keeps the policy set through the API while model.toml stays as it was.
+    server.server.shutdown();
+    let server = Arc::try_unwrap(server).ok().unwrap();
+    server.server.wait().await.unwrap();
+    let server = TestServer::start(config(&root, &root.join(".state"))).await;
+    let (_, view) = server.get("/v2/models/mlp/traffic").await;
+    assert_eq!(view["policy"]["variants"][1]["weight"], 40, "{view}");
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -1,6 +1,9 @@
 //! Routing of unpinned requests by a model's traffic policy, and the policy's checks against what is served.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use super::{LookupError, ModelEntry, ModelTable, ServingVersion, VersionSet};
 use crate::backend::{Signature, TensorSpec};
@@ -59,9 +62,37 @@ impl ModelTable {
             self.check_traffic(&entry, &entry.versions.load(), config, true)?;
         }
         entry.traffic.stop_rollout();
+        self.save_api_policy(model, &entry, config.as_ref());
         entry.traffic.store(model, config.map(Policy::new), &self.telemetry.traffic);
         tracing::info!(model, "traffic policy set through the management API");
         Ok(())
+    }
+
+    fn api_policy_path(&self, model: &str) -> Option<PathBuf> {
+        Some(self.state_dir.as_ref()?.join("traffic").join(format!("{model}.json")))
+    }
+
+    /// Keeps a policy set through the API, with what `model.toml` said then, so that a restart restores it as long
+    /// as the file has not changed since (a changed file is the newer intent).
+    fn save_api_policy(&self, model: &str, entry: &ModelEntry, config: Option<&TrafficConfig>) {
+        let Some(path) = self.api_policy_path(model) else { return };
+        let saved = SavedPolicy { file: entry.traffic.file_fingerprint(), policy: config.cloned() };
+        let bytes = serde_json::to_vec_pretty(&saved).unwrap_or_default();
+        if let Err(e) = rollout::write_atomically(&path, &bytes) {
+            tracing::error!(model, path = %path.display(), error = %e, "cannot save the traffic policy; a restart reverts to model.toml's");
+        }
+    }
+
+    /// The policy an API call set before a restart, if the file is still what it was then; forgets it otherwise.
+    fn restored_api_policy(&self, entry: &ModelEntry) -> Option<Option<TrafficConfig>> {
+        let path = self.api_policy_path(&entry.name)?;
+        let saved: SavedPolicy = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+        if saved.file == entry.traffic.file_fingerprint() {
+            return Some(saved.policy);
+        }
+        tracing::info!(model = %entry.name, "model.toml's traffic changed since the API set a policy; the file's applies");
+        let _ = std::fs::remove_file(&path);
+        None
     }
 
     /// Applies `model.toml`'s `[traffic]` and `[rollout]` when they changed since last applied.
@@ -74,6 +105,20 @@ impl ModelTable {
         let name = entry.name.as_str();
         if !entry.traffic.file_changed(traffic.as_ref(), rollout.as_ref()) {
             return;
+        }
+        if let Some(policy) = self.restored_api_policy(entry) {
+            let set = entry.versions.load();
+            match policy.as_ref().map(|p| self.check_traffic(entry, &set, p, false)).transpose() {
+                Ok(_) => {
+                    entry.traffic.stop_rollout();
+                    entry.traffic.store(name, policy.map(Policy::new), &self.telemetry.traffic);
+                    tracing::info!(model = name, "the traffic policy set through the management API is restored");
+                    return;
+                }
+                Err(reason) => {
+                    tracing::error!(model = name, %reason, "the saved API policy no longer fits; model.toml's applies")
+                }
+            }
         }
         let Some(traffic) = traffic else {
             entry.traffic.stop_rollout();
@@ -132,6 +177,13 @@ impl ModelTable {
         }
         Ok(())
     }
+}
+
+/// A policy set through the management API, saved with the file's traffic settings of that moment.
+#[derive(Serialize, Deserialize)]
+struct SavedPolicy {
+    file: String,
+    policy: Option<TrafficConfig>,
 }
 
 /// Same inputs and outputs: names, datatypes and shapes (dimension names aside).

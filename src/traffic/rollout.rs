@@ -14,15 +14,31 @@ use super::{Policy, WindowSummary, psi};
 use crate::repository::{RolloutConfig, TrafficConfig};
 use crate::telemetry::TrafficMetrics;
 
+/// Writes `bytes` to `path` by a temp file beside it, fsync and rename: a crash leaves the old file or the new one.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(path);
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
+    let staging = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::File::create(&staging)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&staging, path)
+}
+
 /// Decisions kept for the endpoint.
 const KEPT_DECISIONS: usize = 100;
+
+/// `model.toml`'s `[traffic]` and `[rollout]`, if any.
+type FileTraffic = Option<(TrafficConfig, Option<RolloutConfig>)>;
 
 /// A model's traffic: the policy in force, the rollout's status, and what `model.toml` said last.
 #[derive(Debug, Default)]
 pub struct TrafficState {
     pub policy: ArcSwapOption<Policy>,
     pub rollout: ArcSwapOption<RolloutStatus>,
-    file: Mutex<Option<(TrafficConfig, Option<RolloutConfig>)>>,
+    /// `None` until the file is first applied.
+    file: Mutex<Option<FileTraffic>>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -45,12 +61,18 @@ impl TrafficState {
     /// Whether `model.toml`'s traffic differs from what was applied from it last; records it as applied.
     pub fn file_changed(&self, traffic: Option<&TrafficConfig>, rollout: Option<&RolloutConfig>) -> bool {
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let now = traffic.map(|t| (t.clone(), rollout.cloned()));
+        let now = Some(traffic.map(|t| (t.clone(), rollout.cloned())));
         if *file == now {
             return false;
         }
         *file = now;
         true
+    }
+
+    /// What `model.toml` said when last applied, as text: the key under which an API change is saved.
+    pub fn file_fingerprint(&self) -> String {
+        let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::to_string(&*file).unwrap_or_default()
     }
 
     /// Stops the rollout that runs, if any (a new policy from the file or the API replaces it).
@@ -362,16 +384,7 @@ impl Rollout {
     fn save(&self, state: &str, step: usize, reason: &str) {
         let Some(path) = &self.path else { return };
         let saved = Saved { identity: self.identity.clone(), state: state.to_owned(), step, reason: reason.to_owned() };
-        let write = || -> std::io::Result<()> {
-            let dir = path.parent().unwrap_or(path);
-            std::fs::create_dir_all(dir)?;
-            let staging = dir.join(format!(".{}.tmp", self.model));
-            let mut file = std::fs::File::create(&staging)?;
-            std::io::Write::write_all(&mut file, &serde_json::to_vec_pretty(&saved).unwrap_or_default())?;
-            file.sync_all()?;
-            std::fs::rename(&staging, path)
-        };
-        if let Err(e) = write() {
+        if let Err(e) = write_atomically(path, &serde_json::to_vec_pretty(&saved).unwrap_or_default()) {
             tracing::error!(model = %self.model, path = %path.display(), error = %e, "cannot save the rollout state");
         }
     }
