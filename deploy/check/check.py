@@ -63,11 +63,13 @@ def check_kserve(paths: list) -> list:
                 formats = [f.get("name") for f in spec.get("supportedModelFormats", [])]
                 if not formats:
                     failures.append(f"{where}: no supportedModelFormats")
+                if not spec.get("containers"):
+                    failures.append(f"{where}: no containers")
                 try:
                     kubernetes_validate.validate(as_pod(spec.get("containers", [])), KUBERNETES_VERSION, strict=True)
                 except kubernetes_validate.ValidationError as e:
                     failures.append(f"{where}: containers: {e.message}")
-                runtimes[doc["metadata"]["name"]] = formats
+                runtimes[doc.get("metadata", {}).get("name")] = formats
             elif kind == "InferenceService":
                 if doc.get("apiVersion") != "serving.kserve.io/v1beta1":
                     failures.append(f"{where}: apiVersion must be serving.kserve.io/v1beta1")
@@ -80,14 +82,18 @@ def check_kserve(paths: list) -> list:
             failures.append(f"{where}: runtime {runtime} does not serve format {model_format!r}")
         if not model.get("storageUri"):
             failures.append(f"{where}: no storageUri")
+    if not runtimes and not services:
+        failures.append(f"{' '.join(paths)}: no KServe resource found")
     print(f"kserve: {len(runtimes)} runtime(s), {len(services)} inference service(s)")
     return failures
 
 
 def check_alerts(rule_path: str, alerts_path: str) -> list:
     rules = [d for d in documents(rule_path) if d.get("kind") == "PrometheusRule"]
-    alerts = documents(alerts_path)[0]
-    if len(rules) != 1 or rules[0]["spec"]["groups"] != alerts["groups"]:
+    alerts = (documents(alerts_path) or [{}])[0]
+    if "groups" not in alerts:
+        return [f"{alerts_path}: no alert groups"]
+    if len(rules) != 1 or (rules[0].get("spec") or {}).get("groups") != alerts["groups"]:
         return [f"{rule_path}: the PrometheusRule's groups differ from {alerts_path}"]
     print(f"alerts: {rule_path} carries the {sum(len(g['rules']) for g in alerts['groups'])} rules of {alerts_path}")
     return []

@@ -60,22 +60,31 @@ check alerts "$rendered/standalone.yaml" deploy/prometheus/alerts.yaml
 echo "== KServe"
 check kserve deploy/kserve/*.yaml
 
-echo "== each validator fails on a broken input"
-must_fail() { # what, command...
-  local what=$1
-  shift
+echo "== each validator fails on a broken input, for the reason planted in it"
+must_fail() { # what, expected message (a grep -E pattern), command...
+  local what=$1 expected=$2
+  shift 2
   if "$@" >"$rendered/broken.log" 2>&1; then
     echo "FAIL: $what accepted a broken input" >&2
     cat "$rendered/broken.log" >&2
     exit 1
   fi
-  echo "ok: $what refused it: $(grep -m1 -iE 'fail|error|DL[0-9]+' "$rendered/broken.log" | cut -c1-160)"
+  if ! grep -qE "$expected" "$rendered/broken.log"; then
+    echo "FAIL: $what failed, but not with /$expected/:" >&2
+    cat "$rendered/broken.log" >&2
+    exit 1
+  fi
+  echo "ok: $what refused it: $(grep -m1 -E "$expected" "$rendered/broken.log" | cut -c1-150)"
 }
-must_fail "hadolint" "$venv_bin/hadolint" --no-color deploy/check/broken/Dockerfile
-must_fail "helm lint (values.schema.json)" "$helm" lint --strict deploy/helm/infergate -f deploy/check/broken/values.yaml
-must_fail "Kubernetes schemas" check kubernetes deploy/check/broken/deployment.yaml
-must_fail "Prometheus-operator schemas" monitoring deploy/check/broken/servicemonitor.yaml
-must_fail "KServe check" check kserve deploy/check/broken/kserve.yaml
+broken=deploy/check/broken
+must_fail "hadolint" "DL3007" "$venv_bin/hadolint" --no-color $broken/Dockerfile
+must_fail "helm lint (values.schema.json)" "Additional property replicas is not allowed" \
+  "$helm" lint --strict deploy/helm/infergate -f $broken/values.yaml
+must_fail "Kubernetes schemas (types)" "'two' is not of type 'integer'" check kubernetes $broken/deployment-type.yaml
+must_fail "Kubernetes schemas (unknown fields)" "imagePolicy" check kubernetes $broken/deployment-field.yaml
+must_fail "Prometheus-operator schemas" "interval must be string" monitoring $broken/servicemonitor.yaml
+must_fail "KServe check (protocols)" "protocolVersions \\['v3'\\]" check kserve $broken/kserve-protocol.yaml
+must_fail "KServe check (containers)" "containers: '8080' is not of type 'integer'" check kserve $broken/kserve-container.yaml
 sed 's/severity: warning/severity: page/' "$rendered/standalone.yaml" >"$rendered/changed-rule.yaml"
-must_fail "alerts equality" check alerts "$rendered/changed-rule.yaml" deploy/prometheus/alerts.yaml
+must_fail "alerts equality" "groups differ" check alerts "$rendered/changed-rule.yaml" deploy/prometheus/alerts.yaml
 echo "deployment files: all checks passed"

@@ -11,6 +11,7 @@ use crate::backend::Signature;
 use crate::backend::signature::describe;
 use crate::lifecycle::{ModelTable, Routed, ServingVersion};
 use crate::tensor::Tensor;
+use crate::traffic::VariantWindow;
 
 /// A named input or output tensor.
 #[derive(Debug, Clone)]
@@ -76,18 +77,32 @@ pub async fn infer_routed(
     // The request holds its version once (the draining count of a swapped-out version counts holders).
     let Routed { serving, variant, policy } = routed;
     let version = serving.version.to_string();
-    let result = infer(serving, request).await;
+    let window = policy.as_ref().zip(variant.as_deref()).and_then(|(p, v)| p.variant(v)).map(|v| &v.window);
+    let result = infer_with(serving, request, window).await;
     let Some(variant) = variant.as_deref() else { return result };
     let metrics = &table.telemetry().traffic;
     let outcome = result.as_ref().map_or_else(|e| e.error_type(), |_| "ok");
     metrics.variant_requests.with_label_values(&[model, variant, &version, outcome]).inc();
     metrics.variant_duration.with_label_values(&[model, variant]).observe(started.elapsed().as_secs_f64());
-    if let Some(window) = policy.as_ref().and_then(|p| p.variant(variant)) {
-        let outputs: Option<Vec<Tensor>> =
-            result.as_ref().ok().map(|r| r.outputs.iter().map(|o| o.tensor.clone()).collect());
-        window.window.observe(started.elapsed(), outputs.as_deref());
+    if let Some(window) = window
+        && result.as_ref().map_or_else(variant_fault, |_| true)
+    {
+        window.observe(started.elapsed(), result.is_ok());
     }
     result.map(|response| InferResponse { variant: Some(variant.to_owned()), ..response })
+}
+
+/// Whether a failure counts against the variant that answered (its error rate in a rollout): the server's
+/// failures do, the caller's mistakes (a malformed or invalid request) do not.
+fn variant_fault(error: &ApiError) -> bool {
+    matches!(
+        error,
+        ApiError::Inference(_)
+            | ApiError::Overloaded { .. }
+            | ApiError::DeadlineExceeded
+            | ApiError::ModelUnavailable(_)
+            | ApiError::ShuttingDown
+    )
 }
 
 fn send_shadow(
@@ -108,13 +123,15 @@ fn send_shadow(
     let model = model.to_owned();
     tokio::spawn(async move {
         let started = Instant::now();
-        let result = infer(shadow, request).await;
+        let window = policy.as_ref().and_then(|p| p.variant(&name)).map(|v| &v.window);
+        let result = infer_with(shadow, request, window).await;
         let outcome = result.as_ref().map_or_else(|e| e.error_type(), |_| "ok");
         metrics.shadow_requests.with_label_values(&[model.as_str(), &name, outcome]).inc();
         metrics.shadow_duration.with_label_values(&[model.as_str(), &name]).observe(started.elapsed().as_secs_f64());
-        if let Some(window) = policy.as_ref().and_then(|p| p.variant(&name)) {
-            let outputs: Option<Vec<Tensor>> = result.ok().map(|r| r.outputs.into_iter().map(|o| o.tensor).collect());
-            window.window.observe(started.elapsed(), outputs.as_deref());
+        if let Some(window) = window
+            && result.as_ref().map_or_else(variant_fault, |_| true)
+        {
+            window.observe(started.elapsed(), result.is_ok());
         }
     });
 }
@@ -123,8 +140,17 @@ fn send_shadow(
 /// so a version replaced meanwhile finishes its work before it is freed.
 #[instrument(skip_all, fields(model = %serving.name, version = serving.version))]
 pub async fn infer(serving: Arc<ServingVersion>, request: InferRequest) -> Result<InferResponse, ApiError> {
+    infer_with(serving, request, None).await
+}
+
+/// [`infer`], binning the model's first output into a traffic variant's window when one is given.
+async fn infer_with(
+    serving: Arc<ServingVersion>,
+    request: InferRequest,
+    window: Option<&VariantWindow>,
+) -> Result<InferResponse, ApiError> {
     let started = Instant::now();
-    let result = run(&serving, request).await;
+    let result = run(&serving, request, window).await;
     match &result {
         Ok((_, rows)) => serving.metrics.observe_ok(*rows, started.elapsed()),
         Err(e) => serving.metrics.observe_error(e.error_type(), started.elapsed()),
@@ -133,7 +159,11 @@ pub async fn infer(serving: Arc<ServingVersion>, request: InferRequest) -> Resul
 }
 
 /// The answer, and the rows it counted as inferences.
-async fn run(serving: &ServingVersion, request: InferRequest) -> Result<(InferResponse, usize), ApiError> {
+async fn run(
+    serving: &ServingVersion,
+    request: InferRequest,
+    window: Option<&VariantWindow>,
+) -> Result<(InferResponse, usize), ApiError> {
     let output_indices = select_outputs(&serving.signature, &serving.name, request.outputs.as_deref())?;
     let inputs = order_inputs(&serving.signature, &serving.name, request.inputs)?;
     // Input drift counts answered requests only, like prediction drift; the copy shares the tensors' bytes.
@@ -145,6 +175,9 @@ async fn run(serving: &ServingVersion, request: InferRequest) -> Result<(InferRe
         .map_err(|e| scheduler_error(e, &serving.name, serving.version))?;
     serving.metrics.predictions.observe(&outputs);
     serving.metrics.drift.observe_outputs(&outputs);
+    if let (Some(window), Some(first)) = (window, outputs.first()) {
+        window.observe_predictions(first);
+    }
     if let Some(inputs) = drift_inputs {
         serving.metrics.drift.observe_inputs(&inputs);
     }

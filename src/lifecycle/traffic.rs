@@ -61,6 +61,7 @@ impl ModelTable {
             config.validate()?;
             self.check_traffic(&entry, &entry.versions.load(), config, true)?;
         }
+        let _change = entry.traffic.changes.lock().unwrap_or_else(|e| e.into_inner());
         entry.traffic.stop_rollout();
         self.save_api_policy(model, &entry, config.as_ref());
         entry.traffic.store(model, config.map(Policy::new), &self.telemetry.traffic);
@@ -103,6 +104,7 @@ impl ModelTable {
         rollout: Option<RolloutConfig>,
     ) {
         let name = entry.name.as_str();
+        let _change = entry.traffic.changes.lock().unwrap_or_else(|e| e.into_inner());
         if !entry.traffic.file_changed(traffic.as_ref(), rollout.as_ref()) {
             return;
         }
@@ -128,6 +130,8 @@ impl ModelTable {
         // Other models may not be loaded yet at start: only this model's versions are checked here.
         if let Err(reason) = self.check_traffic(entry, &entry.versions.load(), &traffic, false) {
             tracing::error!(model = name, %reason, "[traffic] refused; the policy in force stays");
+            // Looked at again with the next listing (a version it names may arrive later).
+            entry.traffic.forget_file();
             return;
         }
         entry.traffic.stop_rollout();

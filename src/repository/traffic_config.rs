@@ -138,6 +138,9 @@ impl TrafficConfig {
     }
 }
 
+/// A week: longer steps are typos (and would overflow a timer).
+const MAX_STEP_SECS: f64 = 7.0 * 24.0 * 3600.0;
+
 impl RolloutConfig {
     pub fn validate(&self, traffic: Option<&TrafficConfig>) -> Result<(), String> {
         let traffic = traffic.ok_or("[rollout] needs a [traffic] section naming its variants")?;
@@ -158,8 +161,9 @@ impl RolloutConfig {
             return Err(format!("[rollout] steps must rise strictly and end at 100, got {:?}", self.steps));
         }
         let positive = |x: f64| x.is_finite() && x > 0.0;
-        if !positive(self.step_secs) || !positive(self.check_secs) {
-            return Err("[rollout] step_secs and check_secs must be positive".to_owned());
+        let duration = |x: f64| positive(x) && x <= MAX_STEP_SECS;
+        if !duration(self.step_secs) || !duration(self.check_secs) {
+            return Err(format!("[rollout] step_secs and check_secs must be above 0 and at most {MAX_STEP_SECS}"));
         }
         if !(positive(self.max_p99_ratio) && self.max_psi.is_finite() && self.max_psi >= 0.0) {
             return Err("[rollout] max_p99_ratio must be positive and max_psi at least 0".to_owned());
@@ -223,6 +227,7 @@ mod tests {
         assert!(rollout("baseline = \"a\"\ncandidate = \"b\"\nsteps = [50, 25, 100]").is_err());
         assert!(rollout("baseline = \"a\"\ncandidate = \"b\"\nsteps = [5, 50]").is_err());
         assert!(rollout("baseline = \"a\"\ncandidate = \"a\"").is_err());
+        assert!(rollout("baseline = \"a\"\ncandidate = \"b\"\nstep_secs = 1e20").unwrap_err().contains("at most"));
         let lone: RolloutConfig = toml::from_str("baseline = \"a\"\ncandidate = \"b\"").unwrap();
         assert!(lone.validate(None).is_err());
     }

@@ -174,22 +174,19 @@ pub struct WindowSummary {
 }
 
 impl VariantWindow {
-    pub fn observe(&self, elapsed: Duration, outputs: Option<&[Tensor]>) {
-        match outputs {
-            Some(outputs) => {
-                self.ok.fetch_add(1, Ordering::Relaxed);
-                if let Some(first) = outputs.first() {
-                    for bin in prediction_bins(first) {
-                        self.predictions[bin].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            None => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    /// Counts an answer (`ok`) or a failure of the variant, with its latency.
+    pub fn observe(&self, elapsed: Duration, ok: bool) {
+        let counter = if ok { &self.ok } else { &self.errors };
+        counter.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.latency[latency_bucket(micros)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bins the rows of the model's first output (whatever outputs the caller asked for).
+    pub fn observe_predictions(&self, first_output: &Tensor) {
+        for bin in prediction_bins(first_output) {
+            self.predictions[bin].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn summary(&self) -> WindowSummary {
@@ -243,6 +240,7 @@ fn prediction_bins(tensor: &Tensor) -> Vec<usize> {
                     as usize
             })
             .collect(),
+        DataType::Bool => data.iter().step_by(columns.max(1)).map(|&b| usize::from(b != 0)).collect(),
         DataType::Int32 => data
             .chunks_exact(4)
             .step_by(columns.max(1))
@@ -322,8 +320,9 @@ mod tests {
         let window = VariantWindow::default();
         let probabilities: Vec<u8> = [0.1f32, 0.9, 0.8, 0.2].iter().flat_map(|v| v.to_le_bytes()).collect();
         let tensor = Tensor::new(DataType::Fp32, vec![2, 2], bytes::Bytes::from(probabilities)).unwrap();
-        window.observe(Duration::from_millis(2), Some(std::slice::from_ref(&tensor)));
-        window.observe(Duration::from_millis(30), None);
+        window.observe(Duration::from_millis(2), true);
+        window.observe_predictions(&tensor);
+        window.observe(Duration::from_millis(30), false);
         let summary = window.summary();
         assert_eq!((summary.requests, summary.errors, summary.error_rate), (2, 1, 0.5));
         assert_eq!(&summary.predictions[..2], [1, 1]);

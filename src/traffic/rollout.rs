@@ -39,7 +39,11 @@ pub struct TrafficState {
     pub rollout: ArcSwapOption<RolloutStatus>,
     /// `None` until the file is first applied.
     file: Mutex<Option<FileTraffic>>,
-    task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The running rollout's task and generation; a rollout changes weights only while its generation is current,
+    /// checked under this lock, which `stop_rollout` takes too.
+    task: Mutex<(Option<tokio::task::AbortHandle>, u64)>,
+    /// Serialises policy changes (API calls, file applications) so that the saved policy is the one in force.
+    pub changes: Mutex<()>,
 }
 
 impl TrafficState {
@@ -75,18 +79,39 @@ impl TrafficState {
         serde_json::to_string(&*file).unwrap_or_default()
     }
 
-    /// Stops the rollout that runs, if any (a new policy from the file or the API replaces it).
+    /// Forgets what the file said, so that the next listing applies it again (after a refusal).
+    pub fn forget_file(&self) {
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Stops the rollout that runs, if any (a new policy from the file or the API replaces it): from here on it
+    /// can change nothing, even if it is between two awaits.
     pub fn stop_rollout(&self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            task.abort();
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        task.1 += 1;
+        if let Some(handle) = task.0.take() {
+            handle.abort();
         }
         self.rollout.store(None);
     }
 
-    fn set_task(&self, task: tokio::task::AbortHandle) {
-        if let Some(old) = self.task.lock().unwrap_or_else(|e| e.into_inner()).replace(task) {
+    /// Registers a new rollout's task; returns its generation.
+    fn set_task(&self, handle: tokio::task::AbortHandle) -> u64 {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        task.1 += 1;
+        if let Some(old) = task.0.replace(handle) {
             old.abort();
         }
+        task.1
+    }
+
+    /// Runs `change` if `generation` is still the current rollout's.
+    fn if_current(&self, generation: u64, change: impl FnOnce()) -> bool {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if task.1 == generation {
+            change();
+        }
+        task.1 == generation
     }
 }
 
@@ -141,6 +166,7 @@ pub fn start(
     state_dir: Option<PathBuf>,
     metrics: TrafficMetrics,
 ) {
+    let (generation_tx, generation_rx) = tokio::sync::oneshot::channel();
     let run = Rollout {
         model: model.to_owned(),
         identity: identity(&file, &config),
@@ -150,20 +176,23 @@ pub fn start(
         path: state_dir.map(|dir| dir.join("rollout").join(format!("{model}.json"))),
         metrics,
         decisions: Vec::new(),
+        generation: 0,
     };
-    let task = tokio::spawn(run.run());
-    traffic.set_task(task.abort_handle());
+    let task = tokio::spawn(async move {
+        let mut run = run;
+        // The generation is known once the task is registered; nothing changes before.
+        let Ok(generation) = generation_rx.await else { return };
+        run.generation = generation;
+        run.run().await
+    });
+    let _ = generation_tx.send(traffic.set_task(task.abort_handle()));
 }
 
+/// What makes a rollout the same one after a restart: the whole `[rollout]` and both variants as configured
+/// (targets and weights). Any change is a new rollout.
 fn identity(file: &TrafficConfig, config: &RolloutConfig) -> String {
-    let describe = |name: &str| {
-        file.variant(name).map_or_else(String::new, |v| {
-            let model = v.model.as_deref().unwrap_or("");
-            let version = v.version.map_or_else(|| "default".to_owned(), |v| v.to_string());
-            format!("{name}={model}/{version}")
-        })
-    };
-    format!("{} {} steps {:?}", describe(&config.baseline), describe(&config.candidate), config.steps)
+    let variants = [file.variant(&config.baseline), file.variant(&config.candidate)];
+    serde_json::to_string(&(config, variants)).unwrap_or_default()
 }
 
 struct Rollout {
@@ -175,6 +204,7 @@ struct Rollout {
     path: Option<PathBuf>,
     metrics: TrafficMetrics,
     decisions: Vec<Decision>,
+    generation: u64,
 }
 
 /// Where a step's comparison stands.
@@ -290,9 +320,15 @@ impl Rollout {
                 v.weight = pool - candidate_weight;
             }
         }
-        self.traffic.store(&self.model, Some(Policy::new(config)), &self.metrics);
+        let status = self.status(step, state, candidate_percent);
+        let current = self.traffic.if_current(self.generation, || {
+            self.traffic.store(&self.model, Some(Policy::new(config)), &self.metrics);
+            self.traffic.rollout.store(Some(Arc::new(status)));
+        });
+        if !current {
+            return;
+        }
         self.metrics.rollout_percent.with_label_values(&[&self.model]).set(i64::from(candidate_percent));
-        self.publish(step, state, candidate_percent);
         let reason = self.decisions.last().map(|d| d.reason.clone()).unwrap_or_default();
         self.save(state, step, &reason);
     }
@@ -355,8 +391,8 @@ impl Rollout {
         }
     }
 
-    fn publish(&self, step: usize, state: &'static str, candidate_percent: u32) {
-        self.traffic.rollout.store(Some(Arc::new(RolloutStatus {
+    fn status(&self, step: usize, state: &'static str, candidate_percent: u32) -> RolloutStatus {
+        RolloutStatus {
             baseline: self.config.baseline.clone(),
             candidate: self.config.candidate.clone(),
             state,
@@ -364,7 +400,7 @@ impl Rollout {
             steps: self.config.steps.clone(),
             candidate_percent,
             decisions: self.decisions.clone(),
-        })));
+        }
     }
 
     fn load(&self) -> Option<Saved> {

@@ -183,15 +183,16 @@ impl GrpcInferenceService for GrpcApi {
         request: Request<Streaming<proto::ModelInferRequest>>,
     ) -> GrpcResult<Self::ModelStreamInferStream> {
         let deadline = grpc_timeout(&request)?;
+        let key = request.metadata().get("x-routing-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let table = Arc::clone(&self.table);
         let responses = request
             .into_inner()
             .map(move |message| {
-                let table = Arc::clone(&table);
+                let (table, key) = (Arc::clone(&table), key.clone());
                 async move {
                     let request = message?;
                     let id = request.id.clone();
-                    Ok(match infer(&table, request, deadline, None).await {
+                    Ok(match infer(&table, request, deadline, key).await {
                         Ok(response) => proto::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),
