@@ -22,6 +22,7 @@ use prometheus::{
 pub use drift::{DriftMonitor, MAX_FEATURES, Reference, ReferenceDistribution, build_reference};
 pub use latency_window::LatencyWindow;
 pub use predictions::{Distribution, MAX_CLASSES, MonitorSpec, PredictionMonitor};
+pub(crate) use predictions::{for_each_class, for_each_value};
 pub use statistics::{BatchTotals, ComputeTimes, DurationTotal, Statistics};
 
 /// Request, queue and compute duration buckets, in seconds: fine below a millisecond for small models, wide

@@ -106,7 +106,7 @@ impl Recorder {
 }
 
 /// Calls `f` with the predicted class of every row: the label itself, or the highest column of a [N, K] row.
-pub(super) fn for_each_class(tensor: &Tensor, argmax: bool, mut f: impl FnMut(f64)) {
+pub(crate) fn for_each_class(tensor: &Tensor, argmax: bool, mut f: impl FnMut(f64)) {
     if !argmax {
         return for_each_value(tensor, f);
     }
@@ -125,7 +125,7 @@ pub(super) fn for_each_class(tensor: &Tensor, argmax: bool, mut f: impl FnMut(f6
 }
 
 /// Calls `f` with every element of a numeric tensor, as f64; BYTES tensors have no values to record.
-pub(super) fn for_each_value(tensor: &Tensor, mut f: impl FnMut(f64)) {
+pub(crate) fn for_each_value(tensor: &Tensor, mut f: impl FnMut(f64)) {
     macro_rules! each {
         ($ty:ty) => {
             for chunk in tensor.data().chunks_exact(std::mem::size_of::<$ty>()) {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::repository::{Target, TrafficConfig};
+use crate::telemetry::{for_each_class, for_each_value};
 use crate::tensor::{DataType, Tensor};
 
 /// A validated policy with the windows of its variants; replaced whole (one `ArcSwap` store) on every change.
@@ -184,9 +185,9 @@ impl VariantWindow {
 
     /// Bins the rows of the model's first output (whatever outputs the caller asked for).
     pub fn observe_predictions(&self, first_output: &Tensor) {
-        for bin in prediction_bins(first_output) {
+        for_each_bin(first_output, |bin| {
             self.predictions[bin].fetch_add(1, Ordering::Relaxed);
-        }
+        });
     }
 
     pub fn summary(&self) -> WindowSummary {
@@ -211,42 +212,17 @@ impl VariantWindow {
     }
 }
 
-/// The bins of the rows of a model's first output: the argmax of each row of a float tensor with several columns,
-/// the value of integer labels, or a float score binned over [0, 1] (clamped).
-fn prediction_bins(tensor: &Tensor) -> Vec<usize> {
-    let shape = tensor.shape();
-    let data = tensor.data();
-    let columns = if shape.len() >= 2 { shape[1..].iter().product::<usize>() } else { 1 };
-    match tensor.dtype() {
-        DataType::Fp32 => {
-            let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            if columns > 1 {
-                values
-                    .chunks_exact(columns)
-                    .map(|row| {
-                        let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-                        best % PREDICTION_BINS
-                    })
-                    .collect()
-            } else {
-                values.iter().map(|&v| (v.clamp(0.0, 1.0) * (PREDICTION_BINS - 1) as f32) as usize).collect()
-            }
-        }
-        DataType::Int64 => data
-            .chunks_exact(8)
-            .step_by(columns.max(1))
-            .map(|c| {
-                i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]).rem_euclid(PREDICTION_BINS as i64)
-                    as usize
-            })
-            .collect(),
-        DataType::Bool => data.iter().step_by(columns.max(1)).map(|&b| usize::from(b != 0)).collect(),
-        DataType::Int32 => data
-            .chunks_exact(4)
-            .step_by(columns.max(1))
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]).rem_euclid(PREDICTION_BINS as i32) as usize)
-            .collect(),
-        _ => Vec::new(),
+/// Calls `f` with the bin of every row of a model's first output: the class of a float output of shape [N, K]
+/// (its highest column), a float score of shape [N] or [N, 1] binned over [0, 1] (clamped), or the value of an
+/// integer or boolean label, modulo the bins. BYTES outputs have nothing to bin.
+fn for_each_bin(tensor: &Tensor, mut f: impl FnMut(usize)) {
+    let bins = PREDICTION_BINS as f64;
+    let float = matches!(tensor.dtype(), DataType::Fp32 | DataType::Fp64);
+    let columns = tensor.shape().get(1).copied().unwrap_or(1);
+    match (float, columns > 1) {
+        (true, true) => for_each_class(tensor, true, |class| f(class as usize % PREDICTION_BINS)),
+        (true, false) => for_each_value(tensor, |score| f((score.clamp(0.0, 1.0) * (bins - 1.0)) as usize)),
+        (false, _) => for_each_value(tensor, |label| f(label.rem_euclid(bins) as usize)),
     }
 }
 
