@@ -164,12 +164,15 @@ impl ModelTable {
                     }
                 }
                 Some(other) if strict => {
-                    let version = target.version.map(|v| v.to_string());
                     let serving =
-                        self.resolve(other, version.as_deref()).map_err(|e| format!("variant '{name}': {e}"))?;
-                    if let Some(own) = &own
-                        && !same_signature(own, &serving.signature)
-                    {
+                        self.resolve_target(&entry.name, &target).map_err(|e| format!("variant '{name}': {e}"))?;
+                    let Some(own) = &own else {
+                        return Err(format!(
+                            "variant '{name}': model '{}' serves no version to compare signatures with",
+                            entry.name
+                        ));
+                    };
+                    if !same_signature(own, &serving.signature) {
                         return Err(format!(
                             "variant '{name}': model '{other}' has another signature than '{}'",
                             entry.name
