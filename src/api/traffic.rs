@@ -33,18 +33,23 @@ pub fn traffic(table: &ModelTable, model: &str) -> Result<TrafficView, ApiError>
     })
 }
 
-/// `PUT /v2/models/{model}/traffic` with a policy (the shape of `[traffic]`), or `DELETE` to remove it. An
-/// invalid policy is refused with the reason and the one in force stays.
+/// `PUT /v2/models/{model}/traffic` with a policy (JSON in the shape of `[traffic]`), or `DELETE` (no body) to
+/// remove it. The caller is authorized before the body is read; an invalid policy is refused with the reason and
+/// the one in force stays.
 pub fn set_traffic(
     table: &ModelTable,
     control: &ModelControl,
     authorization: Option<&str>,
     model: &str,
-    policy: Option<TrafficConfig>,
+    body: Option<&[u8]>,
 ) -> Result<(), ApiError> {
     control.authorize(authorization)?;
-    table.entry(model)?;
-    table.set_traffic(model, policy).map_err(ApiError::InvalidInput)
+    let entry = table.entry(model)?;
+    let policy: Option<TrafficConfig> = body
+        .map(serde_json::from_slice)
+        .transpose()
+        .map_err(|e| ApiError::malformed(format!("invalid policy: {e}")))?;
+    table.set_traffic(&entry, policy).map_err(ApiError::InvalidInput)
 }
 
 /// `GET /v2/models/{model}/rollout`: the rollout's state and its decisions, with their numbers.

@@ -53,17 +53,17 @@ impl ModelTable {
         self.resolve(target.model.as_deref().unwrap_or(model), version.as_deref())
     }
 
-    /// Puts a policy in force for `model` (from the management API): checked against what the table serves, and
-    /// refused with the reason otherwise, the old policy staying. A rollout in progress stops.
-    pub fn set_traffic(&self, model: &str, config: Option<TrafficConfig>) -> Result<(), String> {
-        let entry = self.entry(model).map_err(|e| e.to_string())?;
+    /// Puts a policy in force for `entry`'s model (from the management API): checked against what the table
+    /// serves, and refused with the reason otherwise, the old policy staying. A rollout in progress stops.
+    pub fn set_traffic(&self, entry: &ModelEntry, config: Option<TrafficConfig>) -> Result<(), String> {
+        let model = entry.name.as_str();
         if let Some(config) = &config {
             config.validate()?;
-            self.check_traffic(&entry, &entry.versions.load(), config, true)?;
+            self.check_traffic(entry, &entry.versions.load(), config, true)?;
         }
         let _change = entry.traffic.changes.lock().unwrap_or_else(|e| e.into_inner());
         entry.traffic.stop_rollout();
-        self.save_api_policy(model, &entry, config.as_ref());
+        self.save_api_policy(model, entry, config.as_ref());
         entry.traffic.store(model, config.map(Policy::new), &self.telemetry.traffic);
         tracing::info!(model, "traffic policy set through the management API");
         Ok(())
