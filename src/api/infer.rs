@@ -81,15 +81,24 @@ pub async fn infer_routed(
     let result = infer_with(serving, request, window).await;
     let Some(variant) = variant.as_deref() else { return result };
     let metrics = &table.telemetry().traffic;
-    let outcome = result.as_ref().map_or_else(|e| e.error_type(), |_| "ok");
-    metrics.variant_requests.with_label_values(&[model, variant, &version, outcome]).inc();
+    metrics.variant_requests.with_label_values(&[model, variant, &version, outcome(&result)]).inc();
     metrics.variant_duration.with_label_values(&[model, variant]).observe(started.elapsed().as_secs_f64());
+    record_in_window(window, &result, started.elapsed());
+    result.map(|response| InferResponse { variant: Some(variant.to_owned()), ..response })
+}
+
+/// `ok`, or the error type: the outcome label of the variant and shadow metrics.
+fn outcome(result: &Result<InferResponse, ApiError>) -> &'static str {
+    result.as_ref().map_or_else(ApiError::error_type, |_| "ok")
+}
+
+/// Counts an answer, or a failure of the server's, in a variant's window (the caller's mistakes do not count).
+fn record_in_window(window: Option<&VariantWindow>, result: &Result<InferResponse, ApiError>, elapsed: Duration) {
     if let Some(window) = window
         && result.as_ref().map_or_else(variant_fault, |_| true)
     {
-        window.observe(started.elapsed(), result.is_ok());
+        window.observe(elapsed, result.is_ok());
     }
-    result.map(|response| InferResponse { variant: Some(variant.to_owned()), ..response })
 }
 
 /// Whether a failure counts against the variant that answered (its error rate in a rollout): the server's
@@ -125,14 +134,9 @@ fn send_shadow(
         let started = Instant::now();
         let window = policy.as_ref().and_then(|p| p.variant(&name)).map(|v| &v.window);
         let result = infer_with(shadow, request, window).await;
-        let outcome = result.as_ref().map_or_else(|e| e.error_type(), |_| "ok");
-        metrics.shadow_requests.with_label_values(&[model.as_str(), &name, outcome]).inc();
+        metrics.shadow_requests.with_label_values(&[model.as_str(), &name, outcome(&result)]).inc();
         metrics.shadow_duration.with_label_values(&[model.as_str(), &name]).observe(started.elapsed().as_secs_f64());
-        if let Some(window) = window
-            && result.as_ref().map_or_else(variant_fault, |_| true)
-        {
-            window.observe(started.elapsed(), result.is_ok());
-        }
+        record_in_window(window, &result, started.elapsed());
     });
 }
 
