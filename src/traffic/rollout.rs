@@ -207,6 +207,9 @@ struct Rollout {
     generation: u64,
 }
 
+/// The numbers a decision is taken on: the baseline's and the candidate's windows, the PSI and the p99 ratio.
+type Numbers = (WindowSummary, WindowSummary, f64, f64);
+
 /// Where a step's comparison stands.
 enum Verdict {
     Waiting,
@@ -219,11 +222,13 @@ impl Rollout {
         let saved = self.load();
         let mut step = match saved {
             Some(saved) if saved.state == "rolled_back" => {
-                return self.finish("resume", "rolled_back", 0, format!("resumed after a restart: {}", saved.reason));
+                let reason = format!("resumed after a restart: {}", saved.reason);
+                return self.finish("resume", "rolled_back", 0, reason, None);
             }
             Some(saved) if saved.state == "promoted" => {
                 let last = self.config.steps.len() - 1;
-                return self.finish("resume", "promoted", last, format!("resumed after a restart: {}", saved.reason));
+                let reason = format!("resumed after a restart: {}", saved.reason);
+                return self.finish("resume", "promoted", last, reason, None);
             }
             Some(saved) => {
                 let step = saved.step.min(self.config.steps.len() - 1);
@@ -238,7 +243,7 @@ impl Rollout {
         loop {
             if self.config.steps[step] >= 100 {
                 let reason = "the candidate passed every step".to_owned();
-                return self.finish("promote", "promoted", step, reason);
+                return self.finish("promote", "promoted", step, reason, None);
             }
             self.apply(step, "running");
             let started = Instant::now();
@@ -257,7 +262,7 @@ impl Rollout {
                 let numbers = Some((baseline, candidate, psi, ratio));
                 match verdict {
                     Verdict::Waiting => continue,
-                    Verdict::Breach(reason) => return self.rollback(step, reason, numbers),
+                    Verdict::Breach(reason) => return self.finish("rollback", "rolled_back", step, reason, numbers),
                     Verdict::Pass => {
                         let reason =
                             format!("step {}% held {:.1} s within bounds", self.percent(step), self.config.step_secs);
@@ -333,23 +338,20 @@ impl Rollout {
         self.save(state, step, &reason);
     }
 
-    fn rollback(&mut self, step: usize, reason: String, numbers: Option<(WindowSummary, WindowSummary, f64, f64)>) {
-        self.decide("rollback", step, reason, numbers);
-        self.apply(step, "rolled_back");
-    }
-
-    fn finish(&mut self, decision: &'static str, state: &'static str, step: usize, reason: String) {
-        self.decide(decision, step, reason, None);
+    /// Records the decision that ends the rollout (or resumes its end state) and applies that state.
+    fn finish(
+        &mut self,
+        decision: &'static str,
+        state: &'static str,
+        step: usize,
+        reason: String,
+        numbers: Option<Numbers>,
+    ) {
+        self.decide(decision, step, reason, numbers);
         self.apply(step, state);
     }
 
-    fn decide(
-        &mut self,
-        decision: &'static str,
-        step: usize,
-        reason: String,
-        numbers: Option<(WindowSummary, WindowSummary, f64, f64)>,
-    ) {
+    fn decide(&mut self, decision: &'static str, step: usize, reason: String, numbers: Option<Numbers>) {
         let step = step.min(self.config.steps.len() - 1);
         let candidate_percent = if decision == "rollback" { 0 } else { self.percent(step) };
         let (baseline, candidate, psi, ratio) = match numbers {
