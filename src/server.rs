@@ -107,12 +107,11 @@ impl Server {
         }
         let telemetry = Arc::new(Telemetry::new(config.metrics_window));
         let followed = config.mlflow.iter().flat_map(|m| m.models.iter().map(|model| model.serve_as.clone()));
-        let mut table = ModelTable::new(telemetry, Arc::new(backends), config.model_repository.clone())
-            .with_mlflow_models(followed);
-        if let Some(dir) = &config.state_dir {
-            table = table.with_state_dir(dir.clone());
-        }
-        let table = Arc::new(table);
+        let table = Arc::new(
+            ModelTable::new(telemetry, Arc::new(backends), config.model_repository.clone())
+                .with_mlflow_models(followed)
+                .with_state_dir(config.state_dir.clone()),
+        );
         let (shutdown, stop) = watch::channel(false);
         let hook = match &config.mlflow {
             Some(mlflow) => start_mlflow(mlflow, &table, stop.clone()).map_err(ServerError::Mlflow)?,

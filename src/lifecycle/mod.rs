@@ -217,9 +217,10 @@ impl ModelTable {
         }
     }
 
-    /// Keeps rollout states in `dir`, so a restart resumes them.
-    pub fn with_state_dir(mut self, dir: PathBuf) -> ModelTable {
-        self.state_dir = Some(dir);
+    /// Keeps rollout states and API traffic policies in `dir`, so a restart resumes them; `None` keeps them in
+    /// memory only.
+    pub fn with_state_dir(mut self, dir: Option<PathBuf>) -> ModelTable {
+        self.state_dir = dir;
         self
     }
 
