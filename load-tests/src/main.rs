@@ -1,220 +1,167 @@
-//! `loadgen`: drives a KServe v2 REST endpoint with concurrent clients and reports throughput and latency.
+//! `loadgen`: drives a KServe v2 server (REST with JSON or binary tensors, gRPC unary or streaming) in a closed loop
+//! or at an open-loop arrival rate, and reports throughput, latency quantiles (HDR histogram) and errors by kind.
 //!
-//! Closed loop: `--concurrency` clients each send the next request as soon as the previous one is answered,
-//! for `--duration` seconds after a warm-up. The body is a file (`--body`) or random FP32 rows built from the
-//! model's metadata (`--rows`). Prints a summary line and, with `--json`, a JSON object.
+//! One run from flags:
+//!   loadgen --model iris --protocol grpc --concurrency 8 --duration 10
+//!   loadgen --model iris --rate 2000 --duration 10          (open loop: latency from the intended send time)
+//! A scenario file (phases, actions, expectations; see load-tests/scenarios/):
+//!   loadgen --scenario load-tests/scenarios/overload.toml --model iris --server-pid 1234
+//! Prints a table on stderr; `--json` prints the figures on stdout. Exits 1 when a scenario's expectations fail.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use serde::Serialize;
-use serde_json::{Value, json};
+use infergate_load_tests::caller::Target;
+use infergate_load_tests::scenario::{self, Expect, Options, Phase, Scenario};
+use infergate_load_tests::workload::{Protocol, Workload};
 
 #[derive(Debug, Parser)]
-#[command(about = "Closed-loop load generator for KServe v2 REST servers")]
+#[command(about = "Load generator for KServe v2 servers: closed and open loop, REST and gRPC, scenario files")]
 struct Args {
-    /// Server base URL.
+    /// REST base URL.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     url: String,
-    /// Model to call.
+    /// gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:8001")]
+    grpc_url: String,
+    /// Model to call (a scenario may name it).
     #[arg(long)]
-    model: String,
-    /// Concurrent clients.
+    model: Option<String>,
+    #[arg(long, value_enum)]
+    protocol: Option<Protocol>,
+    /// Same as `--protocol rest-binary`.
+    #[arg(long)]
+    binary: bool,
+    /// Concurrent callers: connections (REST), channels (gRPC) or streams.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Open loop at this many requests per second; closed loop without it.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Ramp the open-loop rate linearly to this by the end.
+    #[arg(long, requires = "rate")]
+    rate_end: Option<f64>,
     /// Seconds of measurement.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Seconds of warm-up before measuring.
+    /// Seconds of warm-up before measuring (same load, not recorded).
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// Request body file; without it, random FP32 data shaped by the model metadata.
+    /// REST JSON request body file; without it, random FP32 rows shaped by the model's metadata.
     #[arg(long)]
     body: Option<PathBuf>,
     /// Rows per generated request (the batch dimension).
     #[arg(long, default_value_t = 1)]
     rows: usize,
-    /// Send generated inputs and ask for outputs with Triton's binary tensor extension instead of JSON data.
-    #[arg(long)]
-    binary: bool,
+    /// Cycle requests through this many routing keys.
+    #[arg(long, default_value_t = 0)]
+    routing_keys: usize,
+    /// A request unanswered after this many milliseconds is a `timeout` error.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
     /// A label for the run, echoed in the report.
     #[arg(long, default_value = "run")]
     label: String,
-    /// Print the report as JSON too.
+    /// Run this scenario file instead of one measurement from the flags.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// The server's process id, sampled (memory, threads, descriptors) when the scenario asks.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Admin token for scenario actions that change the server.
+    #[arg(long, env = "INFERGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Print the figures as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct Report {
-    label: String,
-    model: String,
-    concurrency: usize,
-    seconds: f64,
-    requests: u64,
-    errors: u64,
-    requests_per_second: f64,
-    p50_us: u64,
-    p90_us: u64,
-    p99_us: u64,
-    max_us: u64,
-}
-
 #[tokio::main]
-async fn main() -> Result<(), String> {
-    let args = Args::parse();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let (body, header_length) = match &args.body {
-        Some(path) => (std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?, None),
-        None => generated_body(&client, &args).await?,
-    };
-    let body = Arc::new(bytes::Bytes::from(body));
-    let url = Arc::new(format!("{}/v2/models/{}/infer", args.url, args.model));
-
-    let warmup = Duration::from_secs_f64(args.warmup);
-    let measure = Duration::from_secs_f64(args.duration);
-    let start = Instant::now();
-    let (measure_from, measure_until) = (start + warmup, start + warmup + measure);
-    let mut clients = Vec::with_capacity(args.concurrency);
-    for _ in 0..args.concurrency {
-        let (client, url, body) = (client.clone(), Arc::clone(&url), Arc::clone(&body));
-        clients.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            loop {
-                let sent = Instant::now();
-                if sent >= measure_until {
-                    break;
-                }
-                let mut request = client.post(url.as_str()).body(body.as_ref().clone());
-                if let Some(length) = header_length {
-                    request = request.header("inference-header-content-length", length);
-                }
-                let ok = match request.send().await {
-                    Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                if sent >= measure_from {
-                    if ok {
-                        latencies.push(sent.elapsed().as_micros() as u64);
-                    } else {
-                        errors += 1;
-                    }
-                }
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for client in clients {
-        let (l, e) = client.await.map_err(|e| format!("a client failed: {e}"))?;
-        latencies.extend(l);
-        errors += e;
-    }
-    latencies.sort_unstable();
-    let quantile = |q: f64| -> u64 {
-        if latencies.is_empty() {
-            return 0;
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(message) => {
+            eprintln!("loadgen: {message}");
+            ExitCode::from(2)
         }
-        latencies[((latencies.len() - 1) as f64 * q).round() as usize]
-    };
-    let report = Report {
-        label: args.label.clone(),
-        model: args.model.clone(),
-        concurrency: args.concurrency,
-        seconds: measure.as_secs_f64(),
-        requests: latencies.len() as u64,
-        errors,
-        requests_per_second: latencies.len() as f64 / measure.as_secs_f64(),
-        p50_us: quantile(0.50),
-        p90_us: quantile(0.90),
-        p99_us: quantile(0.99),
-        max_us: latencies.last().copied().unwrap_or(0),
-    };
-    eprintln!(
-        "{:<24} c={:<4} {:>9.0} req/s  p50 {:>7} µs  p90 {:>7} µs  p99 {:>7} µs  max {:>7} µs  errors {}",
-        report.label,
-        report.concurrency,
-        report.requests_per_second,
-        report.p50_us,
-        report.p90_us,
-        report.p99_us,
-        report.max_us,
-        report.errors
-    );
-    if args.json {
-        let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
-        println!("{line}");
     }
-    Ok(())
 }
 
-/// A request of `--rows` rows of random FP32 data for every input, shaped by the model metadata; with `--binary`,
-/// the JSON header's length too (the data follows it as raw little-endian floats).
-async fn generated_body(client: &reqwest::Client, args: &Args) -> Result<(Vec<u8>, Option<usize>), String> {
-    let url = format!("{}/v2/models/{}", args.url, args.model);
-    let metadata: Value = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| format!("cannot read {url}: {e}"))?
-        .json()
-        .await
-        .map_err(|e| format!("bad metadata from {url}: {e}"))?;
-    let inputs = metadata["inputs"].as_array().ok_or_else(|| format!("no inputs in the metadata of {url}"))?;
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut requests = Vec::new();
-    let mut binary = Vec::new();
-    for input in inputs {
-        if input["datatype"] != "FP32" {
-            return Err(format!("input {} is {}; pass --body for non-FP32 models", input["name"], input["datatype"]));
-        }
-        let shape: Vec<usize> = input["shape"]
-            .as_array()
-            .ok_or("input without a shape")?
-            .iter()
-            .enumerate()
-            .map(|(axis, d)| match d.as_i64() {
-                Some(-1) if axis == 0 => args.rows,
-                Some(-1) => 1,
-                Some(n) => n as usize,
-                None => 1,
-            })
-            .collect();
-        let count: usize = shape.iter().product();
-        let data: Vec<f32> = (0..count)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed % 10_000) as f32 / 1000.0
-            })
-            .collect();
-        if args.binary {
-            let size = data.len() * 4;
-            binary.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-            let parameters = json!({"binary_data_size": size});
-            requests.push(json!({"name": input["name"], "shape": shape, "datatype": "FP32", "parameters": parameters}));
-        } else {
-            requests.push(json!({"name": input["name"], "shape": shape, "datatype": "FP32", "data": data}));
-        }
-    }
-    let request = if args.binary {
-        json!({ "inputs": requests, "parameters": {"binary_data_output": true} })
-    } else {
-        json!({ "inputs": requests })
+/// Whether every expectation held.
+async fn run(args: Args) -> Result<bool, String> {
+    let from_file = args.scenario.is_some();
+    let scenario = match &args.scenario {
+        Some(path) => Scenario::read(path)?,
+        None => flags_scenario(&args),
     };
-    let mut body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
-    if !args.binary {
-        return Ok((body, None));
+    let model = args.model.clone().or(scenario.model.clone()).ok_or("name the model: --model, or in the scenario")?;
+    let protocol = match (args.binary, args.protocol) {
+        (true, _) => Protocol::RestBinary,
+        (false, Some(protocol)) => protocol,
+        (false, None) => scenario.protocol.unwrap_or(Protocol::RestJson),
+    };
+    let http_addr = args.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let workload = match &args.body {
+        Some(path) => Workload::from_body_file(&model, path)?,
+        None => Workload::from_metadata(&http_addr, &model, scenario.rows).await?,
+    };
+    let target = Target {
+        http_addr,
+        grpc_url: args.grpc_url.clone(),
+        protocol,
+        routing_keys: scenario.routing_keys,
+        timeout: Duration::from_millis(scenario.timeout_ms),
+    };
+    let options = Options { target, server_pid: args.server_pid, admin_token: args.admin_token.clone() };
+    let report = scenario::run(&scenario, &workload, &options).await?;
+    if args.json {
+        let json = if from_file {
+            serde_json::to_string(&report)
+        } else {
+            // One run: the measured phase alone, one line (scripts collect these).
+            serde_json::to_string(report.phases.last().unwrap_or(&report.total))
+        };
+        println!("{}", json.map_err(|e| e.to_string())?);
     }
-    let header_length = body.len();
-    body.extend_from_slice(&binary);
-    Ok((body, Some(header_length)))
+    for failure in report.failures() {
+        eprintln!("FAILED {failure}");
+    }
+    if from_file {
+        eprintln!("scenario {}: {}", report.scenario, if report.passed { "passed" } else { "FAILED" });
+    }
+    Ok(report.passed)
+}
+
+/// One measurement from the flags: a warm-up phase (not recorded), then the measured one.
+fn flags_scenario(args: &Args) -> Scenario {
+    let phase = |name: &str, seconds: f64, record: bool| Phase {
+        name: name.to_owned(),
+        seconds,
+        rate: args.rate,
+        rate_end: args.rate_end,
+        record,
+        actions: Vec::new(),
+        expect: Expect::default(),
+    };
+    let mut phases = Vec::new();
+    if args.warmup > 0.0 {
+        phases.push(phase("warm-up", args.warmup, false));
+    }
+    phases.push(phase(&args.label, args.duration, true));
+    Scenario {
+        name: args.label.clone(),
+        description: String::new(),
+        model: args.model.clone(),
+        protocol: args.protocol,
+        concurrency: args.concurrency,
+        rows: args.rows,
+        routing_keys: args.routing_keys,
+        timeout_ms: args.timeout_ms,
+        sample_seconds: None,
+        phases,
+        expect: Expect::default(),
+    }
 }

@@ -1,0 +1,246 @@
+//! One client of the server: a connection (REST keep-alive, gRPC channel or stream) that sends the prepared request
+//! and classifies the answer. Each load-generating task owns one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::http1::{self, Connection};
+use crate::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use crate::proto::{ModelInferRequest, ModelStreamInferResponse, infer_parameter};
+use crate::workload::{Protocol, Workload};
+
+/// The routing-key header (REST) and metadata key (gRPC) of sticky traffic splits.
+const ROUTING_KEY: &str = "x-routing-key";
+/// Response header and metadata naming the traffic variant that answered.
+const VARIANT: &str = "x-infergate-variant";
+
+/// Where and how to call.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port` of the REST endpoint.
+    pub http_addr: String,
+    /// `http://host:port` of the gRPC endpoint.
+    pub grpc_url: String,
+    pub protocol: Protocol,
+    /// Requests cycle through this many routing keys (`key-0`, `key-1`, ...); 0 sends none.
+    pub routing_keys: usize,
+    /// A request unanswered after this long counts as a `timeout` error.
+    pub timeout: Duration,
+}
+
+/// How one request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered; with the variant that answered, when the server says.
+    Ok { variant: Option<String> },
+    /// Refused for load: HTTP 429 or gRPC RESOURCE_EXHAUSTED.
+    Shed,
+    /// Any other failure, by kind (`http 503`, `grpc DeadlineExceeded`, `timeout`, `connect`, ...).
+    Failed(String),
+}
+
+/// The request of each routing key.
+#[derive(Debug)]
+enum Prepared {
+    Rest(Vec<Bytes>),
+    Grpc(Vec<(ModelInferRequest, Option<String>)>),
+}
+
+#[derive(Debug)]
+enum Link {
+    Rest(Option<Connection>),
+    Grpc(GrpcInferenceServiceClient<Channel>),
+    Stream {
+        sender: tokio::sync::mpsc::Sender<ModelInferRequest>,
+        answers: tonic::Streaming<ModelStreamInferResponse>,
+        request: ModelInferRequest,
+    },
+}
+
+/// One client.
+#[derive(Debug)]
+pub struct Caller {
+    target: Arc<Target>,
+    prepared: Arc<Prepared>,
+    link: Link,
+    next: usize,
+}
+
+/// The requests every caller of a target sends, prepared once.
+#[derive(Debug, Clone)]
+pub struct Requests(Arc<Prepared>);
+
+impl Requests {
+    pub fn prepare(target: &Target, workload: &Workload) -> Result<Requests, String> {
+        let keys: Vec<Option<String>> = if target.routing_keys == 0 {
+            vec![None]
+        } else {
+            (0..target.routing_keys).map(|k| Some(format!("key-{k}"))).collect()
+        };
+        let path = format!("/v2/models/{}/infer", workload.model);
+        let prepared = match target.protocol {
+            Protocol::RestJson | Protocol::RestBinary => Prepared::Rest(
+                keys.iter()
+                    .map(|key| {
+                        let mut headers = vec![("content-type", "application/json".to_owned())];
+                        let body = if target.protocol == Protocol::RestBinary {
+                            headers.push(("inference-header-content-length", workload.binary_header.to_string()));
+                            &workload.binary_body
+                        } else {
+                            &workload.json_body
+                        };
+                        if let Some(key) = key {
+                            headers.push((ROUTING_KEY, key.clone()));
+                        }
+                        http1::request("POST", &target.http_addr, &path, &headers, body)
+                    })
+                    .collect(),
+            ),
+            Protocol::Grpc | Protocol::GrpcStream => {
+                let request = workload.grpc.clone().ok_or("gRPC needs generated inputs, not a JSON body file")?;
+                Prepared::Grpc(keys.into_iter().map(|key| (request.clone(), key)).collect())
+            }
+        };
+        if target.protocol == Protocol::RestBinary && workload.binary_body.is_empty() {
+            return Err("binary tensors need generated inputs, not a JSON body file".to_owned());
+        }
+        Ok(Requests(Arc::new(prepared)))
+    }
+}
+
+impl Caller {
+    /// Client number `index`: REST connects on its first request; gRPC connects now, and a stream client opens
+    /// its stream (with routing key number `index`, when keys are used: a stream's metadata is fixed).
+    pub async fn new(target: Arc<Target>, requests: &Requests, index: usize) -> Result<Caller, String> {
+        let prepared = Arc::clone(&requests.0);
+        let link = match target.protocol {
+            Protocol::RestJson | Protocol::RestBinary => Link::Rest(None),
+            Protocol::Grpc => Link::Grpc(connect(&target.grpc_url).await?),
+            Protocol::GrpcStream => {
+                let Prepared::Grpc(requests) = prepared.as_ref() else { unreachable!("prepared for gRPC") };
+                let (request, key) = requests[index % requests.len()].clone();
+                let mut client = connect(&target.grpc_url).await?;
+                let (sender, mut outbound) = tokio::sync::mpsc::channel::<ModelInferRequest>(1);
+                let stream = futures_util::stream::poll_fn(move |cx| outbound.poll_recv(cx));
+                let mut call = tonic::Request::new(stream);
+                if let Some(key) = key {
+                    call.metadata_mut().insert(ROUTING_KEY, metadata(&key)?);
+                }
+                let answers = client
+                    .model_stream_infer(call)
+                    .await
+                    .map_err(|status| format!("cannot open a stream: {}", status.message()))?
+                    .into_inner();
+                Link::Stream { sender, answers, request }
+            }
+        };
+        Ok(Caller { target, prepared, link, next: index })
+    }
+
+    /// Sends the next request and waits for its answer.
+    pub async fn call(&mut self) -> Outcome {
+        let timeout = self.target.timeout;
+        match tokio::time::timeout(timeout, self.exchange()).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // An answer may still arrive on this connection; start afresh.
+                if let Link::Rest(connection) = &mut self.link {
+                    *connection = None;
+                }
+                Outcome::Failed("timeout".to_owned())
+            }
+        }
+    }
+
+    async fn exchange(&mut self) -> Outcome {
+        let key = self.next;
+        self.next = self.next.wrapping_add(1);
+        match (&mut self.link, self.prepared.as_ref()) {
+            (Link::Rest(connection), Prepared::Rest(requests)) => {
+                let request = &requests[key % requests.len()];
+                if connection.is_none() {
+                    match Connection::connect(&self.target.http_addr).await {
+                        Ok(c) => *connection = Some(c),
+                        Err(failure) => return Outcome::Failed(failure.kind.to_owned()),
+                    }
+                }
+                let Some(open) = connection.as_mut() else { unreachable!("connected above") };
+                match open.exchange(request).await {
+                    Ok(answer) if answer.status == 200 => Outcome::Ok { variant: answer.variant },
+                    Ok(answer) if answer.status == 429 => Outcome::Shed,
+                    Ok(answer) => Outcome::Failed(format!("http {}", answer.status)),
+                    Err(failure) => {
+                        *connection = None;
+                        Outcome::Failed(failure.kind.to_owned())
+                    }
+                }
+            }
+            (Link::Grpc(client), Prepared::Grpc(requests)) => {
+                let (request, routing_key) = &requests[key % requests.len()];
+                let mut call = tonic::Request::new(request.clone());
+                if let Some(routing_key) = routing_key
+                    && let Ok(value) = metadata(routing_key)
+                {
+                    call.metadata_mut().insert(ROUTING_KEY, value);
+                }
+                match client.model_infer(call).await {
+                    Ok(response) => {
+                        let variant = response.metadata().get(VARIANT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                        Outcome::Ok { variant }
+                    }
+                    Err(status) => grpc_failure(&status),
+                }
+            }
+            (Link::Stream { sender, answers, request }, _) => {
+                if sender.send(request.clone()).await.is_err() {
+                    return Outcome::Failed("stream closed".to_owned());
+                }
+                match answers.message().await {
+                    Ok(Some(answer)) if answer.error_message.is_empty() => {
+                        let variant = answer
+                            .infer_response
+                            .and_then(|r| r.parameters.get("variant").cloned())
+                            .and_then(|p| match p.parameter_choice {
+                                Some(infer_parameter::ParameterChoice::StringParam(s)) => Some(s),
+                                _ => None,
+                            });
+                        Outcome::Ok { variant }
+                    }
+                    Ok(Some(answer)) if is_shed_message(&answer.error_message) => Outcome::Shed,
+                    Ok(Some(_)) => Outcome::Failed("stream error".to_owned()),
+                    Ok(None) => Outcome::Failed("stream closed".to_owned()),
+                    Err(status) => grpc_failure(&status),
+                }
+            }
+            _ => unreachable!("requests are prepared for the caller's protocol"),
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<GrpcInferenceServiceClient<Channel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| format!("{url}: {e}"))?;
+    let channel = endpoint.tcp_nodelay(true).connect().await.map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    let client = GrpcInferenceServiceClient::new(channel);
+    Ok(client.max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
+}
+
+fn metadata(value: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, String> {
+    value.parse().map_err(|_| format!("{value:?} is not valid gRPC metadata"))
+}
+
+fn grpc_failure(status: &tonic::Status) -> Outcome {
+    match status.code() {
+        tonic::Code::ResourceExhausted => Outcome::Shed,
+        code => Outcome::Failed(format!("grpc {code:?}")),
+    }
+}
+
+/// Streams carry errors as text; a full queue is load shedding like the unary RESOURCE_EXHAUSTED.
+fn is_shed_message(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    (lower.contains("queue") && lower.contains("full")) || lower.contains("resource exhausted")
+}

@@ -1,0 +1,199 @@
+//! A lean HTTP/1.1 client for load generation: one keep-alive connection, requests written as prepared bytes,
+//! answers read by `Content-Length` (or chunked). A general-purpose client spends more CPU per request than the
+//! server under test does on a small model, so the generator would measure itself.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Headers an answer may carry that the generator looks at.
+const MAX_HEADERS: usize = 32;
+/// An answer larger than this is refused rather than buffered.
+const MAX_BODY: usize = 256 << 20;
+
+/// One answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// The `x-infergate-variant` header: which traffic variant answered.
+    pub variant: Option<String>,
+    /// The `retry-after` header, in seconds.
+    pub retry_after: Option<u64>,
+    pub body: Bytes,
+}
+
+/// Why an exchange failed, as a short kind for error counts and a message.
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(kind: &'static str, message: impl Into<String>) -> Failure {
+        Failure { kind, message: message.into() }
+    }
+}
+
+/// A prepared request: the bytes of the request line, headers and body.
+pub fn request(method: &str, host: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Bytes {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n", body.len());
+    for (name, value) in headers {
+        out.push_str(name);
+        out.push_str(": ");
+        out.push_str(value);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    Bytes::from(bytes)
+}
+
+/// One keep-alive connection.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    buffer: BytesMut,
+}
+
+impl Connection {
+    pub async fn connect(addr: &str) -> Result<Connection, Failure> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| Failure::new("connect", format!("{addr}: {e}")))?;
+        stream.set_nodelay(true).map_err(|e| Failure::new("connect", e.to_string()))?;
+        Ok(Connection { stream, buffer: BytesMut::with_capacity(16 * 1024) })
+    }
+
+    /// Sends one prepared request and reads its answer. After a failure the connection must not be reused.
+    pub async fn exchange(&mut self, request: &[u8]) -> Result<Answer, Failure> {
+        self.stream.write_all(request).await.map_err(|e| Failure::new("io", e.to_string()))?;
+        let (status, variant, retry_after, length, head) = loop {
+            if let Some(parsed) = parse_head(&self.buffer)? {
+                break parsed;
+            }
+            self.fill().await?;
+        };
+        self.buffer.advance(head);
+        let body = match length {
+            BodyLength::Exact(length) => {
+                if length > MAX_BODY {
+                    return Err(Failure::new("protocol", format!("an answer of {length} bytes")));
+                }
+                while self.buffer.len() < length {
+                    self.fill().await?;
+                }
+                self.buffer.split_to(length).freeze()
+            }
+            BodyLength::Chunked => self.read_chunked().await?,
+        };
+        Ok(Answer { status, variant, retry_after, body })
+    }
+
+    async fn fill(&mut self) -> Result<(), Failure> {
+        if self.buffer.capacity() - self.buffer.len() < 4096 {
+            self.buffer.reserve(16 * 1024);
+        }
+        match self.stream.read_buf(&mut self.buffer).await {
+            Ok(0) => Err(Failure::new("closed", "the server closed the connection")),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Failure::new("io", e.to_string())),
+        }
+    }
+
+    async fn read_chunked(&mut self) -> Result<Bytes, Failure> {
+        let mut body = BytesMut::new();
+        loop {
+            let line_end = loop {
+                if let Some(end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
+                    break end;
+                }
+                self.fill().await?;
+            };
+            let size_text = std::str::from_utf8(&self.buffer[..line_end]).unwrap_or("");
+            let size_text = size_text.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size_text, 16)
+                .map_err(|_| Failure::new("protocol", format!("bad chunk size {size_text:?}")))?;
+            if body.len() + size > MAX_BODY {
+                return Err(Failure::new("protocol", "a chunked answer too large"));
+            }
+            self.buffer.advance(line_end + 2);
+            while self.buffer.len() < size + 2 {
+                self.fill().await?;
+            }
+            body.extend_from_slice(&self.buffer[..size]);
+            self.buffer.advance(size + 2);
+            if size == 0 {
+                return Ok(body.freeze());
+            }
+        }
+    }
+}
+
+enum BodyLength {
+    Exact(usize),
+    Chunked,
+}
+
+type Head = (u16, Option<String>, Option<u64>, BodyLength, usize);
+
+/// The status, the headers of interest, the body's length and the head's length, once the head is complete.
+fn parse_head(buffer: &[u8]) -> Result<Option<Head>, Failure> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(buffer) {
+        Ok(httparse::Status::Complete(head)) => head,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Failure::new("protocol", format!("bad answer head: {e}"))),
+    };
+    let status = response.code.unwrap_or(0);
+    let (mut variant, mut retry_after, mut length) = (None, None, None);
+    for header in response.headers.iter() {
+        let value = std::str::from_utf8(header.value).unwrap_or("").trim();
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let n = value.parse().map_err(|_| Failure::new("protocol", format!("content-length {value:?}")))?;
+            length = Some(BodyLength::Exact(n));
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+            length = Some(BodyLength::Chunked);
+        } else if header.name.eq_ignore_ascii_case("x-infergate-variant") {
+            variant = Some(value.to_owned());
+        } else if header.name.eq_ignore_ascii_case("retry-after") {
+            retry_after = value.parse().ok();
+        }
+    }
+    Ok(Some((status, variant, retry_after, length.unwrap_or(BodyLength::Exact(0)), head)))
+}
+
+/// One request on a fresh connection, for set-up calls and scenario actions.
+pub async fn once(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<Answer, String> {
+    let mut connection = Connection::connect(addr).await.map_err(|f| f.message)?;
+    let request = request(method, addr, path, headers, body);
+    connection.exchange(&request).await.map_err(|f| format!("{method} {path}: {}", f.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_are_parsed_once_complete() {
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n").unwrap().is_none());
+        let text = b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\nx-infergate-variant: b\r\ncontent-length: 2\r\n\r\n{}";
+        let (status, variant, retry, length, head) = parse_head(text).unwrap().unwrap();
+        assert_eq!((status, variant.as_deref(), retry), (429, Some("b"), Some(1)));
+        assert!(matches!(length, BodyLength::Exact(2)));
+        assert_eq!(&text[head..], b"{}");
+        assert!(parse_head(b"NOT HTTP\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn prepared_requests_carry_their_length() {
+        let bytes = request("POST", "h:1", "/x", &[("a", "b".to_owned())], b"abc");
+        assert_eq!(&bytes[..], b"POST /x HTTP/1.1\r\nhost: h:1\r\ncontent-length: 3\r\na: b\r\n\r\nabc");
+    }
+}

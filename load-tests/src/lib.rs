@@ -1,0 +1,19 @@
+//! The load generator's parts: what to send ([`workload`]), how to send it ([`caller`]: REST with JSON or binary
+//! tensors over a lean HTTP/1.1 client, gRPC unary and streaming), when to send it ([`drive`]: closed loop, or open
+//! loop at a constant or ramping arrival rate with latencies measured from the intended send time), scenario files
+//! with assertions ([`scenario`]), the server process's resources over time ([`process`]) and the report
+//! ([`report`]).
+
+pub mod caller;
+pub mod drive;
+pub mod http1;
+pub mod process;
+pub mod report;
+pub mod scenario;
+pub mod workload;
+
+/// The KServe v2 gRPC client, generated from the server's proto file.
+#[allow(clippy::all, missing_debug_implementations)]
+pub mod proto {
+    tonic::include_proto!("inference");
+}

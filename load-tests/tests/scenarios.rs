@@ -1,0 +1,109 @@
+//! The CI scenario (`scenarios/ci.toml`) against a real infergate on port 0 serving the bundled models, over REST
+//! (JSON and binary) and gRPC (unary and streaming): `loadgen` must exit 0 (every expectation held), and its JSON
+//! report must hold what it claims. The server runs in this process, so `--server-pid` samples it.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use infergate::config::{ModelControlMode, Secret};
+use infergate::{Config, Server};
+use serde_json::Value;
+
+const TOKEN: &str = "load-test-admin-token-0123456789";
+
+async fn start() -> Server {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let state = std::env::temp_dir().join(format!("infergate-load-tests-{}", std::process::id()));
+    let config = Config {
+        model_repository: root.join("models"),
+        host: "127.0.0.1".parse().unwrap(),
+        http_port: 0,
+        grpc_port: 0,
+        metrics_port: 0,
+        model_control_mode: ModelControlMode::None,
+        admin_token: Some(Secret(TOKEN.to_owned())),
+        state_dir: Some(state),
+        ..Config::default()
+    };
+    config.validate().unwrap();
+    let server = Server::start(config).await.unwrap();
+    let ready = format!("http://{}/v2/health/ready", server.http_addr());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server
+}
+
+async fn loadgen(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    command
+        .args(["--url", &format!("http://{}", server.http_addr())])
+        .args(["--grpc-url", &format!("http://{}", server.grpc_addr())])
+        .args(args)
+        .env("INFERGATE_ADMIN_TOKEN", TOKEN);
+    let output = command.output().await.unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
+    (output.status.success(), stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ci_scenario_passes_on_every_protocol() {
+    let server = start().await;
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/ci.toml");
+    let pid = std::process::id().to_string();
+    for protocol in ["rest-json", "rest-binary", "grpc", "grpc-stream"] {
+        let args = ["--scenario", scenario.to_str().unwrap(), "--protocol", protocol, "--server-pid", &pid, "--json"];
+        let (passed, stdout, stderr) = loadgen(&server, &args).await;
+        assert!(passed, "{protocol}: {stderr}");
+        let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(report["passed"], true);
+        let open = &report["phases"][1];
+        assert_eq!(open["protocol"], protocol);
+        // 300 req/s for 3 s, all answered.
+        assert_eq!(open["requests"], 900, "{protocol}: {open}");
+        assert_eq!(open["ok"], 900);
+        assert!(report["total"]["p99_us"].as_u64().unwrap() > 0);
+        assert_eq!(report["actions"][0]["status"], 200, "{protocol}: the reload during the load");
+        assert!(report["samples"].as_array().unwrap().len() >= 5, "{protocol}: process samples");
+    }
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_expectations_and_errors_are_reported() {
+    let server = start().await;
+    let dir = std::env::temp_dir().join(format!("infergate-load-tests-scenario-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // An unknown model: every request fails with 404, so the error-rate bound fails and loadgen exits 1.
+    let scenario = dir.join("impossible.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"impossible\"\nconcurrency = 2\n[[phase]]\nname = \"p\"\nseconds = 1\n[expect]\nmax_error_rate = 0.0\nmax_p99_ms = 0.0001\n",
+    )
+    .unwrap();
+    let body = dir.join("body.json");
+    std::fs::write(&body, r#"{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#)
+        .unwrap();
+    let args =
+        ["--scenario", scenario.to_str().unwrap(), "--model", "missing", "--body", body.to_str().unwrap(), "--json"];
+    let (passed, stdout, stderr) = loadgen(&server, &args).await;
+    assert!(!passed, "{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["passed"], false);
+    assert!(report["total"]["errors_by_kind"]["http 404"].as_u64().unwrap() > 0, "{report}");
+    assert!(stderr.contains("FAILED total: error rate"), "{stderr}");
+
+    // One run from flags prints one line of figures, as the scripts read them.
+    let args =
+        ["--model", "iris", "--protocol", "grpc", "--duration", "1", "--warmup", "0.2", "--rate", "200", "--json"];
+    let (passed, stdout, stderr) = loadgen(&server, &args).await;
+    assert!(passed, "{stderr}");
+    let run: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((run["requests"].as_u64(), run["errors"].as_u64()), (Some(200), Some(0)), "{run}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    server.shutdown();
+}
