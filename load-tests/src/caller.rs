@@ -54,11 +54,15 @@ enum Prepared {
 enum Link {
     Rest(Option<Connection>),
     Grpc(GrpcInferenceServiceClient<Channel>),
-    Stream {
-        sender: tokio::sync::mpsc::Sender<ModelInferRequest>,
-        answers: tonic::Streaming<ModelStreamInferResponse>,
-        request: ModelInferRequest,
-    },
+    Stream(Box<Stream>),
+}
+
+/// An open `ModelStreamInfer` stream, and the request it sends.
+#[derive(Debug)]
+struct Stream {
+    sender: tokio::sync::mpsc::Sender<ModelInferRequest>,
+    answers: tonic::Streaming<ModelStreamInferResponse>,
+    request: ModelInferRequest,
 }
 
 /// One client.
@@ -135,7 +139,7 @@ impl Caller {
                     .await
                     .map_err(|status| format!("cannot open a stream: {}", status.message()))?
                     .into_inner();
-                Link::Stream { sender, answers, request }
+                Link::Stream(Box::new(Stream { sender, answers, request }))
             }
         };
         Ok(Caller { target, prepared, link, next: index })
@@ -162,20 +166,28 @@ impl Caller {
         match (&mut self.link, self.prepared.as_ref()) {
             (Link::Rest(connection), Prepared::Rest(requests)) => {
                 let request = &requests[key % requests.len()];
-                if connection.is_none() {
-                    match Connection::connect(&self.target.http_addr).await {
-                        Ok(c) => *connection = Some(c),
-                        Err(failure) => return Outcome::Failed(failure.kind.to_owned()),
+                // A kept-alive connection the server has closed meanwhile fails before any answer; like any HTTP
+                // client, send once more on a fresh connection. A fresh connection's failure counts.
+                let mut reused = connection.is_some();
+                loop {
+                    if connection.is_none() {
+                        match Connection::connect(&self.target.http_addr).await {
+                            Ok(c) => *connection = Some(c),
+                            Err(failure) => return Outcome::Failed(failure.kind.to_owned()),
+                        }
                     }
-                }
-                let Some(open) = connection.as_mut() else { unreachable!("connected above") };
-                match open.exchange(request).await {
-                    Ok(answer) if answer.status == 200 => Outcome::Ok { variant: answer.variant },
-                    Ok(answer) if answer.status == 429 => Outcome::Shed,
-                    Ok(answer) => Outcome::Failed(format!("http {}", answer.status)),
-                    Err(failure) => {
-                        *connection = None;
-                        Outcome::Failed(failure.kind.to_owned())
+                    let Some(open) = connection.as_mut() else { unreachable!("connected above") };
+                    match open.exchange(request).await {
+                        Ok(answer) if answer.status == 200 => return Outcome::Ok { variant: answer.variant },
+                        Ok(answer) if answer.status == 429 => return Outcome::Shed,
+                        Ok(answer) => return Outcome::Failed(format!("http {}", answer.status)),
+                        Err(failure) => {
+                            *connection = None;
+                            if !(reused && failure.stale) {
+                                return Outcome::Failed(failure.kind.to_owned());
+                            }
+                            reused = false;
+                        }
                     }
                 }
             }
@@ -195,7 +207,8 @@ impl Caller {
                     Err(status) => grpc_failure(&status),
                 }
             }
-            (Link::Stream { sender, answers, request }, _) => {
+            (Link::Stream(stream), _) => {
+                let Stream { sender, answers, request } = stream.as_mut();
                 if sender.send(request.clone()).await.is_err() {
                     return Outcome::Failed("stream closed".to_owned());
                 }

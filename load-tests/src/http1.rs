@@ -27,11 +27,13 @@ pub struct Answer {
 pub struct Failure {
     pub kind: &'static str,
     pub message: String,
+    /// The connection failed before any byte of the answer came: it may have been closed while idle.
+    pub stale: bool,
 }
 
 impl Failure {
     fn new(kind: &'static str, message: impl Into<String>) -> Failure {
-        Failure { kind, message: message.into() }
+        Failure { kind, message: message.into(), stale: false }
     }
 }
 
@@ -66,12 +68,17 @@ impl Connection {
 
     /// Sends one prepared request and reads its answer. After a failure the connection must not be reused.
     pub async fn exchange(&mut self, request: &[u8]) -> Result<Answer, Failure> {
-        self.stream.write_all(request).await.map_err(|e| Failure::new("io", e.to_string()))?;
+        let stale = |mut failure: Failure| {
+            failure.stale = true;
+            failure
+        };
+        self.stream.write_all(request).await.map_err(|e| stale(Failure::new("io", e.to_string())))?;
         let (status, variant, retry_after, length, head) = loop {
             if let Some(parsed) = parse_head(&self.buffer)? {
                 break parsed;
             }
-            self.fill().await?;
+            let nothing_yet = self.buffer.is_empty();
+            self.fill().await.map_err(|f| if nothing_yet { stale(f) } else { f })?;
         };
         self.buffer.advance(head);
         let body = match length {

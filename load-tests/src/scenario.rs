@@ -372,7 +372,8 @@ fn check(scope: &str, expect: &Expect, summary: &Summary, samples: &[Sample]) ->
             (value - share).abs() <= expect.variant_tolerance,
         );
     }
-    let growths: [(&str, Option<f64>, fn(&Sample) -> u64, bool); 3] = [
+    type Growth = (&'static str, Option<f64>, fn(&Sample) -> u64, bool);
+    let growths: [Growth; 3] = [
         ("rss growth %", expect.max_rss_growth_percent, |s| s.rss_bytes, true),
         ("open fd growth", expect.max_fd_growth.map(|g| g as f64), |s| s.open_fds, false),
         ("thread growth", expect.max_thread_growth.map(|g| g as f64), |s| s.threads, false),

@@ -2,7 +2,7 @@
 //! Handlers decode into the transport-agnostic types of [`crate::api`], call the same operations as REST and
 //! encode; [`ApiError`] becomes a gRPC status here and nowhere else.
 
-mod convert;
+pub mod convert;
 
 use std::pin::Pin;
 use std::sync::Arc;

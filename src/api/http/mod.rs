@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-pub use json::decode_request;
+pub use json::{EncodedResponse, OutputFormat, decode_request, encode_response};
 pub use routes::{metrics_router, router};
 
 use crate::api::ApiError;
