@@ -16,7 +16,8 @@ out=target/perf
 rm -rf "$out" && mkdir -p "$out"
 results="$out/results.jsonl"
 
-cargo build --release --quiet --bin infergate -p infergate -p infergate-load-tests
+cargo build --release --quiet -p infergate --bin infergate
+cargo build --release --quiet -p infergate-load-tests --bins
 if [ ! -x .venv-baseline/bin/python ]; then python3 -m venv .venv-baseline; fi
 .venv-baseline/bin/pip install --quiet --disable-pip-version-check -r load-tests/baselines/fastapi/requirements.txt
 if [ ! -x .venv-tools/bin/python ]; then python3 -m venv .venv-tools; fi
@@ -72,6 +73,12 @@ measure() { # server model protocol concurrency port grpc-port
       2>/dev/null | sed "s/^{/{\"kind\": \"run\", \"server\": \"$1\", \"rep\": $rep, /" >> "$results"
   done
 }
+
+# The machine's loopback round trip between the two cores: part of every server's latency at concurrency 1.
+taskset -c 0 python3 load-tests/tcp_round_trip.py server 18620 &
+echo_server=$!
+taskset -c 1 python3 load-tests/tcp_round_trip.py client 18620 >> "$results"
+wait "$echo_server" || true
 
 # The floor: each model run back to back in-process on core 0, no server.
 for model in iris mlp resnet18; do
