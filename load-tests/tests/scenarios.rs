@@ -107,3 +107,30 @@ async fn failed_expectations_and_errors_are_reported() {
     std::fs::remove_dir_all(&dir).unwrap();
     server.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_split_is_seen_in_the_answers() {
+    let server = start().await;
+    let dir = std::env::temp_dir().join(format!("infergate-load-tests-split-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The bundled ab-split scenario, shorter and slower for CI: set 70/30 over iris' two versions, check the
+    // shares of the answers' variants, remove the policy.
+    let bundled =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/ab-split.toml")).unwrap();
+    let scenario = dir.join("ab-split.toml");
+    std::fs::write(&scenario, bundled.replace("seconds = 10\nrate = 2000", "seconds = 4\nrate = 500")).unwrap();
+    for protocol in ["rest-json", "grpc"] {
+        let args = ["--scenario", scenario.to_str().unwrap(), "--protocol", protocol, "--json"];
+        let (passed, stdout, stderr) = loadgen(&server, &args).await;
+        assert!(passed, "{protocol}: {stderr}");
+        let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+        let split = &report["phases"][1];
+        assert_eq!(split["requests"], 2000, "{protocol}: {split}");
+        let shares = &split["variants"];
+        assert!((shares["v1"].as_f64().unwrap() - 0.7).abs() < 0.03, "{protocol}: {shares}");
+        let statuses: Vec<&Value> = report["actions"].as_array().unwrap().iter().map(|a| &a["status"]).collect();
+        assert_eq!(statuses, [200, 200], "{protocol}: the policy set and removed");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    server.shutdown();
+}
