@@ -104,7 +104,7 @@ pub struct Expect {
     pub variants: BTreeMap<String, f64>,
     #[serde(default = "default_variant_tolerance")]
     pub variant_tolerance: f64,
-    /// Resident memory growth from the first to the last samples.
+    /// Resident memory growth from the first samples of the first recorded phase to the last samples.
     pub max_rss_growth_percent: Option<f64>,
     pub max_fd_growth: Option<u64>,
     pub max_thread_growth: Option<u64>,
@@ -248,7 +248,12 @@ pub async fn run(scenario: &Scenario, workload: &Workload, options: &Options) ->
     let mut actions = Vec::new();
     let mut checks = Vec::new();
     let mut total: Option<Tally> = None;
+    // Growth is judged from the first recorded phase on: warm-up phases fill caches and pools.
+    let mut recorded_from = None;
     for phase in &scenario.phases {
+        if phase.record && recorded_from.is_none() {
+            recorded_from = Some(started.elapsed().as_secs_f64());
+        }
         let load = Load { seconds: phase.seconds, rate: phase.rate.map(|r| (r, phase.rate_end.unwrap_or(r))) };
         let action_tasks: Vec<_> = phase
             .actions
@@ -284,7 +289,8 @@ pub async fn run(scenario: &Scenario, workload: &Workload, options: &Options) ->
     };
     let total = total.unwrap_or_else(|| Tally::new(0.0));
     let total = Summary::new("total", model, protocol, scenario.concurrency, None, &total);
-    checks.extend(check("total", &scenario.expect, &total, &samples));
+    let after_warm_up: Vec<Sample> = samples.iter().filter(|s| s.at >= recorded_from.unwrap_or(0.0)).copied().collect();
+    checks.extend(check("total", &scenario.expect, &total, &after_warm_up));
     let passed = checks.iter().all(|c| c.passed) && actions.iter().all(|a| a.ok);
     Ok(Report { scenario: scenario.name.clone(), phases: summaries, total, samples, actions, checks, passed })
 }
