@@ -12,8 +12,5 @@ pub mod report;
 pub mod scenario;
 pub mod workload;
 
-/// The KServe v2 gRPC client, generated from the server's proto file.
-#[allow(clippy::all, missing_debug_implementations)]
-pub mod proto {
-    tonic::include_proto!("inference");
-}
+/// The KServe v2 gRPC messages and client, generated with the server's.
+pub use infergate::api::grpc::proto;
