@@ -170,6 +170,9 @@ fn parse_head(buffer: &[u8]) -> Result<Option<Head>, Failure> {
     Ok(Some((status, variant, retry_after, length.unwrap_or(BodyLength::Exact(0)), head)))
 }
 
+/// Set-up calls and scenario actions unanswered after this long fail.
+const ONCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One request on a fresh connection, for set-up calls and scenario actions.
 pub async fn once(
     addr: &str,
@@ -178,9 +181,14 @@ pub async fn once(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Result<Answer, String> {
-    let mut connection = Connection::connect(addr).await.map_err(|f| f.message)?;
-    let request = request(method, addr, path, headers, body);
-    connection.exchange(&request).await.map_err(|f| format!("{method} {path}: {}", f.message))
+    let exchange = async {
+        let mut connection = Connection::connect(addr).await.map_err(|f| f.message)?;
+        let request = request(method, addr, path, headers, body);
+        connection.exchange(&request).await.map_err(|f| format!("{method} {path}: {}", f.message))
+    };
+    tokio::time::timeout(ONCE_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("{method} {path}: no answer within {ONCE_TIMEOUT:?}")))
 }
 
 #[cfg(test)]
