@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::http1::{self, Connection};
@@ -47,7 +47,8 @@ pub enum Outcome {
 #[derive(Debug)]
 enum Prepared {
     Rest(Vec<Bytes>),
-    Grpc(Vec<(ModelInferRequest, Option<String>)>),
+    /// Each request with its routing key as gRPC metadata, parsed once.
+    Grpc(Vec<(ModelInferRequest, Option<MetadataValue<Ascii>>)>),
 }
 
 #[derive(Debug)]
@@ -106,7 +107,8 @@ impl Requests {
             ),
             Protocol::Grpc | Protocol::GrpcStream => {
                 let request = workload.grpc.clone().ok_or("gRPC needs generated inputs, not a JSON body file")?;
-                Prepared::Grpc(keys.into_iter().map(|key| (request.clone(), key)).collect())
+                let keyed = keys.iter().map(|key| Ok((request.clone(), key.as_deref().map(metadata).transpose()?)));
+                Prepared::Grpc(keyed.collect::<Result<_, String>>()?)
             }
         };
         if target.protocol == Protocol::RestBinary && workload.binary_body.is_empty() {
@@ -132,7 +134,7 @@ impl Caller {
                 let stream = futures_util::stream::poll_fn(move |cx| outbound.poll_recv(cx));
                 let mut call = tonic::Request::new(stream);
                 if let Some(key) = key {
-                    call.metadata_mut().insert(ROUTING_KEY, metadata(&key)?);
+                    call.metadata_mut().insert(ROUTING_KEY, key);
                 }
                 let answers = client
                     .model_stream_infer(call)
@@ -194,10 +196,8 @@ impl Caller {
             (Link::Grpc(client), Prepared::Grpc(requests)) => {
                 let (request, routing_key) = &requests[key % requests.len()];
                 let mut call = tonic::Request::new(request.clone());
-                if let Some(routing_key) = routing_key
-                    && let Ok(value) = metadata(routing_key)
-                {
-                    call.metadata_mut().insert(ROUTING_KEY, value);
+                if let Some(routing_key) = routing_key {
+                    call.metadata_mut().insert(ROUTING_KEY, routing_key.clone());
                 }
                 match client.model_infer(call).await {
                     Ok(response) => {
@@ -241,7 +241,7 @@ async fn connect(url: &str) -> Result<GrpcInferenceServiceClient<Channel>, Strin
     Ok(client.max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
 }
 
-fn metadata(value: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, String> {
+fn metadata(value: &str) -> Result<MetadataValue<Ascii>, String> {
     value.parse().map_err(|_| format!("{value:?} is not valid gRPC metadata"))
 }
 

@@ -247,7 +247,7 @@ pub async fn run(scenario: &Scenario, workload: &Workload, options: &Options) ->
     let mut summaries = Vec::new();
     let mut actions = Vec::new();
     let mut checks = Vec::new();
-    let mut total: Option<Tally> = None;
+    let mut total = Tally::new(0.0);
     // Growth is judged from the first recorded phase on: warm-up phases fill caches and pools.
     let mut recorded_from = None;
     for phase in &scenario.phases {
@@ -259,8 +259,9 @@ pub async fn run(scenario: &Scenario, workload: &Workload, options: &Options) ->
             .actions
             .iter()
             .map(|action| {
-                let (action, phase, options) = (action.clone(), phase.clone(), options.clone());
-                tokio::spawn(async move { run_action(&action, &phase, &options).await })
+                let (action, name, seconds, options) =
+                    (action.clone(), phase.name.clone(), phase.seconds, options.clone());
+                tokio::spawn(async move { run_action(&action, &name, seconds, &options).await })
             })
             .collect();
         let (back, tally) = drive::run(callers, load).await;
@@ -272,13 +273,8 @@ pub async fn run(scenario: &Scenario, workload: &Workload, options: &Options) ->
         eprintln!("{}", summary.line());
         checks.extend(check(&phase.name, &phase.expect, &summary, &[]));
         if phase.record {
-            match &mut total {
-                Some(t) => {
-                    t.merge(&tally);
-                    t.seconds += tally.seconds;
-                }
-                None => total = Some(tally),
-            }
+            total.merge(&tally);
+            total.seconds += tally.seconds;
         }
         summaries.push(summary);
     }
@@ -287,7 +283,6 @@ pub async fn run(scenario: &Scenario, workload: &Workload, options: &Options) ->
         Some(task) => task.await.unwrap_or_default(),
         None => Vec::new(),
     };
-    let total = total.unwrap_or_else(|| Tally::new(0.0));
     let total = Summary::new("total", model, protocol, scenario.concurrency, None, &total);
     let after_warm_up: Vec<Sample> = samples.iter().filter(|s| s.at >= recorded_from.unwrap_or(0.0)).copied().collect();
     checks.extend(check("total", &scenario.expect, &total, &after_warm_up));
@@ -308,7 +303,8 @@ async fn sample_until_stopped(pid: u32, every: f64, started: Instant, running: A
     samples
 }
 
-async fn run_action(action: &Action, phase: &Phase, options: &Options) -> Vec<ActionResult> {
+/// Sends the action's request at its moment (and again `every` seconds) until the phase, `seconds` long, ends.
+async fn run_action(action: &Action, phase: &str, seconds: f64, options: &Options) -> Vec<ActionResult> {
     let start = Instant::now();
     let mut results = Vec::new();
     let mut at = action.at;
@@ -319,7 +315,7 @@ async fn run_action(action: &Action, phase: &Phase, options: &Options) -> Vec<Ac
         headers.push(("authorization", format!("Bearer {token}")));
     }
     let body = action.body.clone().unwrap_or_default();
-    while at < phase.seconds {
+    while at < seconds {
         tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
         let request = format!("{} {}", action.method, action.path);
         let answer =
@@ -331,9 +327,9 @@ async fn run_action(action: &Action, phase: &Phase, options: &Options) -> Vec<Ac
                     None => (200..300).contains(&answer.status),
                 };
                 let message = if ok { String::new() } else { String::from_utf8_lossy(&answer.body).into_owned() };
-                ActionResult { phase: phase.name.clone(), at, request, status: Some(answer.status), ok, message }
+                ActionResult { phase: phase.to_owned(), at, request, status: Some(answer.status), ok, message }
             }
-            Err(message) => ActionResult { phase: phase.name.clone(), at, request, status: None, ok: false, message },
+            Err(message) => ActionResult { phase: phase.to_owned(), at, request, status: None, ok: false, message },
         });
         match action.every {
             Some(every) => at += every,

@@ -37,17 +37,19 @@ async fn start() -> Server {
     server
 }
 
-async fn loadgen(server: &Server, args: &[&str]) -> (bool, String, String) {
+/// Runs loadgen with `--json` against the server: whether it exited 0, its JSON figures, its stderr.
+async fn loadgen(server: &Server, args: &[&str]) -> (bool, Value, String) {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"));
     command
         .args(["--url", &format!("http://{}", server.http_addr())])
         .args(["--grpc-url", &format!("http://{}", server.grpc_addr())])
         .args(args)
+        .arg("--json")
         .env("INFERGATE_ADMIN_TOKEN", TOKEN);
     let output = command.output().await.unwrap();
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
-    (output.status.success(), stdout, stderr)
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let figures = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("no JSON figures ({e}): {stderr}"));
+    (output.status.success(), figures, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,10 +58,9 @@ async fn the_ci_scenario_passes_on_every_protocol() {
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/ci.toml");
     let pid = std::process::id().to_string();
     for protocol in ["rest-json", "rest-binary", "grpc", "grpc-stream"] {
-        let args = ["--scenario", scenario.to_str().unwrap(), "--protocol", protocol, "--server-pid", &pid, "--json"];
-        let (passed, stdout, stderr) = loadgen(&server, &args).await;
+        let args = ["--scenario", scenario.to_str().unwrap(), "--protocol", protocol, "--server-pid", &pid];
+        let (passed, report, stderr) = loadgen(&server, &args).await;
         assert!(passed, "{protocol}: {stderr}");
-        let report: Value = serde_json::from_str(stdout.trim()).unwrap();
         assert_eq!(report["passed"], true);
         let open = &report["phases"][1];
         assert_eq!(open["protocol"], protocol);
@@ -88,21 +89,17 @@ async fn failed_expectations_and_errors_are_reported() {
     let body = dir.join("body.json");
     std::fs::write(&body, r#"{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#)
         .unwrap();
-    let args =
-        ["--scenario", scenario.to_str().unwrap(), "--model", "missing", "--body", body.to_str().unwrap(), "--json"];
-    let (passed, stdout, stderr) = loadgen(&server, &args).await;
+    let args = ["--scenario", scenario.to_str().unwrap(), "--model", "missing", "--body", body.to_str().unwrap()];
+    let (passed, report, stderr) = loadgen(&server, &args).await;
     assert!(!passed, "{stderr}");
-    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(report["passed"], false);
     assert!(report["total"]["errors_by_kind"]["http 404"].as_u64().unwrap() > 0, "{report}");
     assert!(stderr.contains("FAILED total: error rate"), "{stderr}");
 
     // One run from flags prints one line of figures, as the scripts read them.
-    let args =
-        ["--model", "iris", "--protocol", "grpc", "--duration", "1", "--warmup", "0.2", "--rate", "200", "--json"];
-    let (passed, stdout, stderr) = loadgen(&server, &args).await;
+    let args = ["--model", "iris", "--protocol", "grpc", "--duration", "1", "--warmup", "0.2", "--rate", "200"];
+    let (passed, run, stderr) = loadgen(&server, &args).await;
     assert!(passed, "{stderr}");
-    let run: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!((run["requests"].as_u64(), run["errors"].as_u64()), (Some(200), Some(0)), "{run}");
     std::fs::remove_dir_all(&dir).unwrap();
     server.shutdown();
@@ -120,10 +117,9 @@ async fn a_weighted_split_is_seen_in_the_answers() {
     let scenario = dir.join("ab-split.toml");
     std::fs::write(&scenario, bundled.replace("seconds = 10\nrate = 2000", "seconds = 4\nrate = 500")).unwrap();
     for protocol in ["rest-json", "grpc"] {
-        let args = ["--scenario", scenario.to_str().unwrap(), "--protocol", protocol, "--json"];
-        let (passed, stdout, stderr) = loadgen(&server, &args).await;
+        let args = ["--scenario", scenario.to_str().unwrap(), "--protocol", protocol];
+        let (passed, report, stderr) = loadgen(&server, &args).await;
         assert!(passed, "{protocol}: {stderr}");
-        let report: Value = serde_json::from_str(stdout.trim()).unwrap();
         let split = &report["phases"][1];
         assert_eq!(split["requests"], 2000, "{protocol}: {split}");
         let shares = &split["variants"];
