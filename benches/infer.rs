@@ -6,12 +6,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
 use infergate::api::grpc::proto;
-use infergate::api::{self, MlflowHook, ModelControl};
+use infergate::api::{self, ApiKeys, MlflowHook, ModelControl};
 use infergate::backend::Backends;
 use infergate::lifecycle::ModelTable;
 use infergate::telemetry::Telemetry;
@@ -41,8 +42,15 @@ fn grpc_frame(request: &proto::ModelInferRequest) -> Bytes {
 fn end_to_end(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let table = table(&runtime);
-    let rest = api::http::router(Arc::clone(&table), 64 << 20, ModelControl::new(None), MlflowHook::disabled());
-    let grpc = api::grpc::router(Arc::clone(&table), 64 << 20, ModelControl::new(None));
+    let limits = api::http::Limits { max_request_bytes: 64 << 20, body_timeout: Duration::from_secs(60) };
+    let rest = api::http::router(
+        Arc::clone(&table),
+        limits,
+        ModelControl::new(None),
+        ApiKeys::default(),
+        MlflowHook::disabled(),
+    );
+    let grpc = api::grpc::router(Arc::clone(&table), 64 << 20, ModelControl::new(None), ApiKeys::default());
 
     let json = Bytes::from(
         serde_json::to_vec(

@@ -146,6 +146,48 @@ pub struct ServeArgs {
     /// Accept MLflow webhook deliveries at POST /v2/mlflow/webhook signed with this secret [default: off]
     #[arg(long, env = "INFERGATE_MLFLOW_WEBHOOK_SECRET", hide_env_values = true)]
     pub mlflow_webhook_secret: Option<String>,
+    /// Inference and metadata routes need one of these keys (`Authorization: Bearer <key>` or `x-api-key`;
+    /// gRPC metadata alike); health routes never do [default: open]
+    #[arg(long = "api-key", env = "INFERGATE_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+    /// Serve REST and gRPC over TLS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, env = "INFERGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, env = "INFERGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these CAs (PEM) on REST and gRPC [default: no client certificates]
+    #[arg(long, env = "INFERGATE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Open connections per listener; more wait to be accepted [default: 4096]
+    #[arg(long, env = "INFERGATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client gets to send a request's headers (and a TLS handshake) before the connection is closed
+    /// [default: 10]
+    #[arg(long, env = "INFERGATE_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<f64>,
+    /// Seconds a client gets to send a request's body before it is answered 408 [default: 60]
+    #[arg(long, env = "INFERGATE_BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<f64>,
+    /// Concurrent HTTP/2 streams (gRPC calls) per connection [default: 1024]
+    #[arg(long, env = "INFERGATE_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Most elements in one input tensor [default: 16777216]
+    #[arg(long, env = "INFERGATE_MAX_TENSOR_ELEMENTS")]
+    pub max_tensor_elements: Option<usize>,
+    /// Most elements in all the inputs of one request [default: 33554432]
+    #[arg(long, env = "INFERGATE_MAX_REQUEST_ELEMENTS")]
+    pub max_request_elements: Option<usize>,
+    /// Most rows (first dimension) in one request's inputs [default: 65536]
+    #[arg(long, env = "INFERGATE_MAX_REQUEST_ROWS")]
+    pub max_request_rows: Option<usize>,
+    /// Longest element of a BYTES input, in bytes [default: 16777216]
+    #[arg(long, env = "INFERGATE_MAX_BYTES_ELEMENT")]
+    pub max_bytes_element: Option<usize>,
+    /// Most bytes a model version's weights may need (declared initializers); larger models are refused at load.
+    /// A model.toml may set a lower or higher `max_model_bytes` [default: 8589934592]
+    #[arg(long, env = "INFERGATE_MAX_MODEL_BYTES")]
+    pub max_model_bytes: Option<u64>,
     /// Log format [default: text]
     #[arg(long, env = "INFERGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -192,6 +234,19 @@ struct ConfigFile {
     repository_poll_secs: Option<f64>,
     repository_settle_secs: Option<f64>,
     load_models: Option<Vec<String>>,
+    api_keys: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    max_connections: Option<usize>,
+    header_read_timeout_secs: Option<f64>,
+    body_read_timeout_secs: Option<f64>,
+    max_concurrent_streams: Option<u32>,
+    max_tensor_elements: Option<usize>,
+    max_request_elements: Option<usize>,
+    max_request_rows: Option<usize>,
+    max_bytes_element: Option<usize>,
+    max_model_bytes: Option<u64>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     mlflow: Option<MlflowFile>,
@@ -256,10 +311,71 @@ pub struct Config {
     pub repository_settle: Duration,
     /// Explicit mode's models to load at start.
     pub load_models: Vec<String>,
+    /// Non-empty: inference and metadata calls need one of these keys.
+    pub api_keys: Vec<Secret>,
+    /// Set: REST and gRPC are served over TLS.
+    pub tls: Option<TlsSettings>,
+    pub connections: ConnectionLimits,
+    pub request_limits: RequestLimits,
+    /// Most bytes a version's weights may need, unless its model.toml says otherwise.
+    pub max_model_bytes: u64,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Set: these models follow the MLflow Model Registry.
     pub mlflow: Option<MlflowSettings>,
+}
+
+/// TLS for the REST and gRPC listeners (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Set: clients must present a certificate signed by one of these CAs.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// What one client connection may hold, so slow or idle clients cannot exhaust the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections per listener; further ones wait in the accept backlog.
+    pub max_connections: usize,
+    /// Time to complete a TLS handshake, and then each request's headers.
+    pub header_read_timeout: Duration,
+    /// Time to receive a request's whole body.
+    pub body_read_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+/// Bounds on what one inference request may ask for, whatever its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_tensor_elements: usize,
+    pub max_request_elements: usize,
+    pub max_request_rows: usize,
+    pub max_bytes_element: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_tensor_elements: 1 << 24,
+            max_request_elements: 1 << 25,
+            max_request_rows: 1 << 16,
+            max_bytes_element: 16 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -280,7 +396,10 @@ pub enum ConfigError {
 const MIN_POLL_SECS: f64 = 0.05;
 const MAX_POLL_SECS: f64 = 3600.0;
 
-/// Shortest admin token accepted.
+/// Most connections a listener may hold; each costs a task and buffers.
+const MAX_CONNECTIONS_CEILING: usize = 1 << 20;
+
+/// Shortest admin token or API key accepted.
 const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// A secret setting: kept out of `Debug` output, so it never reaches a log line.
@@ -318,6 +437,11 @@ impl Default for Config {
             repository_poll: Duration::from_secs(5),
             repository_settle: Duration::from_secs(2),
             load_models: Vec::new(),
+            api_keys: Vec::new(),
+            tls: None,
+            connections: ConnectionLimits::default(),
+            request_limits: RequestLimits::default(),
+            max_model_bytes: crate::backend::DEFAULT_MAX_MODEL_BYTES,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
             mlflow: None,
@@ -372,6 +496,54 @@ impl Config {
             } else {
                 args.load_models
             },
+            api_keys: if args.api_keys.is_empty() { file.api_keys.unwrap_or_default() } else { args.api_keys }
+                .into_iter()
+                .map(Secret)
+                .collect(),
+            tls: tls_settings(
+                args.tls_cert.or(file.tls_cert),
+                args.tls_key.or(file.tls_key),
+                args.tls_client_ca.or(file.tls_client_ca),
+            )?,
+            connections: ConnectionLimits {
+                max_connections: args
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(defaults.connections.max_connections),
+                header_read_timeout: timeout(
+                    "--header-read-timeout-secs",
+                    args.header_read_timeout_secs.or(file.header_read_timeout_secs),
+                )?
+                .unwrap_or(defaults.connections.header_read_timeout),
+                body_read_timeout: timeout(
+                    "--body-read-timeout-secs",
+                    args.body_read_timeout_secs.or(file.body_read_timeout_secs),
+                )?
+                .unwrap_or(defaults.connections.body_read_timeout),
+                max_concurrent_streams: args
+                    .max_concurrent_streams
+                    .or(file.max_concurrent_streams)
+                    .unwrap_or(defaults.connections.max_concurrent_streams),
+            },
+            request_limits: RequestLimits {
+                max_tensor_elements: args
+                    .max_tensor_elements
+                    .or(file.max_tensor_elements)
+                    .unwrap_or(defaults.request_limits.max_tensor_elements),
+                max_request_elements: args
+                    .max_request_elements
+                    .or(file.max_request_elements)
+                    .unwrap_or(defaults.request_limits.max_request_elements),
+                max_request_rows: args
+                    .max_request_rows
+                    .or(file.max_request_rows)
+                    .unwrap_or(defaults.request_limits.max_request_rows),
+                max_bytes_element: args
+                    .max_bytes_element
+                    .or(file.max_bytes_element)
+                    .unwrap_or(defaults.request_limits.max_bytes_element),
+            },
+            max_model_bytes: args.max_model_bytes.or(file.max_model_bytes).unwrap_or(defaults.max_model_bytes),
             log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),
             log_level: args.log_level.or(file.log_level).unwrap_or(defaults.log_level),
             mlflow,
@@ -416,6 +588,36 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "--admin-token must be at least {MIN_ADMIN_TOKEN_CHARS} characters; a short token is guessable"
             )));
+        }
+        if self.api_keys.iter().any(|key| key.0.trim().chars().count() < MIN_ADMIN_TOKEN_CHARS) {
+            return Err(ConfigError::Invalid(format!(
+                "every --api-key must be at least {MIN_ADMIN_TOKEN_CHARS} characters; a short key is guessable"
+            )));
+        }
+        let limits = [
+            ("--max-connections", self.connections.max_connections),
+            ("--max-concurrent-streams", self.connections.max_concurrent_streams as usize),
+            ("--max-tensor-elements", self.request_limits.max_tensor_elements),
+            ("--max-request-elements", self.request_limits.max_request_elements),
+            ("--max-request-rows", self.request_limits.max_request_rows),
+            ("--max-bytes-element", self.request_limits.max_bytes_element),
+            ("--max-model-bytes", usize::try_from(self.max_model_bytes).unwrap_or(usize::MAX)),
+        ];
+        if let Some((flag, _)) = limits.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Invalid(format!("{flag} must be at least 1")));
+        }
+        if self.connections.max_connections > MAX_CONNECTIONS_CEILING {
+            return Err(ConfigError::Invalid(format!(
+                "--max-connections must be at most {MAX_CONNECTIONS_CEILING}, got {}",
+                self.connections.max_connections
+            )));
+        }
+        if let Some(tls) = &self.tls {
+            for path in [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()].into_iter().flatten() {
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(ConfigError::Invalid(format!("cannot read TLS file {}: {e}", path.display())));
+                }
+            }
         }
         if !self.load_models.is_empty() && self.model_control_mode != ModelControlMode::Explicit {
             return Err(ConfigError::Invalid(
@@ -541,6 +743,29 @@ fn flag_models(entries: &[String]) -> Result<Vec<MlflowModel>, ConfigError> {
         }
     }
     Ok(models)
+}
+
+/// TLS needs a certificate and its key together; a client CA only makes sense with them.
+fn tls_settings(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsSettings { cert, key, client_ca })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => Err(ConfigError::Invalid("--tls-client-ca needs --tls-cert and --tls-key".into())),
+        _ => Err(ConfigError::Invalid("--tls-cert and --tls-key go together".into())),
+    }
+}
+
+/// A client timeout in seconds, between 0.1 s and an hour.
+fn timeout(flag: &str, value: Option<f64>) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(secs) if secs.is_finite() && (0.1..=3600.0).contains(&secs) => Ok(Some(Duration::from_secs_f64(secs))),
+        Some(secs) => Err(ConfigError::Invalid(format!("{flag} must be between 0.1 and 3600, got {secs}"))),
+    }
 }
 
 /// A watcher duration in seconds, within bounds.

@@ -12,7 +12,8 @@ use crate::telemetry::{Reference, build_reference};
 /// Loads the version's model, runs the samples (a KServe v2 inference request body) through it and computes the
 /// reference; the model's `model.toml` (two folders up) says which outputs are watched.
 pub fn reference_for(model_path: &Path, samples: &Path, buckets: usize) -> Result<Reference, String> {
-    let backend = TractBackend::load(model_path, crate::backend::Device::Cpu).map_err(|e| e.to_string())?;
+    let backend = TractBackend::load(model_path, crate::backend::Device::Cpu, crate::backend::DEFAULT_MAX_MODEL_BYTES)
+        .map_err(|e| e.to_string())?;
     let body = std::fs::read(samples).map_err(|e| format!("cannot read {}: {e}", samples.display()))?;
     let (request, _) = crate::api::http::decode_request(&bytes::Bytes::from(body), None)
         .map_err(|e| format!("{}: {e}", samples.display()))?;

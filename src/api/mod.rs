@@ -1,6 +1,7 @@
 //! Transport-agnostic API operations. REST and gRPC decode into these types, call these functions and encode
 //! what they return; each transport maps [`ApiError`] to its status codes in one place.
 
+mod access;
 pub mod grpc;
 pub mod http;
 mod infer;
@@ -12,11 +13,12 @@ mod webhook;
 
 use thiserror::Error;
 
+pub use access::{API_KEY_HEADER, ApiKeys, ModelControl};
 pub use infer::{
     InferOutput, InferRequest, InferResponse, NamedTensor, infer, infer_routed, order_inputs, resolve, route,
 };
 pub use model_config::{ModelConfigView, VersionPolicyView, model_config};
-pub use repository::{IndexRow, ModelControl, load_model, repository_index, unload_model};
+pub use repository::{IndexRow, load_model, repository_index, unload_model};
 pub use statistics::{StatisticsView, statistics};
 pub use traffic::{TrafficView, rollout, set_traffic, traffic};
 pub use webhook::{Delivery, MlflowHook};
@@ -40,6 +42,12 @@ pub enum ApiError {
     InvalidInput(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The request asks for more than a configured limit; the message names the limit.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The client did not send its whole request in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("model '{model}' version {version} is overloaded; retry later")]
     Overloaded { model: String, version: u64 },
     #[error("the request's deadline passed before it was computed")]
@@ -78,6 +86,8 @@ impl ApiError {
             ApiError::MalformedRequest(_) => "malformed_request",
             ApiError::InvalidInput(_) => "invalid_input",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::LimitExceeded(_) => "limit_exceeded",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::DeadlineExceeded => "deadline_exceeded",
             ApiError::NotFound(_) => "not_found",

@@ -1,54 +1,11 @@
 //! The repository extension: the index of models and versions with their states, and loading and unloading
-//! models. Load and unload change what the server serves, so they are off unless an admin token is configured,
-//! and then need it as a bearer token.
+//! models. Load and unload change what the server serves, so they need the admin token (see `api::access`).
 
 use serde::Serialize;
 
-use super::ApiError;
+use super::{ApiError, ModelControl};
 use crate::lifecycle::ModelTable;
 use crate::repository::is_valid_model_name;
-
-/// Who may load and unload models.
-#[derive(Clone)]
-pub struct ModelControl {
-    token: Option<String>,
-}
-
-impl std::fmt::Debug for ModelControl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelControl").field("enabled", &self.token.is_some()).finish()
-    }
-}
-
-impl ModelControl {
-    /// Enabled when `token` is set.
-    pub fn new(token: Option<String>) -> ModelControl {
-        ModelControl { token }
-    }
-
-    /// Checks an `Authorization` value ("Bearer <token>").
-    pub(super) fn authorize(&self, authorization: Option<&str>) -> Result<(), ApiError> {
-        let Some(expected) = &self.token else {
-            return Err(ApiError::Forbidden(
-                "model management (load, unload, traffic) is disabled; set --admin-token (INFERGATE_ADMIN_TOKEN) to enable it"
-                    .to_owned(),
-            ));
-        };
-        let presented = authorization
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::Unauthorized("model management needs 'Authorization: Bearer <token>'".into()))?;
-        if constant_time_eq(presented.trim().as_bytes(), expected.as_bytes()) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized("the admin token is not valid".to_owned()))
-        }
-    }
-}
-
-/// Compares without stopping at the first difference, so the time taken does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// One row of the repository index, in Triton's shape.
 #[derive(Debug, Clone, Serialize)]
@@ -121,18 +78,6 @@ pub async fn unload_model(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_checked() {
-        let off = ModelControl::new(None);
-        assert!(matches!(off.authorize(Some("Bearer x")), Err(ApiError::Forbidden(_))));
-        let on = ModelControl::new(Some("s3cret-token-0123456789".to_owned()));
-        assert!(on.authorize(Some("Bearer s3cret-token-0123456789")).is_ok());
-        for bad in [None, Some("s3cret-token-0123456789"), Some("Bearer wrong"), Some("Basic s3cret-token-0123456789")]
-        {
-            assert!(matches!(on.authorize(bad), Err(ApiError::Unauthorized(_))), "{bad:?}");
-        }
-    }
 
     #[test]
     fn path_tricks_are_not_model_names() {

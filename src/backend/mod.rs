@@ -109,10 +109,15 @@ pub struct ProviderStatus {
     pub detail: String,
 }
 
+/// The memory budget of a version's weights when neither the server nor its model.toml sets one.
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 8 << 30;
+
 /// The backends this process can use.
 #[derive(Debug)]
 pub struct Backends {
     ort: Result<Arc<onnxruntime::OrtRuntime>, String>,
+    /// The weights' memory budget of versions whose model.toml sets none.
+    max_model_bytes: u64,
 }
 
 impl Backends {
@@ -124,12 +129,17 @@ impl Backends {
             Err(onnxruntime::DiscoverError::Explicit(reason)) => return Err(reason),
             Err(onnxruntime::DiscoverError::NotFound(reason)) => Err(reason),
         };
-        Ok(Backends { ort })
+        Ok(Backends { ort, max_model_bytes: DEFAULT_MAX_MODEL_BYTES })
     }
 
     /// tract only, for tools that never need ONNX Runtime.
     pub fn embedded_only() -> Backends {
-        Backends { ort: Err("not looked for".to_owned()) }
+        Backends { ort: Err("not looked for".to_owned()), max_model_bytes: DEFAULT_MAX_MODEL_BYTES }
+    }
+
+    /// Versions whose model.toml sets no `max_model_bytes` get this budget.
+    pub fn with_max_model_bytes(self, max_model_bytes: u64) -> Backends {
+        Backends { max_model_bytes, ..self }
     }
 
     pub fn ort(&self) -> Result<&Arc<onnxruntime::OrtRuntime>, &str> {
@@ -143,10 +153,11 @@ impl Backends {
             device: config.device,
             intra_op_threads: config.intra_op_threads,
             cuda: CudaConfig { cudnn_conv_algo_search: Some(config.conv_search()), ..config.cuda.unwrap_or_default() },
+            max_model_bytes: config.max_model_bytes.unwrap_or(self.max_model_bytes),
         };
         Ok(match (config.backend, &self.ort) {
             (BackendChoice::Tract, _) | (BackendChoice::Auto, Err(_)) => {
-                Arc::new(tract::TractBackend::load(path, config.device)?)
+                Arc::new(tract::TractBackend::load(path, config.device, options.max_model_bytes)?)
             }
             (BackendChoice::Ort | BackendChoice::Auto, Ok(runtime)) => {
                 Arc::new(onnxruntime::OrtBackend::load(Arc::clone(runtime), path, options)?)

@@ -5,8 +5,12 @@
 //! probability tensor into a sequence of maps, a type no tensor protocol can carry. The ZipMap becomes an
 //! `Identity`, so its output is the FP32 `[N, classes]` probability tensor that fed it, under the same name; the
 //! model metadata says so.
+//!
+//! Before any backend sees a file, its weights are checked: tensors stored in external files must name files
+//! inside the version's folder, and the weights (and any fully fixed input or output) must fit the version's
+//! memory budget, so a hostile or mistaken file is refused with a reason instead of exhausting the server.
 
-use std::path::Path;
+use std::path::{Component, Path};
 
 use prost::Message;
 use tract_onnx::pb;
@@ -27,14 +31,17 @@ pub struct OnnxFile {
 }
 
 impl OnnxFile {
-    /// Reads and decodes the file, then applies the rewrites. Every failure names the file and the reason.
-    pub fn read(path: &Path) -> Result<OnnxFile, BackendError> {
+    /// Reads and decodes the file, checks its weights against `max_bytes`, then applies the rewrites. Every
+    /// failure names the file and the reason.
+    pub fn read(path: &Path, max_bytes: u64) -> Result<OnnxFile, BackendError> {
         let fail = |reason: String| BackendError::Load { path: path.display().to_string(), reason };
         // Read the whole file rather than mapping it: a file truncated under a map would crash the process.
         let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
         let mut proto =
             pb::ModelProto::decode(bytes.as_slice()).map_err(|e| fail(format!("not a valid ONNX file: {e}")))?;
         let graph = proto.graph.as_mut().ok_or_else(|| fail("the ONNX file holds no graph".to_owned()))?;
+        let folder = path.parent().unwrap_or(Path::new("."));
+        check_memory(graph, folder, max_bytes).map_err(fail)?;
         let inputs = graph_inputs(graph).map_err(fail)?;
         let batch_dim = inputs.first().and_then(|input| input.dim_names.first().cloned().flatten());
         let notes = replace_zipmaps(graph, batch_dim.as_deref()).map_err(fail)?;
@@ -47,6 +54,128 @@ impl OnnxFile {
     /// The model for backends that load from bytes: the file as read, or encoded again when it was rewritten.
     pub fn take_model_bytes(&mut self) -> Vec<u8> {
         if self.notes.is_empty() { std::mem::take(&mut self.source) } else { self.proto.encode_to_vec() }
+    }
+}
+
+/// Refuses a graph whose weights would need more than `max_bytes`, whose external data lies outside `folder`, or
+/// whose fixed-shape inputs or outputs alone would exceed the budget.
+fn check_memory(graph: &pb::GraphProto, folder: &Path, max_bytes: u64) -> Result<(), String> {
+    let weights = weight_bytes(graph, folder)?;
+    if weights > max_bytes {
+        return Err(format!(
+            "its weights need {weights} bytes, more than the budget of {max_bytes} (max_model_bytes in model.toml, \
+             or --max-model-bytes)"
+        ));
+    }
+    for value in graph.input.iter().chain(&graph.output) {
+        let Some(pb::type_proto::Value::TensorType(tensor)) = value.r#type.as_ref().and_then(|t| t.value.as_ref())
+        else {
+            continue;
+        };
+        let dims = tensor.shape.iter().flat_map(|shape| &shape.dim).map(|dim| match dim.value {
+            Some(pb::tensor_shape_proto::dimension::Value::DimValue(size)) => Some(size),
+            _ => None,
+        });
+        // A free dimension is sized by the request, which --max-tensor-elements bounds.
+        let Some(dims) = dims.collect::<Option<Vec<i64>>>() else { continue };
+        let bytes = tensor_bytes(&dims, tensor.elem_type)
+            .ok_or_else(|| format!("'{}' declares an impossible shape {dims:?}", value.name))?;
+        if bytes > max_bytes {
+            return Err(format!(
+                "'{}' declares a fixed shape {dims:?} of {bytes} bytes, more than the budget of {max_bytes}",
+                value.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The bytes every initializer and constant of the graph (subgraphs included) takes once loaded.
+fn weight_bytes(graph: &pb::GraphProto, folder: &Path) -> Result<u64, String> {
+    let attributes = graph.node.iter().flat_map(|node| &node.attribute);
+    let tensors = graph.initializer.iter().chain(attributes.clone().flat_map(|a| a.t.iter().chain(&a.tensors)));
+    let mut total: u64 = 0;
+    for tensor in tensors {
+        total = total.saturating_add(stored_bytes(tensor, folder)?);
+    }
+    // Backends make sparse initializers dense.
+    for sparse in graph.sparse_initializer.iter().chain(attributes.clone().flat_map(|a| &a.sparse_tensors)) {
+        let values = sparse.values.as_ref();
+        let dense = tensor_bytes(&sparse.dims, values.map_or(1, |v| v.data_type))
+            .ok_or_else(|| format!("a sparse tensor declares an impossible shape {:?}", sparse.dims))?;
+        total = total.saturating_add(dense);
+    }
+    for subgraph in attributes.flat_map(|a| a.g.iter().chain(&a.graphs)) {
+        total = total.saturating_add(weight_bytes(subgraph, folder)?);
+    }
+    Ok(total)
+}
+
+/// What one tensor takes in memory: its declared shape times its element size, or what it stores when larger.
+fn stored_bytes(tensor: &pb::TensorProto, folder: &Path) -> Result<u64, String> {
+    let declared = tensor_bytes(&tensor.dims, tensor.data_type)
+        .ok_or_else(|| format!("tensor '{}' declares an impossible shape {:?}", tensor.name, tensor.dims))?;
+    let inline = (tensor.raw_data.len() + tensor.string_data.iter().map(Vec::len).sum::<usize>()) as u64;
+    let external = if tensor.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
+        external_bytes(tensor, folder)?
+    } else {
+        0
+    };
+    Ok(declared.max(inline).max(external))
+}
+
+/// Bytes of a tensor of `dims` and ONNX element type `elem_type`; `None` for a negative or overflowing shape.
+fn tensor_bytes(dims: &[i64], elem_type: i32) -> Option<u64> {
+    let element = match elem_type {
+        2 | 3 | 9 | 17..=23 => 1, // (u)int8, bool, float8 and 4-bit types (rounded up)
+        4 | 5 | 10 | 16 => 2,     // (u)int16, float16, bfloat16
+        1 | 6 | 12 => 4,          // float, (u)int32
+        14 => 8,                  // complex64
+        15 => 16,                 // complex128
+        _ => 8,                   // (u)int64, double, and strings' pointers; unknown types counted large
+    };
+    dims.iter().try_fold(element, |bytes: u64, &dim| bytes.checked_mul(u64::try_from(dim).ok()?))
+}
+
+/// The size of a tensor's external data, after checking that its file lies inside the version's folder.
+fn external_bytes(tensor: &pb::TensorProto, folder: &Path) -> Result<u64, String> {
+    let field = |key: &str| tensor.external_data.iter().find(|entry| entry.key == key).map(|e| e.value.as_str());
+    let location =
+        field("location").ok_or_else(|| format!("tensor '{}' is external but names no location", tensor.name))?;
+    let relative = Path::new(location);
+    if !relative.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(format!(
+            "tensor '{}' keeps its data in '{}', outside the version's folder; external data must be a file \
+             beside model.onnx",
+            tensor.name,
+            location.escape_debug()
+        ));
+    }
+    let file = folder.join(relative);
+    // A link inside the folder may still point out of it.
+    let (real_file, real_folder) = (std::fs::canonicalize(&file), std::fs::canonicalize(folder));
+    if let (Ok(real_file), Ok(real_folder)) = (&real_file, &real_folder)
+        && !real_file.starts_with(real_folder)
+    {
+        return Err(format!(
+            "tensor '{}' keeps its data in '{location}', which links outside the version's folder",
+            tensor.name
+        ));
+    }
+    let number = |key: &str| -> Result<Option<u64>, String> {
+        field(key)
+            .map(|text| text.trim().parse::<u64>())
+            .transpose()
+            .map_err(|_| format!("tensor '{}' has an invalid external data {key}", tensor.name))
+    };
+    match number("length")? {
+        Some(length) => Ok(length),
+        None => {
+            let size = std::fs::metadata(&file)
+                .map_err(|e| format!("tensor '{}' keeps its data in '{location}': {e}", tensor.name))?
+                .len();
+            Ok(size.saturating_sub(number("offset")?.unwrap_or(0)))
+        }
     }
 }
 

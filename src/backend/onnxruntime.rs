@@ -102,7 +102,12 @@ impl OrtRuntime {
     pub fn status(&self, probe_providers: bool) -> BackendStatus {
         let mut execution_providers = vec![ProviderStatus { name: "cpu", available: true, detail: String::new() }];
         if probe_providers {
-            let probe = SessionOptions { device: Device::Cuda(0), intra_op_threads: 1, cuda: CudaConfig::default() };
+            let probe = SessionOptions {
+                device: Device::Cuda(0),
+                intra_op_threads: 1,
+                cuda: CudaConfig::default(),
+                max_model_bytes: super::DEFAULT_MAX_MODEL_BYTES,
+            };
             execution_providers.push(match self.builder(probe) {
                 Ok(_) => ProviderStatus {
                     name: "cuda",
@@ -189,6 +194,8 @@ pub struct SessionOptions {
     pub intra_op_threads: usize,
     /// CUDA provider options (defaults unless `[cuda]` says otherwise).
     pub cuda: CudaConfig,
+    /// Most bytes the weights may need.
+    pub max_model_bytes: u64,
 }
 
 /// One model version on ONNX Runtime.
@@ -210,7 +217,7 @@ impl std::fmt::Debug for OrtBackend {
 impl OrtBackend {
     pub fn load(runtime: Arc<OrtRuntime>, path: &Path, options: SessionOptions) -> Result<OrtBackend, BackendError> {
         let fail = |reason: String| BackendError::Load { path: path.display().to_string(), reason };
-        let mut file = OnnxFile::read(path)?;
+        let mut file = OnnxFile::read(path, options.max_model_bytes)?;
         let model = file.take_model_bytes();
         let session =
             runtime.builder(options).map_err(&fail)?.commit_from_memory(&model).map_err(|e| fail(e.to_string()))?;

@@ -32,14 +32,14 @@ impl std::fmt::Debug for TractBackend {
 
 impl TractBackend {
     /// Reads, checks and optimises an ONNX file. Every failure names the file and the reason.
-    pub fn load(path: &Path, device: Device) -> Result<TractBackend, BackendError> {
+    pub fn load(path: &Path, device: Device, max_model_bytes: u64) -> Result<TractBackend, BackendError> {
         let fail = |reason: String| BackendError::Load { path: path.display().to_string(), reason };
         if device != Device::Cpu {
             return Err(fail(format!(
                 "device = \"{device}\": the tract backend computes on the CPU only; use backend = \"ort\""
             )));
         }
-        let OnnxFile { proto, inputs, notes, .. } = OnnxFile::read(path)?;
+        let OnnxFile { proto, inputs, notes, .. } = OnnxFile::read(path, max_model_bytes)?;
         let graph = proto.graph.as_ref().ok_or_else(|| fail("the ONNX file holds no graph".to_owned()))?;
         let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
 

@@ -20,6 +20,7 @@ use dashmap::DashMap;
 use thiserror::Error;
 
 use crate::backend::{BackendError, Backends, Device, Signature};
+use crate::config::RequestLimits;
 use crate::repository::local::{FileStamp, ModelFingerprint};
 use crate::repository::{
     self, DeclaredSignature, DistributionChoice, ModelConfig, ModelListing, ModelSpec, MonitoringConfig,
@@ -200,6 +201,8 @@ pub struct ModelTable {
     state_dir: Option<PathBuf>,
     /// Serialises loads and unloads, so two changes of one model never interleave.
     control: tokio::sync::Mutex<()>,
+    /// What one inference request may ask for.
+    request_limits: RequestLimits,
 }
 
 impl ModelTable {
@@ -214,7 +217,18 @@ impl ModelTable {
             repository,
             state_dir: None,
             control: tokio::sync::Mutex::new(()),
+            request_limits: RequestLimits::default(),
         }
+    }
+
+    /// Requests past these limits are refused before they are queued.
+    pub fn with_request_limits(mut self, limits: RequestLimits) -> ModelTable {
+        self.request_limits = limits;
+        self
+    }
+
+    pub fn request_limits(&self) -> &RequestLimits {
+        &self.request_limits
     }
 
     /// Keeps rollout states and API traffic policies in `dir`, so a restart resumes them; `None` keeps them in

@@ -86,6 +86,10 @@ pub struct ModelConfig {
     /// `[rollout]`: automatic promotion or rollback of a candidate variant.
     #[serde(default)]
     pub rollout: Option<RolloutConfig>,
+    /// Most bytes the version's weights may need; larger versions are refused at load [default: the server's
+    /// --max-model-bytes].
+    #[serde(default)]
+    pub max_model_bytes: Option<u64>,
 }
 
 /// `[cuda]`: how ONNX Runtime's CUDA provider runs this model.
@@ -163,6 +167,7 @@ impl Default for ModelConfig {
             cuda: None,
             traffic: None,
             rollout: None,
+            max_model_bytes: None,
         }
     }
 }
@@ -274,6 +279,9 @@ impl ModelConfig {
                 return Err("version_policy specific lists no version".to_owned());
             }
             _ => {}
+        }
+        if self.max_model_bytes == Some(0) {
+            return Err("max_model_bytes must be at least 1".to_owned());
         }
         if self.max_batch_size > MAX_BATCH_SIZE_LIMIT {
             return Err(format!("max_batch_size must be at most {MAX_BATCH_SIZE_LIMIT}, got {}", self.max_batch_size));

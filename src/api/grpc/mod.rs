@@ -27,8 +27,13 @@ use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceSe
 const STREAM_IN_FLIGHT: usize = 64;
 
 /// The gRPC API as an axum router, served next to (not on) the REST port.
-pub fn router(table: Arc<ModelTable>, max_request_bytes: usize, control: api::ModelControl) -> axum::Router {
-    let service = GrpcInferenceServiceServer::new(GrpcApi { table, control })
+pub fn router(
+    table: Arc<ModelTable>,
+    max_request_bytes: usize,
+    control: api::ModelControl,
+    keys: api::ApiKeys,
+) -> axum::Router {
+    let service = GrpcInferenceServiceServer::new(GrpcApi { table, control, keys })
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(usize::MAX);
     tonic::service::Routes::new(service).prepare().into_axum_router()
@@ -38,6 +43,15 @@ pub fn router(table: Arc<ModelTable>, max_request_bytes: usize, control: api::Mo
 struct GrpcApi {
     table: Arc<ModelTable>,
     control: api::ModelControl,
+    keys: api::ApiKeys,
+}
+
+impl GrpcApi {
+    /// Checks the API key of an inference or metadata call (`authorization: Bearer <key>` or `x-api-key`).
+    fn keyed<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let api_key = request.metadata().get(api::API_KEY_HEADER).and_then(|v| v.to_str().ok());
+        Ok(self.keys.authorize(authorization(request), api_key)?)
+    }
 }
 
 impl From<ApiError> for Status {
@@ -45,7 +59,10 @@ impl From<ApiError> for Status {
         let code = match &e {
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => Code::NotFound,
             ApiError::ModelUnavailable(_) | ApiError::ShuttingDown => Code::Unavailable,
-            ApiError::MalformedRequest(_) | ApiError::InvalidInput(_) => Code::InvalidArgument,
+            ApiError::MalformedRequest(_) | ApiError::InvalidInput(_) | ApiError::LimitExceeded(_) => {
+                Code::InvalidArgument
+            }
+            ApiError::RequestTimeout(_) => Code::DeadlineExceeded,
             ApiError::PayloadTooLarge { .. } | ApiError::Overloaded { .. } => Code::ResourceExhausted,
             ApiError::DeadlineExceeded => Code::DeadlineExceeded,
             ApiError::MethodNotAllowed(_) => Code::Unimplemented,
@@ -139,8 +156,9 @@ impl GrpcInferenceService for GrpcApi {
 
     async fn server_metadata(
         &self,
-        _: Request<proto::ServerMetadataRequest>,
+        request: Request<proto::ServerMetadataRequest>,
     ) -> GrpcResult<proto::ServerMetadataResponse> {
+        self.keyed(&request)?;
         let metadata = api::server_metadata();
         Ok(Response::new(proto::ServerMetadataResponse {
             name: metadata.name.to_owned(),
@@ -153,12 +171,14 @@ impl GrpcInferenceService for GrpcApi {
         &self,
         request: Request<proto::ModelMetadataRequest>,
     ) -> GrpcResult<proto::ModelMetadataResponse> {
+        self.keyed(&request)?;
         let request = request.into_inner();
         let metadata = api::model_metadata(&self.table, &request.name, version(&request.version))?;
         Ok(Response::new(convert::model_metadata(metadata)))
     }
 
     async fn model_infer(&self, request: Request<proto::ModelInferRequest>) -> GrpcResult<proto::ModelInferResponse> {
+        self.keyed(&request)?;
         let deadline = grpc_timeout(&request)?;
         let key = request.metadata().get("x-routing-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let response = infer(&self.table, request.into_inner(), deadline, key).await?;
@@ -182,6 +202,7 @@ impl GrpcInferenceService for GrpcApi {
         &self,
         request: Request<Streaming<proto::ModelInferRequest>>,
     ) -> GrpcResult<Self::ModelStreamInferStream> {
+        self.keyed(&request)?;
         let deadline = grpc_timeout(&request)?;
         let key = request.metadata().get("x-routing-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let table = Arc::clone(&self.table);
@@ -212,6 +233,7 @@ impl GrpcInferenceService for GrpcApi {
         &self,
         request: Request<proto::ModelConfigRequest>,
     ) -> GrpcResult<proto::ModelConfigResponse> {
+        self.keyed(&request)?;
         let request = request.into_inner();
         let config = api::model_config(&self.table, &request.name, version(&request.version))?;
         Ok(Response::new(proto::ModelConfigResponse { config: Some(convert::model_config(config)) }))
@@ -221,6 +243,7 @@ impl GrpcInferenceService for GrpcApi {
         &self,
         request: Request<proto::ModelStatisticsRequest>,
     ) -> GrpcResult<proto::ModelStatisticsResponse> {
+        self.keyed(&request)?;
         let request = request.into_inner();
         let model = (!request.name.is_empty()).then_some(request.name.as_str());
         let statistics = api::statistics(&self.table, model, version(&request.version))?;
@@ -231,6 +254,7 @@ impl GrpcInferenceService for GrpcApi {
         &self,
         request: Request<proto::RepositoryIndexRequest>,
     ) -> GrpcResult<proto::RepositoryIndexResponse> {
+        self.keyed(&request)?;
         let rows = api::repository_index(&self.table, request.into_inner().ready);
         let models = rows
             .into_iter()

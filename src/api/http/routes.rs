@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -26,14 +28,25 @@ struct AppState {
     table: Arc<ModelTable>,
     max_request_bytes: usize,
     control: api::ModelControl,
+    keys: api::ApiKeys,
     hook: api::MlflowHook,
 }
 
-/// The REST API over a model table, refusing bodies over `max_request_bytes` with 413.
+/// How much a client may send, and how slowly.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Larger bodies are answered 413.
+    pub max_request_bytes: usize,
+    /// A body not received whole within this time is answered 408.
+    pub body_timeout: Duration,
+}
+
+/// The REST API over a model table. Bodies are read whole, within `limits`, before any handler runs.
 pub fn router(
     table: Arc<ModelTable>,
-    max_request_bytes: usize,
+    limits: Limits,
     control: api::ModelControl,
+    keys: api::ApiKeys,
     hook: api::MlflowHook,
 ) -> Router {
     Router::new()
@@ -59,8 +72,50 @@ pub fn router(
         .route("/v2/mlflow/webhook", post(mlflow_webhook))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_request_bytes))
-        .with_state(AppState { table, max_request_bytes, control, hook })
+        .layer(DefaultBodyLimit::max(limits.max_request_bytes))
+        .layer(middleware::from_fn_with_state(limits, read_body))
+        .with_state(AppState { table, max_request_bytes: limits.max_request_bytes, control, keys, hook })
+}
+
+/// Reads the request's body whole within the size and time limits, so a client trickling bytes holds no handler
+/// and a too-large body is refused as soon as it passes the limit.
+async fn read_body(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(limits.body_timeout, axum::body::to_bytes(body, limits.max_request_bytes)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(e)) if is_length_limit(&e) => {
+            ApiError::PayloadTooLarge { limit: limits.max_request_bytes }.into_response()
+        }
+        Ok(Err(e)) => ApiError::malformed(format!("cannot read the request body: {e}")).into_response(),
+        Err(_) => ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} s (--body-read-timeout-secs)",
+            limits.body_timeout.as_secs_f64()
+        ))
+        .into_response(),
+    }
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// An inference or metadata handler's proof that the caller presented a valid API key (when keys are set).
+struct Keyed;
+
+impl FromRequestParts<AppState> for Keyed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Keyed, ApiError> {
+        let header = |name| parts.headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
+        state.keys.authorize(header(header::AUTHORIZATION.as_str()), header(api::API_KEY_HEADER)).map(|()| Keyed)
+    }
 }
 
 /// `GET /metrics` on the metrics port, for Prometheus.
@@ -104,7 +159,7 @@ async fn ready(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn server_metadata() -> Response {
+async fn server_metadata(_: Keyed) -> Response {
     json_body(&api::server_metadata())
 }
 
@@ -122,21 +177,21 @@ fn route(path: RoutePath) -> Result<ModelRoute, ApiError> {
     path.map(|Path(route)| route).map_err(|e| ApiError::malformed(format!("invalid path: {}", e.body_text())))
 }
 
-async fn model_metadata(State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
+async fn model_metadata(_: Keyed, State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
     let r = route(path)?;
     Ok(json_body(&api::model_metadata(&state.table, &r.model, r.version.as_deref())?))
 }
 
-async fn model_config(State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
+async fn model_config(_: Keyed, State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
     let r = route(path)?;
     Ok(json_body(&api::model_config(&state.table, &r.model, r.version.as_deref())?))
 }
 
-async fn all_statistics(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn all_statistics(_: Keyed, State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(json_body(&api::statistics(&state.table, None, None)?))
 }
 
-async fn model_statistics(State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
+async fn model_statistics(_: Keyed, State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
     let r = route(path)?;
     Ok(json_body(&api::statistics(&state.table, Some(&r.model), r.version.as_deref())?))
 }
@@ -148,6 +203,7 @@ async fn model_ready(State(state): State<AppState>, path: RoutePath) -> Result<R
 }
 
 async fn infer(
+    _: Keyed,
     State(state): State<AppState>,
     path: RoutePath,
     headers: HeaderMap,
@@ -158,7 +214,7 @@ async fn infer(
 }
 
 /// `POST /v2/repository/index`, with an optional body `{"ready": true}` to list only ready versions.
-async fn repository_index(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn repository_index(_: Keyed, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     #[derive(Default, Deserialize)]
     struct IndexRequest {
         #[serde(default)]
@@ -208,7 +264,7 @@ async fn mlflow_webhook(State(state): State<AppState>, headers: HeaderMap, body:
     Ok(json_body(&delivery))
 }
 
-async fn traffic(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+async fn traffic(_: Keyed, State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
     Ok(json_body(&api::traffic(&state.table, &model)?))
 }
 
@@ -232,7 +288,7 @@ async fn remove_traffic(
     Ok(json_body(&api::traffic(&state.table, &model)?))
 }
 
-async fn rollout(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+async fn rollout(_: Keyed, State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
     Ok(json_body(&api::rollout(&state.table, &model)?))
 }
 

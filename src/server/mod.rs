@@ -1,11 +1,13 @@
 //! Starting and stopping the whole server: bind the listeners, load the repository, serve until asked to stop,
 //! then drain in-flight requests within the grace period.
 
+mod listen;
+mod tls;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -27,6 +29,8 @@ pub enum ServerError {
     Backend(String),
     #[error("{0}")]
     Mlflow(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Starts following the MLflow Model Registry; returns where webhook deliveries go.
@@ -92,6 +96,8 @@ impl Server {
     /// Binds the REST and metrics listeners, starts loading the model repository in the background and serves. The server is
     /// live at once and ready (`/v2/health/ready`) once every model has loaded or failed.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose().map_err(ServerError::Tls)?;
+        let listen = listen::Listen { limits: config.connections, tls };
         let (listener, http_addr) = bind("HTTP", SocketAddr::new(config.host, config.http_port)).await?;
         let (grpc_listener, grpc_addr) = bind("gRPC", SocketAddr::new(config.host, config.grpc_port)).await?;
         let (metrics_listener, metrics_addr) =
@@ -101,7 +107,8 @@ impl Server {
         let backends = tokio::task::spawn_blocking(move || Backends::discover(ort_library.as_deref()))
             .await
             .map_err(|e| ServerError::Backend(format!("looking for backends failed: {e}")))?
-            .map_err(ServerError::Backend)?;
+            .map_err(ServerError::Backend)?
+            .with_max_model_bytes(config.max_model_bytes);
         for status in backends.statuses(false) {
             tracing::info!(backend = status.name, available = status.available, detail = %status.detail, "backend");
         }
@@ -110,7 +117,8 @@ impl Server {
         let table = Arc::new(
             ModelTable::new(telemetry, Arc::new(backends), config.model_repository.clone())
                 .with_mlflow_models(followed)
-                .with_state_dir(config.state_dir.clone()),
+                .with_state_dir(config.state_dir.clone())
+                .with_request_limits(config.request_limits),
         );
         let (shutdown, stop) = watch::channel(false);
         let hook = match &config.mlflow {
@@ -132,20 +140,36 @@ impl Server {
         });
 
         let control = api::ModelControl::new(config.admin_token.as_ref().map(|token| token.0.clone()));
-        let rest = api::http::router(Arc::clone(&table), config.max_request_bytes, control.clone(), hook);
-        let http = serve(listener, rest, stop.clone());
-        let grpc = serve(
+        let keys = api::ApiKeys::new(config.api_keys.iter().map(|key| key.0.clone()));
+        let rest = api::http::router(
+            Arc::clone(&table),
+            api::http::Limits {
+                max_request_bytes: config.max_request_bytes,
+                body_timeout: config.connections.body_read_timeout,
+            },
+            control.clone(),
+            keys.clone(),
+            hook,
+        );
+        let http = listen::serve(listener, rest, listen.clone(), stop.clone());
+        let grpc = listen::serve(
             grpc_listener,
-            api::grpc::router(Arc::clone(&table), config.max_request_bytes, control),
+            api::grpc::router(Arc::clone(&table), config.max_request_bytes, control, keys),
+            listen,
             stop.clone(),
         );
-        let metrics = serve(metrics_listener, api::http::metrics_router(Arc::clone(&table)), stop);
+        // Prometheus scrapes in plain HTTP from inside the cluster; the metrics port never carries TLS.
+        let metrics_listen = listen::Listen { limits: config.connections, tls: None };
+        let metrics =
+            listen::serve(metrics_listener, api::http::metrics_router(Arc::clone(&table)), metrics_listen, stop);
         tracing::info!(
             %http_addr,
             %grpc_addr,
             %metrics_addr,
             repository = %config.model_repository.display(),
             model_control = config.admin_token.is_some(),
+            tls = config.tls.is_some(),
+            api_keys = !config.api_keys.is_empty(),
             "infergate listening"
         );
         let grace = config.shutdown_grace;
@@ -207,24 +231,6 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, Sock
     let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })?;
     let bound = listener.local_addr().map_err(ServerError::Serve)?;
     Ok((listener, bound))
-}
-
-/// Serves a router until `stop` turns true, then lets open requests finish. Connections send without Nagle's
-/// delay: small responses (a gRPC answer is several small frames) would otherwise wait for the peer's delayed
-/// ACK, about 40 ms.
-fn serve(listener: TcpListener, app: axum::Router, mut stop: watch::Receiver<bool>) -> JoinHandle<std::io::Result<()>> {
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|&stop| stop).await;
-            })
-            .await
-    })
 }
 
 fn finished(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<Stopped, ServerError> {

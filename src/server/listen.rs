@@ -1,0 +1,179 @@
+//! The accept loop every listener runs: a bounded number of connections, optional TLS, and deadlines that keep
+//! slow or silent clients from holding the server. HTTP/1.1 and HTTP/2 (gRPC) are told apart per connection.
+//!
+//! Deadlines:
+//! - a new connection must complete its TLS handshake and send its first request's headers within the header
+//!   timeout, or it is closed (this covers a peer that sends nothing, and one that trickles bytes);
+//! - each later HTTP/1.1 request's headers must arrive within the same timeout (an idle keep-alive connection
+//!   is closed when it runs out);
+//! - bodies are read whole within the body timeout by the REST router (`api::http`).
+//!
+//! At most `max_connections` connections are open per listener; further clients wait in the kernel's accept
+//! backlog until one closes, so a flood of idle connections delays new clients but cannot exhaust memory.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::config::ConnectionLimits;
+
+/// How long to wait before accepting again after the process ran out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// One listener's settings.
+#[derive(Clone)]
+pub struct Listen {
+    pub limits: ConnectionLimits,
+    /// Set: connections are TLS.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listen").field("limits", &self.limits).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+/// Serves `app` on `listener` until `stop` turns true; then stops accepting, lets each connection finish its
+/// open requests, and returns once every connection has closed.
+pub fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    listen: Listen,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        let slots = u32::try_from(listen.limits.max_connections).unwrap_or(u32::MAX);
+        let open = Arc::new(Semaphore::new(slots as usize));
+        let builder = Arc::new(connection_builder(&listen.limits));
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&open).acquire_owned() => permit.map_err(std::io::Error::other)?,
+                () = stopped(&mut stop) => break,
+            };
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        // Out of descriptors or a connection reset before it was accepted: neither stops the server.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+                () = stopped(&mut stop) => break,
+            };
+            if let Err(e) = tcp.set_nodelay(true) {
+                // Small responses (a gRPC answer is several small frames) would wait for the peer's delayed ACK.
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            let connection = Connection {
+                app: app.clone(),
+                builder: Arc::clone(&builder),
+                header_timeout: listen.limits.header_read_timeout,
+                stop: stop.clone(),
+            };
+            let tls = listen.tls.clone();
+            tokio::spawn(async move {
+                connection.run(tcp, tls).await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        // Every connection holds a slot until it closes: all slots back means all connections are done.
+        let _ = open.acquire_many(slots).await;
+        Ok(())
+    })
+}
+
+/// Returns once `stop` is true.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&stop| stop).await;
+}
+
+fn connection_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // Finds peers that vanished without closing, so their streams are freed.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// One accepted connection.
+struct Connection {
+    app: axum::Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
+        let Some(tls) = tls else {
+            return self.serve(tcp).await;
+        };
+        match tokio::time::timeout(self.header_timeout, tls.accept(tcp)).await {
+            Ok(Ok(stream)) => self.serve(stream).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        }
+    }
+
+    /// Serves HTTP on the connection until the peer closes it, it misses a deadline, or the server stops.
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { app, builder, header_timeout, mut stop } = self;
+        let seen_request = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&seen_request);
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            seen.store(true, Ordering::Relaxed);
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.oneshot(request.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let first_request = tokio::time::sleep(header_timeout);
+        tokio::pin!(first_request);
+        let (mut waiting_first, mut stopping) = (true, false);
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = &mut first_request, if waiting_first => {
+                    if !seen_request.load(Ordering::Relaxed) {
+                        tracing::debug!("closing a connection that sent no request in time");
+                        return;
+                    }
+                    waiting_first = false;
+                }
+                () = stopped(&mut stop), if !stopping => {
+                    connection.as_mut().graceful_shutdown();
+                    stopping = true;
+                }
+            }
+        }
+    }
+}
