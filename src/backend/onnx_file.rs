@@ -37,14 +37,18 @@ impl OnnxFile {
         let fail = |reason: String| BackendError::Load { path: path.display().to_string(), reason };
         // Read the whole file rather than mapping it: a file truncated under a map would crash the process.
         let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        OnnxFile::from_bytes(bytes, path.parent().unwrap_or(Path::new(".")), max_bytes).map_err(fail)
+    }
+
+    /// [`OnnxFile::read`] of a file already read; `folder` is where its external data may be.
+    pub fn from_bytes(bytes: Vec<u8>, folder: &Path, max_bytes: u64) -> Result<OnnxFile, String> {
         let mut proto =
-            pb::ModelProto::decode(bytes.as_slice()).map_err(|e| fail(format!("not a valid ONNX file: {e}")))?;
-        let graph = proto.graph.as_mut().ok_or_else(|| fail("the ONNX file holds no graph".to_owned()))?;
-        let folder = path.parent().unwrap_or(Path::new("."));
-        check_memory(graph, folder, max_bytes).map_err(fail)?;
-        let inputs = graph_inputs(graph).map_err(fail)?;
+            pb::ModelProto::decode(bytes.as_slice()).map_err(|e| format!("not a valid ONNX file: {e}"))?;
+        let graph = proto.graph.as_mut().ok_or_else(|| "the ONNX file holds no graph".to_owned())?;
+        check_memory(graph, folder, max_bytes)?;
+        let inputs = graph_inputs(graph)?;
         let batch_dim = inputs.first().and_then(|input| input.dim_names.first().cloned().flatten());
-        let notes = replace_zipmaps(graph, batch_dim.as_deref()).map_err(fail)?;
+        let notes = replace_zipmaps(graph, batch_dim.as_deref())?;
         if !notes.is_empty() {
             ensure_default_opset(&mut proto);
         }
