@@ -36,3 +36,45 @@ async fn triton_clients_and_perf_analyzer_work_unchanged() {
     assert!(output.status.success(), "the interoperability checks failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("interoperability: all checks passed"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tritonclient in .venv and openssl; scripts/test installs and runs it"]
+async fn triton_clients_over_tls_with_client_certificates_and_api_keys() {
+    const KEY: &str = "interop-api-key-0123456789";
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let certs = common::temp_dir("interop-tls");
+    common::make_certificates(&certs);
+    let mut config = config_with_ort(&bundled_models());
+    config.admin_token = Some(Secret(TOKEN.to_owned()));
+    config.api_keys = vec![Secret(KEY.to_owned())];
+    config.request_limits.max_request_rows = 8;
+    config.tls = Some(infergate::config::TlsSettings {
+        cert: certs.join("server.pem"),
+        key: certs.join("server.key"),
+        client_ca: Some(certs.join("ca.pem")),
+    });
+    let server = infergate::Server::start(config).await.unwrap();
+    // Readiness over TLS is part of what the script checks; give the models time to load first.
+    let deadline = std::time::Instant::now() + common::READY_TIMEOUT;
+    while !server.models().is_ready() {
+        assert!(std::time::Instant::now() < deadline, "the models did not load");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let output = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/interop/secure_clients.py"))
+        .args(["--http", &format!("localhost:{}", server.http_addr().port())])
+        .args(["--grpc", &format!("localhost:{}", server.grpc_addr().port())])
+        .args(["--certs", certs.to_str().unwrap(), "--key", KEY, "--token", TOKEN])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(output.status.success(), "the TLS checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("secure clients: all checks passed"), "{stdout}");
+    server.shutdown();
+    server.wait().await.unwrap();
+    std::fs::remove_dir_all(&certs).unwrap();
+}

@@ -213,3 +213,36 @@ pub async fn scrape(server: &TestServer) -> String {
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     response.text().await.unwrap()
 }
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate, all signed by the CA.
+pub fn make_certificates(dir: &Path) {
+    openssl(
+        dir,
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca"]
+            .iter()
+            .chain(&["-keyout", "ca.key", "-out", "ca.pem"])
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+        let (key, csr, pem, subject) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("/CN={name}"));
+        openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr]);
+        openssl(
+            dir,
+            &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]
+                .iter()
+                .chain(&["-extfile", ext, "-out", &pem])
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+    }
+}
