@@ -274,6 +274,25 @@ async fn infergate_follows_aliases_in_a_real_mlflow_registry() {
     assert!(common::metric(&metrics, "infergate_mlflow_errors_total").unwrap() >= 1.0);
     assert_eq!(common::metric(&metrics, r#"infergate_mlflow_alias_version{alias="champion",model="iris"}"#), Some(1.0));
 
+    // A restart while MLflow is down serves the aliases last served, from the cache. What a crash in the middle of
+    // a download leaves (a staging folder with half a file) is removed at start and never served.
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+    let leftover = cache.join("iris/.download-3-1-1");
+    std::fs::create_dir_all(&leftover).unwrap();
+    let whole = std::fs::read(cache.join("iris/1/model.onnx")).unwrap();
+    std::fs::write(leftover.join("model.onnx"), &whole[..whole.len() / 2]).unwrap();
+    let server = TestServer::start(infergate::config::Config {
+        mlflow: Some(settings(&mlflow, &cache, Duration::from_millis(500), false)),
+        ..config(&repository)
+    })
+    .await;
+    assert_eq!(answered_by(&server, "/v2/models/iris/infer").await, Ok("1".to_owned()));
+    assert_eq!(answered_by(&server, "/v2/models/iris/versions/challenger/infer").await, Ok("2".to_owned()));
+    assert!(!leftover.exists(), "the unfinished download is still there");
+    let (_, ready) = server.get("/v2/health/ready").await;
+    assert_eq!(ready["mlflow"]["reachable"], false, "{ready}");
+
     println!(
         "alias move to serving: first alias {} ms, webhook {} ms, polling (0.5 s) {} ms",
         first.as_millis(),

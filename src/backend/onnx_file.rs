@@ -42,8 +42,7 @@ impl OnnxFile {
 
     /// [`OnnxFile::read`] of a file already read; `folder` is where its external data may be.
     pub fn from_bytes(bytes: Vec<u8>, folder: &Path, max_bytes: u64) -> Result<OnnxFile, String> {
-        let mut proto =
-            pb::ModelProto::decode(bytes.as_slice()).map_err(|e| format!("not a valid ONNX file: {e}"))?;
+        let mut proto = pb::ModelProto::decode(bytes.as_slice()).map_err(|e| format!("not a valid ONNX file: {e}"))?;
         let graph = proto.graph.as_mut().ok_or_else(|| "the ONNX file holds no graph".to_owned())?;
         check_memory(graph, folder, max_bytes)?;
         let inputs = graph_inputs(graph)?;

@@ -74,6 +74,9 @@ impl ModelTable {
             consecutive_failures: 0,
             aliases: BTreeMap::new(),
         };
+        for model in &follower.models {
+            crate::repository::mlflow::remove_unfinished(&follower.cache, &model.serve_as).await;
+        }
         let mut applied: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
         let mut only: Option<String> = None;
         let mut first = true;
@@ -96,6 +99,15 @@ impl ModelTable {
                             break;
                         }
                         model_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            if first && outage.is_some() {
+                for model in &follower.models {
+                    if !applied.contains_key(&model.serve_as)
+                        && let Some(aliases) = self.serve_cached(&follower, model).await
+                    {
+                        status.aliases.insert(model.serve_as.clone(), aliases);
                     }
                 }
             }
@@ -187,8 +199,44 @@ impl ModelTable {
         }
         if complete {
             applied.insert(model.serve_as.clone(), resolved.clone());
+            if let Err(e) = follower.client.remember_aliases(model, &resolved, &follower.cache).await {
+                tracing::warn!(model = %model.serve_as, error = %e, "cannot keep the aliases in the cache");
+            }
         }
         Ok((resolved, complete))
+    }
+
+    /// At a start while MLflow is unreachable: serves the versions of the aliases last served, from the cache.
+    /// Returns those aliases when any version could be served.
+    async fn serve_cached(&self, follower: &MlflowFollower, model: &MlflowModel) -> Option<BTreeMap<String, u64>> {
+        let (aliases, fetched) = follower.client.cached(model, &follower.cache).await?;
+        if fetched.is_empty() {
+            return None;
+        }
+        let versions = fetched
+            .into_iter()
+            .map(|(version, fetched)| VersionListing {
+                version,
+                spec: Ok(ModelSpec {
+                    name: model.serve_as.clone(),
+                    version,
+                    model_path: fetched.model_path,
+                    config: Arc::clone(&model.config),
+                    declared: fetched.declared.map(Arc::new),
+                }),
+            })
+            .collect();
+        let default_version = model.aliases.iter().find_map(|alias| aliases.get(alias)).copied();
+        tracing::warn!(model = %model.serve_as, aliases = ?aliases, "MLflow is unreachable: serving the cached versions of the aliases last served");
+        let listing = ModelListing {
+            name: model.serve_as.clone(),
+            versions: Ok(versions),
+            aliases: aliases.clone(),
+            default_version,
+        };
+        let _control = self.control.lock().await;
+        self.apply_listing(listing, false).await;
+        Some(aliases)
     }
 
     /// A model that serves nothing says why (MLflow down, registered model missing); one that serves keeps serving.

@@ -4,7 +4,12 @@
 //! ready version). [`MlflowClient`] resolves the aliases through MLflow's REST API and fetches a version's `MLmodel`
 //! and ONNX file through the tracking server's artifact proxy into a local cache. Each version is written to a
 //! temporary folder and renamed into place whole, so a half-downloaded file is never loaded; a cached version whose
-//! file still has the recorded SHA-256 is reused without a download.
+//! file still has the recorded SHA-256 is reused without a download. Files are fsynced before the rename and the
+//! folder after it, so a crash (even `kill -9` or a power cut) leaves either no version or a whole one; the
+//! unfinished folders it leaves are removed at the next start.
+//!
+//! The aliases last served are kept beside the versions (`aliases.json`), so a server restarted while MLflow is
+//! unreachable serves those versions from the cache, after checking their files against the recorded SHA-256.
 //!
 //! MLflow webhooks ([`verify_webhook`]) only say "look now": what is served always comes from the REST API.
 
@@ -230,15 +235,17 @@ impl MlflowClient {
             |path: &Path, e: std::io::Error| MlflowError::Cache { path: path.to_owned(), reason: e.to_string() };
         tokio::fs::create_dir_all(&model_dir).await.map_err(|e| cache_error(&model_dir, e))?;
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let staging = model_dir.join(format!(".download-{version}-{}-{nanos}", std::process::id()));
+        let staging = model_dir.join(format!("{STAGING_PREFIX}{version}-{}-{nanos}", std::process::id()));
         tokio::fs::create_dir_all(&staging).await.map_err(|e| cache_error(&staging, e))?;
         let result = async {
-            tokio::fs::write(staging.join("MLmodel"), &text).await.map_err(|e| cache_error(&staging, e))?;
+            write_synced(staging.join("MLmodel"), text.clone().into_bytes())
+                .await
+                .map_err(|e| cache_error(&staging, e))?;
             let response = self.artifact(&artifact_path, &parsed.model_file).await?;
             let sha256 = download(response, &staging.join(CACHED_MODEL_FILE)).await.map_err(artifact_error)?;
             let record = CacheRecord { sha256, ..source };
             let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
-            tokio::fs::write(staging.join(CACHE_RECORD), json).await.map_err(|e| cache_error(&staging, e))?;
+            write_synced(staging.join(CACHE_RECORD), json).await.map_err(|e| cache_error(&staging, e))?;
             replace_dir(&staging, &dir).await.map_err(|e| cache_error(&dir, e))
         }
         .await;
@@ -482,10 +489,119 @@ struct CacheRecord {
     sha256: String,
 }
 
+/// The aliases of a followed model last served, as kept in the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AliasRecord {
+    tracking_uri: String,
+    registered: String,
+    aliases: BTreeMap<String, u64>,
+}
+
+const ALIAS_RECORD: &str = "aliases.json";
+
+impl MlflowClient {
+    /// Keeps the aliases just served in `cache/<served name>/aliases.json` (temp file, fsync, rename).
+    pub async fn remember_aliases(
+        &self,
+        model: &MlflowModel,
+        aliases: &BTreeMap<String, u64>,
+        cache: &Path,
+    ) -> std::io::Result<()> {
+        let record = AliasRecord {
+            tracking_uri: self.base.to_string(),
+            registered: model.registered.clone(),
+            aliases: aliases.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+        let path = cache.join(&model.serve_as).join(ALIAS_RECORD);
+        tokio::task::spawn_blocking(move || write_durably(&path, &json)).await.map_err(std::io::Error::other)?
+    }
+
+    /// The aliases last served and their versions from the cache, for a start while MLflow is unreachable. Only
+    /// versions fetched from this tracking server and whose files still have their SHA-256 are returned.
+    pub async fn cached(
+        &self,
+        model: &MlflowModel,
+        cache: &Path,
+    ) -> Option<(BTreeMap<String, u64>, Vec<(u64, Fetched)>)> {
+        let model_dir = cache.join(&model.serve_as);
+        let record: AliasRecord =
+            serde_json::from_slice(&tokio::fs::read(model_dir.join(ALIAS_RECORD)).await.ok()?).ok()?;
+        if record.tracking_uri != self.base.as_str() || record.registered != model.registered {
+            return None;
+        }
+        let mut versions: Vec<u64> = record.aliases.values().copied().collect();
+        versions.sort_unstable();
+        versions.dedup();
+        let mut fetched = Vec::new();
+        for version in versions {
+            let accept = |found: &CacheRecord| {
+                found.tracking_uri == record.tracking_uri
+                    && found.registered == record.registered
+                    && found.version == version
+            };
+            if let Some(cached) = verified_cache(&model_dir.join(version.to_string()), accept).await {
+                fetched.push((version, cached));
+            }
+        }
+        Some((record.aliases, fetched))
+    }
+}
+
+/// Removes the folders a download or replacement stopped midway left in `cache/<model>/` (the cache has one
+/// server: nothing else is writing there).
+pub async fn remove_unfinished(cache: &Path, model: &str) {
+    let dir = cache.join(model);
+    let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(STAGING_PREFIX) || name.ends_with(STALE_SUFFIX) {
+            tracing::info!(path = %entry.path().display(), "removing an unfinished download");
+            let _ = tokio::fs::remove_dir_all(entry.path()).await;
+        }
+    }
+}
+
+/// Writes `bytes` to `path` by a temp file beside it, fsync, rename and an fsync of the folder.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder)?;
+    let staging = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&staging)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&staging, path)?;
+    sync_folder(folder)
+}
+
+/// Writes a file and fsyncs it.
+async fn write_synced(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(&bytes)?;
+        file.sync_all()
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Makes a folder's entries (a rename into it) durable.
+fn sync_folder(folder: &Path) -> std::io::Result<()> {
+    std::fs::File::open(folder)?.sync_all()
+}
+
 /// The cached copy of a version, if it came from the same place and its file is intact.
 async fn reuse_cached(dir: &Path, expected: &CacheRecord) -> Option<Fetched> {
+    verified_cache(dir, |record| CacheRecord { sha256: String::new(), ..record.clone() } == *expected).await
+}
+
+/// The cached version in `dir`, if `accept` takes its record and its file still has the recorded SHA-256.
+async fn verified_cache(dir: &Path, accept: impl Fn(&CacheRecord) -> bool) -> Option<Fetched> {
     let record: CacheRecord = serde_json::from_slice(&tokio::fs::read(dir.join(CACHE_RECORD)).await.ok()?).ok()?;
-    if (CacheRecord { sha256: String::new(), ..record.clone() }) != *expected {
+    if !accept(&record) {
         return None;
     }
     let model_path = dir.join(CACHED_MODEL_FILE);
@@ -546,16 +662,25 @@ async fn read_limited(mut response: reqwest::Response, limit: u64) -> Result<Vec
     Ok(body)
 }
 
-/// Moves a complete `staging` folder to `dir` in one rename, first moving aside whatever `dir` held.
+/// Folders being downloaded into start with this; a crash may leave one, which the next start removes.
+const STAGING_PREFIX: &str = ".download-";
+/// A version folder being replaced is moved aside under its staging name with this suffix.
+const STALE_SUFFIX: &str = ".stale";
+
+/// Moves a complete `staging` folder to `dir` in one rename, first moving aside whatever `dir` held; the files
+/// and the folders are fsynced, so the rename never lands before the data.
 async fn replace_dir(staging: &Path, dir: &Path) -> std::io::Result<()> {
+    let (staging_owned, parent) = (staging.to_owned(), dir.parent().unwrap_or(Path::new(".")).to_owned());
+    tokio::task::spawn_blocking(move || sync_folder(&staging_owned)).await.map_err(std::io::Error::other)??;
     if tokio::fs::metadata(dir).await.is_ok() {
-        let stale = staging.with_extension("stale");
+        let stale = PathBuf::from(format!("{}{STALE_SUFFIX}", staging.display()));
         tokio::fs::rename(dir, &stale).await?;
         tokio::fs::rename(staging, dir).await?;
         let _ = tokio::fs::remove_dir_all(&stale).await;
-        return Ok(());
+    } else {
+        tokio::fs::rename(staging, dir).await?;
     }
-    tokio::fs::rename(staging, dir).await
+    tokio::task::spawn_blocking(move || sync_folder(&parent)).await.map_err(std::io::Error::other)?
 }
 
 fn hex(bytes: &[u8]) -> String {
