@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{TestServer, bundled_models, config, copy_model, iris_rows, temp_dir};
