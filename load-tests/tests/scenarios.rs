@@ -1,9 +1,11 @@
 //! The CI scenario (`scenarios/ci.toml`) against a real infergate on port 0 serving the bundled models, over REST
 //! (JSON and binary) and gRPC (unary and streaming): `loadgen` must exit 0 (every expectation held), and its JSON
-//! report must hold what it claims. The server runs in this process, so `--server-pid` samples it.
+//! report must hold what it claims. The server runs in this process, so `--server-pid` samples it. Also the
+//! overload scenario (shedding with a bounded p99, then recovery) and the one-minute soak. The tests run one at a
+//! time: each measures latency or the process's growth, which a neighbour's load would distort.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use infergate::config::{ModelControlMode, Secret};
@@ -12,11 +14,25 @@ use serde_json::Value;
 
 const TOKEN: &str = "load-test-admin-token-0123456789";
 
+/// Held by each test for its whole run.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn bundled_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("models")
+}
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(name)
+}
+
 async fn start() -> Server {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    start_on(&bundled_models()).await
+}
+
+async fn start_on(repository: &Path) -> Server {
     let state = std::env::temp_dir().join(format!("infergate-load-tests-{}", std::process::id()));
     let config = Config {
-        model_repository: root.join("models"),
+        model_repository: repository.to_owned(),
         host: "127.0.0.1".parse().unwrap(),
         http_port: 0,
         grpc_port: 0,
@@ -54,6 +70,7 @@ async fn loadgen(server: &Server, args: &[&str]) -> (bool, Value, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ci_scenario_passes_on_every_protocol() {
+    let _serial = SERIAL.lock().await;
     let server = start().await;
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/ci.toml");
     let pid = std::process::id().to_string();
@@ -76,6 +93,7 @@ async fn the_ci_scenario_passes_on_every_protocol() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_expectations_and_errors_are_reported() {
+    let _serial = SERIAL.lock().await;
     let server = start().await;
     let dir = std::env::temp_dir().join(format!("infergate-load-tests-scenario-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -107,6 +125,7 @@ async fn failed_expectations_and_errors_are_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weighted_split_is_seen_in_the_answers() {
+    let _serial = SERIAL.lock().await;
     let server = start().await;
     let dir = std::env::temp_dir().join(format!("infergate-load-tests-split-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -128,5 +147,74 @@ async fn a_weighted_split_is_seen_in_the_answers() {
         assert_eq!(statuses, [200, 200], "{protocol}: the policy set and removed");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+    server.shutdown();
+}
+
+/// Prints a report's per-phase figures and process samples, for the test log.
+fn print_report(name: &str, report: &Value) {
+    for phase in report["phases"].as_array().unwrap() {
+        println!(
+            "{name} {}: {} requests, {} ok, shed {}, p50 {} us, p99 {} us, {:.0} req/s",
+            phase["label"],
+            phase["requests"],
+            phase["ok"],
+            phase["shed"],
+            phase["p50_us"],
+            phase["p99_us"],
+            phase["requests_per_second"].as_f64().unwrap_or_default()
+        );
+    }
+    for sample in report["samples"].as_array().into_iter().flatten() {
+        println!(
+            "{name} sample at {:.0} s: RSS {:.1} MB, {} threads, {} descriptors",
+            sample["at"].as_f64().unwrap(),
+            sample["rss_bytes"].as_f64().unwrap() / 1e6,
+            sample["threads"],
+            sample["open_fds"]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_with_a_bounded_p99_and_the_server_recovers() {
+    let _serial = SERIAL.lock().await;
+    // iris with a bounded queue, as the scenario asks.
+    let repository = std::env::temp_dir().join(format!("infergate-load-tests-overload-{}", std::process::id()));
+    for version in ["1", "2"] {
+        std::fs::create_dir_all(repository.join("iris").join(version)).unwrap();
+        let file = Path::new("iris").join(version).join("model.onnx");
+        std::fs::copy(bundled_models().join(&file), repository.join(&file)).unwrap();
+    }
+    let toml = std::fs::read_to_string(bundled_models().join("iris/model.toml")).unwrap();
+    std::fs::write(repository.join("iris/model.toml"), toml + "\n[batching]\nmax_queue_size = 64\n").unwrap();
+    let server = start_on(&repository).await;
+    let file = scenario("overload.toml");
+    let args = ["--scenario", file.to_str().unwrap(), "--protocol", "rest-json"];
+    let (passed, report, stderr) = loadgen(&server, &args).await;
+    print_report("overload", &report);
+    assert!(passed, "{stderr}");
+    let phase = |name: &str| report["phases"].as_array().unwrap().iter().find(|p| p["label"] == name).unwrap();
+    assert!(phase("overload")["shed"].as_u64().unwrap() > 0);
+    assert_eq!(phase("recovered")["shed"], 0);
+    server.shutdown();
+    std::fs::remove_dir_all(&repository).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_of_swaps_and_splits_under_load_loses_nothing_and_grows_nothing() {
+    let _serial = SERIAL.lock().await;
+    let server = start().await;
+    let pid = std::process::id().to_string();
+    let file = scenario("soak-ci.toml");
+    let args = ["--scenario", file.to_str().unwrap(), "--protocol", "rest-json", "--server-pid", &pid];
+    let (passed, report, stderr) = loadgen(&server, &args).await;
+    print_report("soak-ci", &report);
+    assert!(passed, "{stderr}");
+    let soak = &report["phases"][1];
+    assert_eq!(soak["requests"], 18_000, "{soak}");
+    assert_eq!(soak["ok"], 18_000, "{soak}");
+    let actions = report["actions"].as_array().unwrap();
+    assert!(actions.len() >= 35, "{} actions", actions.len());
+    assert!(actions.iter().all(|a| a["status"] == 200), "{actions:?}");
     server.shutdown();
 }
