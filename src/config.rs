@@ -163,7 +163,7 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERGATE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Seconds a client gets to send a request's headers (and a TLS handshake) before the connection is closed
-    /// [default: 10]
+    /// [default: 30]
     #[arg(long, env = "INFERGATE_HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<f64>,
     /// Seconds a client gets to send a request's body before it is answered 408 [default: 60]
@@ -351,7 +351,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 4096,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
             max_concurrent_streams: 1024,
         }
@@ -840,6 +840,28 @@ mod tests {
         assert!(Config::resolve(ServeArgs { shutdown_grace_seconds: Some(100_000), ..args() }).is_err());
         assert!(Config::resolve(ServeArgs { log_level: Some("info,[".into()), ..args() }).is_err());
         assert!(Config::resolve(ServeArgs { metrics_window_seconds: Some(0), ..args() }).is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output_and_tls_needs_both_files() {
+        let secret = ServeArgs {
+            admin_token: Some("admin-secret-0123456789".into()),
+            api_keys: vec!["key-secret-0123456789".into()],
+            ..args()
+        };
+        let text = format!("{:?}", Config::resolve(secret).unwrap());
+        assert!(!text.contains("admin-secret") && !text.contains("key-secret"), "{text}");
+        let short = ServeArgs { api_keys: vec!["short".into()], ..args() };
+        assert!(Config::resolve(short).unwrap_err().to_string().contains("--api-key"));
+        let half = ServeArgs { tls_cert: Some("cert.pem".into()), ..args() };
+        assert!(Config::resolve(half).unwrap_err().to_string().contains("go together"));
+        let ca_only = ServeArgs { tls_client_ca: Some("ca.pem".into()), ..args() };
+        assert!(Config::resolve(ca_only).is_err());
+        let missing =
+            ServeArgs { tls_cert: Some("/nonexistent/cert.pem".into()), tls_key: Some("key.pem".into()), ..args() };
+        assert!(Config::resolve(missing).unwrap_err().to_string().contains("/nonexistent/cert.pem"));
+        assert!(Config::resolve(ServeArgs { header_read_timeout_secs: Some(0.0), ..args() }).is_err());
+        assert!(Config::resolve(ServeArgs { max_request_rows: Some(0), ..args() }).is_err());
     }
 
     #[test]
