@@ -1,0 +1,9 @@
+//! A REST inference request body as JSON (KServe v2): decoding must fail cleanly, never panic.
+#![no_main]
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = infergate::api::http::decode_request(&Bytes::copy_from_slice(data), None);
+});
