@@ -20,12 +20,18 @@ async fn triton_clients_and_perf_analyzer_work_unchanged() {
     let mut config = config_with_ort(&bundled_models());
     config.admin_token = Some(Secret(TOKEN.to_owned()));
     let server = TestServer::start(config).await;
+    let (http, grpc) = (server.server.http_addr().to_string(), server.server.grpc_addr().to_string());
+    let golden = root.join("tests/golden");
+    let args = ["--http", &http, "--grpc", &grpc, "--golden", golden.to_str().unwrap(), "--token", TOKEN];
+    run_python("triton_clients.py", &args, "interoperability: all checks passed").await;
+}
+
+/// Runs a script of tests/interop with the .venv's Python; it must exit 0 and print `passed`.
+async fn run_python(script: &str, args: &[&str], passed: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/interop/triton_clients.py"))
-        .args(["--http", &server.server.http_addr().to_string()])
-        .args(["--grpc", &server.server.grpc_addr().to_string()])
-        .args(["--golden", root.join("tests/golden").to_str().unwrap()])
-        .args(["--token", TOKEN])
+        .arg(root.join("tests/interop").join(script))
+        .args(args)
         .kill_on_drop(true)
         .output()
         .await
@@ -33,15 +39,14 @@ async fn triton_clients_and_perf_analyzer_work_unchanged() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
-    assert!(output.status.success(), "the interoperability checks failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("interoperability: all checks passed"), "{stdout}");
+    assert!(output.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(passed), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs tritonclient in .venv and openssl; scripts/test installs and runs it"]
 async fn triton_clients_over_tls_with_client_certificates_and_api_keys() {
     const KEY: &str = "interop-api-key-0123456789";
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let certs = common::temp_dir("interop-tls");
     common::make_certificates(&certs);
     let mut config = config_with_ort(&bundled_models());
@@ -60,20 +65,10 @@ async fn triton_clients_over_tls_with_client_certificates_and_api_keys() {
         assert!(std::time::Instant::now() < deadline, "the models did not load");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let output = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/interop/secure_clients.py"))
-        .args(["--http", &format!("localhost:{}", server.http_addr().port())])
-        .args(["--grpc", &format!("localhost:{}", server.grpc_addr().port())])
-        .args(["--certs", certs.to_str().unwrap(), "--key", KEY, "--token", TOKEN])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    assert!(output.status.success(), "the TLS checks failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("secure clients: all checks passed"), "{stdout}");
+    let (http, grpc) =
+        (format!("localhost:{}", server.http_addr().port()), format!("localhost:{}", server.grpc_addr().port()));
+    let args = ["--http", &http, "--grpc", &grpc, "--certs", certs.to_str().unwrap(), "--key", KEY, "--token", TOKEN];
+    run_python("secure_clients.py", &args, "secure clients: all checks passed").await;
     server.shutdown();
     server.wait().await.unwrap();
     std::fs::remove_dir_all(&certs).unwrap();

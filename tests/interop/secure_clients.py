@@ -11,18 +11,8 @@ import pathlib
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
 
-
-def expect_error(where, call, *fragments):
-    try:
-        call()
-    except InferenceServerException as e:
-        text = f"{e.status()} {e.message()}"
-        for fragment in fragments:
-            assert fragment in text, f"{where}: expected {fragment!r} in {text!r}"
-        return
-    raise AssertionError(f"{where}: the call succeeded")
+from triton_clients import expect_error
 
 
 def iris_input(module, rows):
