@@ -4,12 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -26,7 +25,7 @@ const INLINE_DECODE_LIMIT: usize = 256 * 1024;
 #[derive(Clone, Debug)]
 struct AppState {
     table: Arc<ModelTable>,
-    max_request_bytes: usize,
+    limits: Limits,
     control: api::ModelControl,
     keys: api::ApiKeys,
     hook: api::MlflowHook,
@@ -41,7 +40,7 @@ pub struct Limits {
     pub body_timeout: Duration,
 }
 
-/// The REST API over a model table. Bodies are read whole, within `limits`, before any handler runs.
+/// The REST API over a model table. Bodies are read whole, within `limits` (see [`ReadBody`]).
 pub fn router(
     table: Arc<ModelTable>,
     limits: Limits,
@@ -72,26 +71,27 @@ pub fn router(
         .route("/v2/mlflow/webhook", post(mlflow_webhook))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_request_bytes))
-        .layer(middleware::from_fn_with_state(limits, read_body))
-        .with_state(AppState { table, max_request_bytes: limits.max_request_bytes, control, keys, hook })
+        .with_state(AppState { table, limits, control, keys, hook })
 }
 
-/// Reads the request's body whole within the size and time limits, so a client trickling bytes holds no handler
-/// and a too-large body is refused as soon as it passes the limit.
-async fn read_body(State(limits): State<Limits>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    match tokio::time::timeout(limits.body_timeout, axum::body::to_bytes(body, limits.max_request_bytes)).await {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
-        Ok(Err(e)) if is_length_limit(&e) => {
-            ApiError::PayloadTooLarge { limit: limits.max_request_bytes }.into_response()
+/// A request body, read whole within the size and time limits: a client trickling bytes is answered 408 and
+/// holds nothing after, and a too-large body is refused (413) as soon as it passes the limit.
+struct ReadBody(Bytes);
+
+impl FromRequest<AppState> for ReadBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<ReadBody, ApiError> {
+        let Limits { max_request_bytes, body_timeout } = state.limits;
+        match tokio::time::timeout(body_timeout, axum::body::to_bytes(request.into_body(), max_request_bytes)).await {
+            Ok(Ok(bytes)) => Ok(ReadBody(bytes)),
+            Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::PayloadTooLarge { limit: max_request_bytes }),
+            Ok(Err(e)) => Err(ApiError::malformed(format!("cannot read the request body: {e}"))),
+            Err(_) => Err(ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {} s (--body-read-timeout-secs)",
+                body_timeout.as_secs_f64()
+            ))),
         }
-        Ok(Err(e)) => ApiError::malformed(format!("cannot read the request body: {e}")).into_response(),
-        Err(_) => ApiError::RequestTimeout(format!(
-            "the request body did not arrive within {} s (--body-read-timeout-secs)",
-            limits.body_timeout.as_secs_f64()
-        ))
-        .into_response(),
     }
 }
 
@@ -207,14 +207,18 @@ async fn infer(
     State(state): State<AppState>,
     path: RoutePath,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<ReadBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let r = route(path)?;
     run_infer(&state, &r.model, r.version.as_deref(), &headers, body).await
 }
 
 /// `POST /v2/repository/index`, with an optional body `{"ready": true}` to list only ready versions.
-async fn repository_index(_: Keyed, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn repository_index(
+    _: Keyed,
+    State(state): State<AppState>,
+    ReadBody(body): ReadBody,
+) -> Result<Response, ApiError> {
     #[derive(Default, Deserialize)]
     struct IndexRequest {
         #[serde(default)]
@@ -252,7 +256,11 @@ async fn unload_model(
 }
 
 /// `POST /v2/mlflow/webhook`: an MLflow webhook delivery (see `api::MlflowHook`).
-async fn mlflow_webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn mlflow_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ReadBody(body): ReadBody,
+) -> Result<Response, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     use crate::repository::mlflow::{WEBHOOK_DELIVERY_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER};
     let delivery = state.hook.deliver(
@@ -273,7 +281,7 @@ async fn set_traffic(
     State(state): State<AppState>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    ReadBody(body): ReadBody,
 ) -> Result<Response, ApiError> {
     api::set_traffic(&state.table, &state.control, authorization(&headers), &model, Some(&body))?;
     Ok(json_body(&api::traffic(&state.table, &model)?))
@@ -316,12 +324,12 @@ async fn run_infer(
     model: &str,
     version: Option<&str>,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<ReadBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let header_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
     let routed = api::route(&state.table, model, version, header_key)?;
-    let (request, format) = decode(state, body, headers)
+    let (request, format) = decode(body, headers)
         .await
         .inspect_err(|e| routed.serving.metrics.observe_error(e.error_type(), arrived.elapsed()))?;
     let routed = match (&request.routing_key, header_key, version) {
@@ -349,8 +357,7 @@ async fn run_infer(
 
 /// Reads and decodes the body (JSON, or JSON and binary tensors), and applies the timeout header.
 async fn decode(
-    state: &AppState,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<ReadBody, ApiError>,
     headers: &HeaderMap,
 ) -> Result<(api::InferRequest, json::OutputFormat), ApiError> {
     let header_timeout = header_timeout(headers)?;
@@ -360,7 +367,7 @@ async fn decode(
             ApiError::malformed(format!("header {} must be a whole number of bytes", json::HEADER_LENGTH))
         })?),
     };
-    let body = body.map_err(|e| body_error(e, state.max_request_bytes))?;
+    let ReadBody(body) = body?;
     let json_length = header_length.unwrap_or(body.len());
     let (mut request, format) = if json_length > INLINE_DECODE_LIMIT {
         tokio::task::spawn_blocking(move || json::decode_request(&body, header_length))
@@ -371,14 +378,6 @@ async fn decode(
     };
     request.timeout = scheduler::shorter(request.timeout, header_timeout);
     Ok((request, format))
-}
-
-fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge { limit }
-    } else {
-        ApiError::malformed(format!("cannot read the request body: {}", rejection.body_text()))
-    }
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
