@@ -9,6 +9,7 @@ compile_error!("infergate hands tensors to backends as little-endian bytes and n
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod durable;
 pub mod lifecycle;
 pub mod reference;
 pub mod repository;

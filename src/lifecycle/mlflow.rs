@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::{ModelEntry, ModelTable, VersionSet};
-use crate::repository::mlflow::{MlflowClient, MlflowError, MlflowModel};
+use crate::repository::mlflow::{Fetched, MlflowClient, MlflowError, MlflowModel};
 use crate::repository::{ModelListing, ModelSpec, RepositoryError, VersionListing};
 
 /// Longest wait between two tries while MLflow is unreachable.
@@ -164,13 +164,7 @@ impl ModelTable {
         let mut complete = true;
         for version in versions {
             let spec = match follower.client.fetch(model, version, &follower.cache).await {
-                Ok(fetched) => Ok(ModelSpec {
-                    name: model.serve_as.clone(),
-                    version,
-                    model_path: fetched.model_path,
-                    config: Arc::clone(&model.config),
-                    declared: fetched.declared.map(Arc::new),
-                }),
+                Ok(fetched) => Ok(spec(model, version, fetched)),
                 Err(e) if e.is_outage() => return Err(e),
                 Err(e) => {
                     // Looked at again next time: a download can fail for passing reasons.
@@ -189,14 +183,8 @@ impl ModelTable {
         } else {
             Ok(listings)
         };
-        let default_version = model.aliases.iter().find_map(|alias| resolved.get(alias)).copied();
         tracing::info!(model = %model.serve_as, aliases = ?resolved, "MLflow aliases changed");
-        let listing =
-            ModelListing { name: model.serve_as.clone(), versions, aliases: resolved.clone(), default_version };
-        {
-            let _control = self.control.lock().await;
-            self.apply_listing(listing, false).await;
-        }
+        self.apply_aliases(model, versions, resolved.clone()).await;
         if complete {
             applied.insert(model.serve_as.clone(), resolved.clone());
             if let Err(e) = follower.client.remember_aliases(model, &resolved, &follower.cache).await {
@@ -215,28 +203,24 @@ impl ModelTable {
         }
         let versions = fetched
             .into_iter()
-            .map(|(version, fetched)| VersionListing {
-                version,
-                spec: Ok(ModelSpec {
-                    name: model.serve_as.clone(),
-                    version,
-                    model_path: fetched.model_path,
-                    config: Arc::clone(&model.config),
-                    declared: fetched.declared.map(Arc::new),
-                }),
-            })
+            .map(|(version, fetched)| VersionListing { version, spec: Ok(spec(model, version, fetched)) })
             .collect();
-        let default_version = model.aliases.iter().find_map(|alias| aliases.get(alias)).copied();
         tracing::warn!(model = %model.serve_as, aliases = ?aliases, "MLflow is unreachable: serving the cached versions of the aliases last served");
-        let listing = ModelListing {
-            name: model.serve_as.clone(),
-            versions: Ok(versions),
-            aliases: aliases.clone(),
-            default_version,
-        };
+        self.apply_aliases(model, Ok(versions), aliases.clone()).await;
+        Some(aliases)
+    }
+
+    /// Serves `versions` for `model` with its aliases; requests naming no version go to its first alias's.
+    async fn apply_aliases(
+        &self,
+        model: &MlflowModel,
+        versions: Result<Vec<VersionListing>, RepositoryError>,
+        aliases: BTreeMap<String, u64>,
+    ) {
+        let default_version = model.aliases.iter().find_map(|alias| aliases.get(alias)).copied();
+        let listing = ModelListing { name: model.serve_as.clone(), versions, aliases, default_version };
         let _control = self.control.lock().await;
         self.apply_listing(listing, false).await;
-        Some(aliases)
     }
 
     /// A model that serves nothing says why (MLflow down, registered model missing); one that serves keeps serving.
@@ -246,6 +230,17 @@ impl ModelTable {
             return;
         }
         entry.versions.rcu(|set| VersionSet { model_error: Some(error.to_string()), ..VersionSet::clone(set) });
+    }
+}
+
+/// The spec of a version of `model` fetched into the cache.
+fn spec(model: &MlflowModel, version: u64, fetched: Fetched) -> ModelSpec {
+    ModelSpec {
+        name: model.serve_as.clone(),
+        version,
+        model_path: fetched.model_path,
+        config: Arc::clone(&model.config),
+        declared: fetched.declared.map(Arc::new),
     }
 }
 

@@ -79,7 +79,7 @@ impl ModelTable {
         let Some(path) = self.api_policy_path(model) else { return };
         let saved = SavedPolicy { file: entry.traffic.file_fingerprint(), policy: config.cloned() };
         let bytes = serde_json::to_vec_pretty(&saved).unwrap_or_default();
-        if let Err(e) = rollout::write_atomically(&path, &bytes) {
+        if let Err(e) = crate::durable::write_atomically(&path, &bytes) {
             tracing::error!(model, path = %path.display(), error = %e, "cannot save the traffic policy; a restart reverts to model.toml's");
         }
     }

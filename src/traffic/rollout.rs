@@ -11,20 +11,9 @@ use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
 
 use super::{Policy, WindowSummary, psi};
+use crate::durable::write_atomically;
 use crate::repository::{RolloutConfig, TrafficConfig};
 use crate::telemetry::TrafficMetrics;
-
-/// Writes `bytes` to `path` by a temp file beside it, fsync and rename: a crash leaves the old file or the new one.
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(path);
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
-    let staging = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&staging)?;
-    std::io::Write::write_all(&mut file, bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&staging, path)
-}
 
 /// Decisions kept for the endpoint.
 const KEPT_DECISIONS: usize = 100;

@@ -26,6 +26,7 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
 use super::{DeclaredSignature, DeclaredTensor, ModelConfig, is_valid_model_name};
+use crate::durable::{sync_folder, write_atomically};
 use crate::tensor::DataType;
 
 /// The pseudo-alias for the highest version number whose registration is complete.
@@ -500,7 +501,7 @@ struct AliasRecord {
 const ALIAS_RECORD: &str = "aliases.json";
 
 impl MlflowClient {
-    /// Keeps the aliases just served in `cache/<served name>/aliases.json` (temp file, fsync, rename).
+    /// Keeps the aliases just served in `cache/<served name>/aliases.json` (see [`write_atomically`]).
     pub async fn remember_aliases(
         &self,
         model: &MlflowModel,
@@ -514,7 +515,7 @@ impl MlflowClient {
         };
         let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
         let path = cache.join(&model.serve_as).join(ALIAS_RECORD);
-        tokio::task::spawn_blocking(move || write_durably(&path, &json)).await.map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || write_atomically(&path, &json)).await.map_err(std::io::Error::other)?
     }
 
     /// The aliases last served and their versions from the cache, for a start while MLflow is unreachable. Only
@@ -563,19 +564,6 @@ pub async fn remove_unfinished(cache: &Path, model: &str) {
     }
 }
 
-/// Writes `bytes` to `path` by a temp file beside it, fsync, rename and an fsync of the folder.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let folder = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(folder)?;
-    let staging = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&staging)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&staging, path)?;
-    sync_folder(folder)
-}
-
 /// Writes a file and fsyncs it.
 async fn write_synced(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || {
@@ -586,11 +574,6 @@ async fn write_synced(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-/// Makes a folder's entries (a rename into it) durable.
-fn sync_folder(folder: &Path) -> std::io::Result<()> {
-    std::fs::File::open(folder)?.sync_all()
 }
 
 /// The cached copy of a version, if it came from the same place and its file is intact.
