@@ -72,10 +72,10 @@ async fn loadgen(server: &Server, args: &[&str]) -> (bool, Value, String) {
 async fn the_ci_scenario_passes_on_every_protocol() {
     let _serial = SERIAL.lock().await;
     let server = start().await;
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/ci.toml");
+    let file = scenario("ci.toml");
     let pid = std::process::id().to_string();
     for protocol in ["rest-json", "rest-binary", "grpc", "grpc-stream"] {
-        let args = ["--scenario", scenario.to_str().unwrap(), "--protocol", protocol, "--server-pid", &pid];
+        let args = ["--scenario", file.to_str().unwrap(), "--protocol", protocol, "--server-pid", &pid];
         let (passed, report, stderr) = loadgen(&server, &args).await;
         assert!(passed, "{protocol}: {stderr}");
         assert_eq!(report["passed"], true);
@@ -131,8 +131,7 @@ async fn a_weighted_split_is_seen_in_the_answers() {
     std::fs::create_dir_all(&dir).unwrap();
     // The bundled ab-split scenario, shorter and slower for CI: set 70/30 over iris' two versions, check the
     // shares of the answers' variants, remove the policy.
-    let bundled =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/ab-split.toml")).unwrap();
+    let bundled = std::fs::read_to_string(scenario("ab-split.toml")).unwrap();
     let scenario = dir.join("ab-split.toml");
     std::fs::write(&scenario, bundled.replace("seconds = 10\nrate = 2000", "seconds = 4\nrate = 500")).unwrap();
     for protocol in ["rest-json", "grpc"] {
