@@ -78,12 +78,12 @@ pub async fn infer_routed(
     }
     // The request holds its version once (the draining count of a swapped-out version counts holders).
     let Routed { serving, variant, policy } = routed;
-    let version = serving.version.to_string();
+    let version = serving.version;
     let window = policy.as_ref().zip(variant.as_deref()).and_then(|(p, v)| p.variant(v)).map(|v| &v.window);
     let result = infer_with(serving, request, window).await;
     let Some(variant) = variant.as_deref() else { return result };
     let metrics = &table.telemetry().traffic;
-    metrics.variant_requests.with_label_values(&[model, variant, &version, outcome(&result)]).inc();
+    metrics.variant_requests.with_label_values(&[model, variant, &version.to_string(), outcome(&result)]).inc();
     metrics.variant_duration.with_label_values(&[model, variant]).observe(started.elapsed().as_secs_f64());
     record_in_window(window, &result, started.elapsed());
     result.map(|response| InferResponse { variant: Some(variant.to_owned()), ..response })

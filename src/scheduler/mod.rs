@@ -116,6 +116,9 @@ struct State {
     queue: BatchQueue<Job>,
     /// Set when the version is dropped: instances answer what is queued, then end.
     closed: bool,
+    /// Instances blocked on [`Shared::wake`]. A push wakes one only when some wait: a busy instance takes the job
+    /// with its next batch, and a notification nobody waits for still costs a system call per request.
+    waiting: usize,
 }
 
 struct Shared {
@@ -156,7 +159,7 @@ impl Scheduler {
         metrics: VersionMetrics,
     ) -> Result<Scheduler, BackendError> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { queue: BatchQueue::new(config.policy.clone()), closed: false }),
+            state: Mutex::new(State { queue: BatchQueue::new(config.policy.clone()), closed: false, waiting: 0 }),
             wake: Condvar::new(),
         });
         let scheduler = Scheduler { shared: Arc::clone(&shared), config, metrics };
@@ -208,15 +211,18 @@ impl Scheduler {
         let deadline = shorter(timeout, self.config.default_timeout).map(|t| enqueued + t);
         let (reply, answer) = oneshot::channel();
         let job = Job { inputs, rows, reply, enqueued, deadline, span: tracing::Span::current() };
-        {
+        let someone_waits = {
             let mut state = self.shared.lock();
             if state.closed {
                 return Err(SchedulerError::Stopped);
             }
             state.queue.push(job).map_err(|_| SchedulerError::Overloaded)?;
             self.metrics.queue_depth.set(state.queue.len() as i64);
+            state.waiting > 0
+        };
+        if someone_waits {
+            self.shared.wake.notify_one();
         }
-        self.shared.wake.notify_one();
         self.metrics.in_flight.inc();
         let _in_flight = scopeguard(|| self.metrics.in_flight.dec());
         let answer = match deadline {
@@ -327,17 +333,26 @@ impl Instance {
             state = match state.queue.next(now) {
                 Next::Batch(batch) => {
                     self.metrics.queue_depth.set(state.queue.len() as i64);
-                    if !state.queue.is_empty() {
+                    if !state.queue.is_empty() && state.waiting > 0 {
                         // More work is waiting: let another free instance look at it.
                         self.shared.wake.notify_one();
                     }
                     return Some(batch);
                 }
                 Next::WaitUntil(at) => {
-                    self.shared.wake.wait_timeout(state, at - now).unwrap_or_else(PoisonError::into_inner).0
+                    state.waiting += 1;
+                    let mut state =
+                        self.shared.wake.wait_timeout(state, at - now).unwrap_or_else(PoisonError::into_inner).0;
+                    state.waiting -= 1;
+                    state
                 }
                 Next::Idle if state.closed => return None,
-                Next::Idle => self.shared.wake.wait(state).unwrap_or_else(PoisonError::into_inner),
+                Next::Idle => {
+                    state.waiting += 1;
+                    let mut state = self.shared.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
+                    state.waiting -= 1;
+                    state
+                }
             };
         }
     }

@@ -61,6 +61,14 @@ fn rows(values: &[f32]) -> Tensor {
 }
 
 fn start(max_batch_size: usize, delay: Duration) -> (Arc<Scheduler>, Runs, mpsc::Sender<()>) {
+    start_instances(max_batch_size, delay, 1)
+}
+
+fn start_instances(
+    max_batch_size: usize,
+    delay: Duration,
+    instances: usize,
+) -> (Arc<Scheduler>, Runs, mpsc::Sender<()>) {
     let (release_tx, release_rx) = mpsc::channel();
     let runs = Arc::new(Mutex::new(Vec::new()));
     let spec = TensorSpec { name: "x".into(), datatype: DataType::Fp32, shape: vec![-1, 1], dim_names: vec![] };
@@ -77,7 +85,7 @@ fn start(max_batch_size: usize, delay: Duration) -> (Arc<Scheduler>, Runs, mpsc:
             preferred_batch_sizes: Vec::new(),
             max_queue_size: 64,
         },
-        instances: 1,
+        instances,
         default_timeout: None,
     };
     let metrics = crate::telemetry::Telemetry::new(Duration::from_secs(60)).version("test", 1, &[], Default::default());
@@ -136,6 +144,26 @@ async fn a_request_queued_past_its_deadline_is_never_computed() {
     let runs = runs.lock().unwrap();
     assert!(runs.iter().all(|run| !run.contains(&7.0)), "{runs:?}");
     assert!(runs.iter().any(|run| run.contains(&8.0)));
+}
+
+#[tokio::test]
+async fn an_idle_instance_is_woken_while_another_is_busy() {
+    let (scheduler, runs, release) = start_instances(16, Duration::ZERO, 2);
+    // Twice, so that the second round finds both instances asleep again after the first.
+    for _ in 0..2 {
+        let busy = spawn_infer(&scheduler, vec![999.0], None);
+        let started = async {
+            while !runs.lock().unwrap().iter().any(|run| run.contains(&999.0)) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), started).await.expect("no instance was woken");
+        let answered = tokio::time::timeout(Duration::from_secs(5), spawn_infer(&scheduler, vec![7.0], None)).await;
+        assert_eq!(answered.expect("the idle instance was not woken").unwrap().unwrap(), vec![rows(&[7.0])]);
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        runs.lock().unwrap().clear();
+    }
 }
 
 #[tokio::test]

@@ -82,16 +82,36 @@ impl FromRequest<AppState> for ReadBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<ReadBody, ApiError> {
-        let Limits { max_request_bytes, body_timeout } = state.limits;
-        match tokio::time::timeout(body_timeout, axum::body::to_bytes(request.into_body(), max_request_bytes)).await {
-            Ok(Ok(bytes)) => Ok(ReadBody(bytes)),
-            Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::PayloadTooLarge { limit: max_request_bytes }),
-            Ok(Err(e)) => Err(ApiError::malformed(format!("cannot read the request body: {e}"))),
-            Err(_) => Err(ApiError::RequestTimeout(format!(
-                "the request body did not arrive within {} s (--body-read-timeout-secs)",
-                body_timeout.as_secs_f64()
-            ))),
-        }
+        read_body(request.into_body(), state.limits).await.map(ReadBody)
+    }
+}
+
+/// An inference request's headers (moved, not copied) and its body, or why the body could not be read: the
+/// handler answers an unknown model 404 before it looks at the body.
+struct InferBody {
+    headers: HeaderMap,
+    body: Result<Bytes, ApiError>,
+}
+
+impl FromRequest<AppState> for InferBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<InferBody, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        Ok(InferBody { headers: parts.headers, body: read_body(body, state.limits).await })
+    }
+}
+
+async fn read_body(body: axum::body::Body, limits: Limits) -> Result<Bytes, ApiError> {
+    let Limits { max_request_bytes, body_timeout } = limits;
+    match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, max_request_bytes)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::PayloadTooLarge { limit: max_request_bytes }),
+        Ok(Err(e)) => Err(ApiError::malformed(format!("cannot read the request body: {e}"))),
+        Err(_) => Err(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} s (--body-read-timeout-secs)",
+            body_timeout.as_secs_f64()
+        ))),
     }
 }
 
@@ -206,8 +226,7 @@ async fn infer(
     _: Keyed,
     State(state): State<AppState>,
     path: RoutePath,
-    headers: HeaderMap,
-    body: Result<ReadBody, ApiError>,
+    InferBody { headers, body }: InferBody,
 ) -> Result<Response, ApiError> {
     let r = route(path)?;
     run_infer(&state, &r.model, r.version.as_deref(), &headers, body).await
@@ -324,7 +343,7 @@ async fn run_infer(
     model: &str,
     version: Option<&str>,
     headers: &HeaderMap,
-    body: Result<ReadBody, ApiError>,
+    body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let header_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
@@ -357,7 +376,7 @@ async fn run_infer(
 
 /// Reads and decodes the body (JSON, or JSON and binary tensors), and applies the timeout header.
 async fn decode(
-    body: Result<ReadBody, ApiError>,
+    body: Result<Bytes, ApiError>,
     headers: &HeaderMap,
 ) -> Result<(api::InferRequest, json::OutputFormat), ApiError> {
     let header_timeout = header_timeout(headers)?;
@@ -367,7 +386,7 @@ async fn decode(
             ApiError::malformed(format!("header {} must be a whole number of bytes", json::HEADER_LENGTH))
         })?),
     };
-    let ReadBody(body) = body?;
+    let body = body?;
     let json_length = header_length.unwrap_or(body.len());
     let (mut request, format) = if json_length > INLINE_DECODE_LIMIT {
         tokio::task::spawn_blocking(move || json::decode_request(&body, header_length))

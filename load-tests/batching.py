@@ -1,0 +1,47 @@
+"""Summarises load-tests/batching.sh's results (JSON lines): per protocol, the medians over the rounds of the
+throughput and p99 of each mode at concurrency 64 and 1, and the median of the per-round ratios on / off.
+Standard library only.
+
+    python3 load-tests/batching.py target/perf/batching.jsonl
+"""
+
+import json
+import statistics
+import sys
+
+
+def main(path):
+    runs = [json.loads(line) for line in open(path) if line.strip()]
+    protocols = list(dict.fromkeys(r["protocol"] for r in runs))
+    rounds = sorted({r["round"] for r in runs})
+    print(f"{len(rounds)} round(s); medians over the rounds (lowest-highest)\n")
+    print("| protocol | c=64 off req/s | c=64 on req/s | on / off | c=64 p99 off, on | c=1 p99 off, on | c=1 p99 on / off |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for protocol in protocols:
+        def pick(mode, concurrency, key):
+            by_round = {r["round"]: r[key] for r in runs
+                        if r["protocol"] == protocol and r["mode"] == mode and r["concurrency"] == concurrency}
+            return [by_round[n] for n in rounds if n in by_round]
+
+        def ratios(concurrency, key):
+            return [on / off for off, on in zip(pick("off", concurrency, key), pick("on", concurrency, key)) if off]
+
+        def med(values, scale=1.0, digits=0):
+            if not values:
+                return "-"
+            text = f"{statistics.median(values) / scale:,.{digits}f}"
+            return text + (f" ({min(values) / scale:,.{digits}f}-{max(values) / scale:,.{digits}f})" if len(values) > 1 else "")
+
+        errors = sum(r["errors"] for r in runs if r["protocol"] == protocol)
+        print(
+            f"| {protocol} | {med(pick('off', 64, 'requests_per_second'))} "
+            f"| {med(pick('on', 64, 'requests_per_second'))} "
+            f"| **{med(ratios(64, 'requests_per_second'), digits=2)}×** "
+            f"| {med(pick('off', 64, 'p99_us'), 1000, 1)} ms, {med(pick('on', 64, 'p99_us'), 1000, 1)} ms "
+            f"| {med(pick('off', 1, 'p99_us'), 1000, 2)} ms, {med(pick('on', 1, 'p99_us'), 1000, 2)} ms "
+            f"| **{med(ratios(1, 'p99_us'), digits=2)}** |" + (f" {errors} errors" if errors else "")
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
