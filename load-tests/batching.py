@@ -18,13 +18,17 @@ def main(path):
     print("| protocol | c=64 off req/s | c=64 on req/s | on / off | c=64 p99 off, on | c=1 p99 off, on | c=1 p99 on / off |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for protocol in protocols:
+        def by_round(mode, concurrency, key):
+            return {r["round"]: r[key] for r in runs
+                    if r["protocol"] == protocol and r["mode"] == mode and r["concurrency"] == concurrency}
+
         def pick(mode, concurrency, key):
-            by_round = {r["round"]: r[key] for r in runs
-                        if r["protocol"] == protocol and r["mode"] == mode and r["concurrency"] == concurrency}
-            return [by_round[n] for n in rounds if n in by_round]
+            return list(by_round(mode, concurrency, key).values())
 
         def ratios(concurrency, key):
-            return [on / off for off, on in zip(pick("off", concurrency, key), pick("on", concurrency, key)) if off]
+            # Paired by round: a round where either mode has no run gives no ratio.
+            off, on = by_round("off", concurrency, key), by_round("on", concurrency, key)
+            return [on[n] / off[n] for n in rounds if n in off and n in on and off[n]]
 
         def med(values, scale=1.0, digits=0):
             if not values:

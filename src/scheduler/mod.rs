@@ -133,6 +133,18 @@ impl Shared {
         // poisoned lock is still safe to use.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Blocks an instance until a push or the close wakes it, or `timeout` passes, counting it among the
+    /// waiting meanwhile.
+    fn wait<'a>(&self, mut state: MutexGuard<'a, State>, timeout: Option<Duration>) -> MutexGuard<'a, State> {
+        state.waiting += 1;
+        let mut state = match timeout {
+            Some(timeout) => self.wake.wait_timeout(state, timeout).unwrap_or_else(PoisonError::into_inner).0,
+            None => self.wake.wait(state).unwrap_or_else(PoisonError::into_inner),
+        };
+        state.waiting -= 1;
+        state
+    }
 }
 
 /// The queue of one served version. Dropping it closes the queue: the instance threads answer every queued
@@ -339,20 +351,9 @@ impl Instance {
                     }
                     return Some(batch);
                 }
-                Next::WaitUntil(at) => {
-                    state.waiting += 1;
-                    let mut state =
-                        self.shared.wake.wait_timeout(state, at - now).unwrap_or_else(PoisonError::into_inner).0;
-                    state.waiting -= 1;
-                    state
-                }
+                Next::WaitUntil(at) => self.shared.wait(state, Some(at - now)),
                 Next::Idle if state.closed => return None,
-                Next::Idle => {
-                    state.waiting += 1;
-                    let mut state = self.shared.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
-                    state.waiting -= 1;
-                    state
-                }
+                Next::Idle => self.shared.wait(state, None),
             };
         }
     }
