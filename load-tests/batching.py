@@ -1,5 +1,6 @@
-"""Summarises load-tests/batching.sh's results (JSON lines): per protocol, the medians over the rounds of the
-throughput and p99 of each mode at concurrency 64 and 1, and the median of the per-round ratios on / off.
+"""Summarises load-tests/batching.sh's results (JSON lines, each run's mode in its label: batching-off or
+batching-on): per protocol, the medians over the rounds of the throughput and p99 of each mode at concurrency 64 and
+1 (where one client alternated between the two servers), and the median of the per-round ratios on / off.
 Standard library only.
 
     python3 load-tests/batching.py target/perf/batching.jsonl
@@ -12,9 +13,11 @@ import sys
 
 def main(path):
     runs = [json.loads(line) for line in open(path) if line.strip()]
+    for run in runs:
+        run["mode"] = run["label"].removeprefix("batching-")
     protocols = list(dict.fromkeys(r["protocol"] for r in runs))
     rounds = sorted({r["round"] for r in runs})
-    print(f"{len(rounds)} round(s); medians over the rounds (lowest-highest)\n")
+    print(f"{len(rounds)} round(s); medians over the rounds (lowest-highest); c=1 with both modes side by side\n")
     print("| protocol | c=64 off req/s | c=64 on req/s | on / off | c=64 p99 off, on | c=1 p99 off, on | c=1 p99 on / off |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for protocol in protocols:

@@ -26,9 +26,9 @@ mkdir -p "$out"
 results=$out/batching.jsonl
 : > "$results"
 root=$(mktemp -d)
-server=
+servers=()
 cleanup() {
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi
+  if [ ${#servers[@]} -gt 0 ]; then kill "${servers[@]}" 2>/dev/null || true; fi
   rm -rf "$root"
 }
 trap cleanup EXIT
@@ -39,29 +39,57 @@ done
 echo 'max_batch_size = 0' > "$root/off/mlp/model.toml"
 printf 'max_batch_size = 64\n[batching]\nmax_queue_delay_us = 0\nmax_queue_size = 1024\n' > "$root/on/mlp/model.toml"
 
-# One run on a fresh server, so every run starts from the same state.
-run() { # round mode protocol concurrency
-  local port=$((18100 + RANDOM % 800)) ready=
+# Starts a server for mode $1 on core 0, each on a port of its own; sets port and adds the pid to servers.
+next_port=$((18100 + RANDOM % 400))
+start() {
+  port=$next_port
+  next_port=$((18100 + (next_port - 18100 + 1) % 800))
   taskset -c 0 target/release/infergate --host 127.0.0.1 --http-port "$port" --grpc-port "$((port + 1000))" \
-    --metrics-port 0 --model-repository "$root/$2" --log-level warn &
-  server=$!
-  for _ in $(seq 200); do curl -sf "127.0.0.1:$port/v2/health/ready" >/dev/null && ready=1 && break; sleep 0.05; done
-  [ -n "$ready" ] || { echo "the batching-$2 server on port $port never became ready" >&2; exit 1; }
-  taskset -c 1 target/release/loadgen --url "http://127.0.0.1:$port" --grpc-url "http://127.0.0.1:$((port + 1000))" \
-    --model mlp --concurrency "$4" --protocol "$3" --duration "$seconds" --warmup 2 --label "batching-$2" --json \
-    2>/dev/null | sed "s/^{/{\"round\": $1, \"mode\": \"$2\", /" >> "$results"
-  kill "$server"
-  wait "$server" 2>/dev/null || true
-  server=
+    --metrics-port 0 --model-repository "$root/$1" --log-level warn &
+  servers+=($!)
+  local ready=
+  for _ in $(seq 200); do
+    kill -0 "${servers[-1]}" 2>/dev/null || break
+    curl -sf "127.0.0.1:$port/v2/health/ready" >/dev/null && ready=1 && break
+    sleep 0.05
+  done
+  [ -n "$ready" ] || { echo "the batching-$1 server on port $port never became ready" >&2; exit 1; }
+}
+stop() {
+  kill "${servers[@]}" 2>/dev/null || true
+  wait "${servers[@]}" 2>/dev/null || true
+  servers=()
+}
+loadgen() { # round protocol concurrency [loadgen flags]
+  local round=$1 protocol=$2 concurrency=$3
+  shift 3
+  taskset -c 1 target/release/loadgen --model mlp --protocol "$protocol" --concurrency "$concurrency" \
+    --duration "$seconds" --warmup 2 --json "$@" 2>/dev/null | sed "s/^{/{\"round\": $round, /" >> "$results"
+}
+urls() { # [prefix]: the flags naming the server just started
+  echo "--${1:-}url http://127.0.0.1:$port --${1:-}grpc-url http://127.0.0.1:$((port + 1000))"
 }
 for round in $(seq "$rounds"); do
   # Odd rounds run off first, even rounds on first, so neither mode always follows the other.
   order=(off on)
   [ $((round % 2)) = 0 ] && order=(on off)
   for protocol in "${protocols[@]}"; do
-    for concurrency in 64 1; do
-      for mode in "${order[@]}"; do run "$round" "$mode" "$protocol" "$concurrency"; done
+    # Concurrency 64: each mode alone on a fresh server.
+    for mode in "${order[@]}"; do
+      start "$mode"
+      # shellcheck disable=SC2046 # the flags split on purpose
+      loadgen "$round" "$protocol" 64 $(urls) --label "batching-$mode"
+      stop
     done
+    # Concurrency 1: both servers up, the client alternating between them one request at a time, so every stall
+    # of the machine falls on both modes alike.
+    start "${order[0]}"
+    first=$(urls)
+    start "${order[1]}"
+    # shellcheck disable=SC2046
+    loadgen "$round" "$protocol" 1 $first $(urls compare-) --label "batching-${order[0]}" \
+      --compare-label "batching-${order[1]}"
+    stop
   done
   echo "round $round of $rounds done" >&2
 done

@@ -1,12 +1,13 @@
 //! The load generator's parts: what to send ([`workload`]), how to send it ([`caller`]: REST with JSON or binary
 //! tensors over a lean HTTP/1.1 client, gRPC unary and streaming), when to send it ([`drive`]: closed loop, or open
 //! loop at a constant or ramping arrival rate with latencies measured from the intended send time), scenario files
-//! with assertions ([`scenario`]), the server process's resources over time ([`process`]) and the report
-//! ([`report`]).
+//! with assertions ([`scenario`]), two servers compared side by side ([`paired`]), the server process's resources
+//! over time ([`process`]) and the report ([`report`]).
 
 pub mod caller;
 pub mod drive;
 pub mod http1;
+pub mod paired;
 pub mod process;
 pub mod report;
 pub mod scenario;

@@ -6,6 +6,9 @@
 //!   loadgen --model iris --rate 2000 --duration 10          (open loop: latency from the intended send time)
 //! A scenario file (phases, actions, expectations; see load-tests/scenarios/):
 //!   loadgen --scenario load-tests/scenarios/overload.toml --model iris --server-pid 1234
+//! Two servers side by side, each caller alternating between them (closed loop), to compare their latencies under
+//! the same conditions:
+//!   loadgen --model mlp --concurrency 1 --url http://127.0.0.1:8000 --compare-url http://127.0.0.1:9000
 //! Prints a table on stderr; `--json` prints the figures on stdout. Exits 1 when a scenario's expectations fail.
 
 use std::path::PathBuf;
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use infergate_load_tests::caller::Target;
+use infergate_load_tests::paired::{self, Side};
 use infergate_load_tests::scenario::{self, Expect, Options, Phase, Scenario};
 use infergate_load_tests::workload::{Protocol, Workload};
 
@@ -73,6 +77,16 @@ struct Args {
     /// Admin token for scenario actions that change the server.
     #[arg(long, env = "INFERGATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// A second server's REST base URL: each caller alternates between `--url` and this one, and both are
+    /// reported (closed loop, no scenario).
+    #[arg(long, conflicts_with_all = ["scenario", "rate"])]
+    compare_url: Option<String>,
+    /// The second server's gRPC URL.
+    #[arg(long, requires = "compare_url")]
+    compare_grpc_url: Option<String>,
+    /// The label of the second server's figures.
+    #[arg(long, default_value = "compare", requires = "compare_url")]
+    compare_label: String,
     /// Print the figures as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -103,7 +117,7 @@ async fn run(args: Args) -> Result<bool, String> {
         (false, Some(protocol)) => protocol,
         (false, None) => scenario.protocol.unwrap_or(Protocol::RestJson),
     };
-    let http_addr = args.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let http_addr = rest_addr(&args.url);
     let workload = match &args.body {
         Some(path) => Workload::from_body_file(&model, path)?,
         None => Workload::from_metadata(&http_addr, &model, scenario.rows).await?,
@@ -115,6 +129,23 @@ async fn run(args: Args) -> Result<bool, String> {
         routing_keys: scenario.routing_keys,
         timeout: Duration::from_millis(scenario.timeout_ms),
     };
+    if let Some(url) = &args.compare_url {
+        let other = Target {
+            http_addr: rest_addr(url),
+            grpc_url: args.compare_grpc_url.clone().unwrap_or_else(|| target.grpc_url.clone()),
+            ..target.clone()
+        };
+        let sides =
+            [Side { label: args.label.clone(), target }, Side { label: args.compare_label.clone(), target: other }];
+        let summaries = paired::compare(sides, &workload, args.concurrency, args.warmup, args.duration).await?;
+        for summary in &summaries {
+            eprintln!("{}", summary.line());
+            if args.json {
+                println!("{}", serde_json::to_string(summary).map_err(|e| e.to_string())?);
+            }
+        }
+        return Ok(true);
+    }
     let options = Options { target, server_pid: args.server_pid, admin_token: args.admin_token.clone() };
     let report = scenario::run(&scenario, &workload, &options).await?;
     if args.json {
@@ -133,6 +164,11 @@ async fn run(args: Args) -> Result<bool, String> {
         eprintln!("scenario {}: {}", report.scenario, if report.passed { "passed" } else { "FAILED" });
     }
     Ok(report.passed)
+}
+
+/// `host:port` of a REST base URL.
+fn rest_addr(url: &str) -> String {
+    url.trim_start_matches("http://").trim_end_matches('/').to_owned()
 }
 
 /// One measurement from the flags: a warm-up phase (not recorded), then the measured one.

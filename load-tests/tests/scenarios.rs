@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use infergate::config::{ModelControlMode, Secret};
@@ -30,7 +31,10 @@ async fn start() -> Server {
 }
 
 async fn start_on(repository: &Path) -> Server {
-    let state = std::env::temp_dir().join(format!("infergate-load-tests-{}", std::process::id()));
+    // Each server its own state folder: the comparison test runs two at once.
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    let number = STARTED.fetch_add(1, Ordering::Relaxed);
+    let state = std::env::temp_dir().join(format!("infergate-load-tests-{}-{number}", std::process::id()));
     let config = Config {
         model_repository: repository.to_owned(),
         host: "127.0.0.1".parse().unwrap(),
@@ -147,6 +151,39 @@ async fn a_weighted_split_is_seen_in_the_answers() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
     server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_compared_side_by_side_share_the_requests() {
+    let _serial = SERIAL.lock().await;
+    let (first, second) = (start().await, start().await);
+    for protocol in ["rest-binary", "grpc"] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(["--url", &format!("http://{}", first.http_addr())])
+            .args(["--grpc-url", &format!("http://{}", first.grpc_addr())])
+            .args(["--compare-url", &format!("http://{}", second.http_addr())])
+            .args(["--compare-grpc-url", &format!("http://{}", second.grpc_addr())])
+            .args(["--label", "first", "--compare-label", "second", "--model", "iris", "--protocol", protocol])
+            .args(["--concurrency", "2", "--duration", "1", "--warmup", "0.2", "--json"])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{protocol}: {stderr}");
+        let figures: Vec<Value> =
+            String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+        let labels: Vec<&Value> = figures.iter().map(|f| &f["label"]).collect();
+        assert_eq!(labels, ["first", "second"], "{protocol}: {stderr}");
+        // Each caller alternates, so the sides' counts differ by at most one request per caller.
+        let counts: Vec<u64> = figures.iter().map(|f| f["requests"].as_u64().unwrap()).collect();
+        assert!(counts[0] > 50 && counts[0].abs_diff(counts[1]) <= 2, "{protocol}: {counts:?}");
+        for side in &figures {
+            assert_eq!((side["ok"].as_u64(), side["errors"].as_u64()), (side["requests"].as_u64(), Some(0)), "{side}");
+            assert!(side["p99_us"].as_u64().unwrap() > 0, "{side}");
+        }
+    }
+    first.shutdown();
+    second.shutdown();
 }
 
 /// Prints a report's per-phase figures and process samples, for the test log.
