@@ -81,7 +81,7 @@ struct Args {
     /// reported (closed loop, no scenario).
     #[arg(long, conflicts_with_all = ["scenario", "rate"])]
     compare_url: Option<String>,
-    /// The second server's gRPC URL.
+    /// The second server's gRPC URL (needed for the gRPC protocols).
     #[arg(long, requires = "compare_url")]
     compare_grpc_url: Option<String>,
     /// The label of the second server's figures.
@@ -130,21 +130,7 @@ async fn run(args: Args) -> Result<bool, String> {
         timeout: Duration::from_millis(scenario.timeout_ms),
     };
     if let Some(url) = &args.compare_url {
-        let other = Target {
-            http_addr: rest_addr(url),
-            grpc_url: args.compare_grpc_url.clone().unwrap_or_else(|| target.grpc_url.clone()),
-            ..target.clone()
-        };
-        let sides =
-            [Side { label: args.label.clone(), target }, Side { label: args.compare_label.clone(), target: other }];
-        let summaries = paired::compare(sides, &workload, args.concurrency, args.warmup, args.duration).await?;
-        for summary in &summaries {
-            eprintln!("{}", summary.line());
-            if args.json {
-                println!("{}", serde_json::to_string(summary).map_err(|e| e.to_string())?);
-            }
-        }
-        return Ok(true);
+        return side_by_side(&args, url, target, &workload).await;
     }
     let options = Options { target, server_pid: args.server_pid, admin_token: args.admin_token.clone() };
     let report = scenario::run(&scenario, &workload, &options).await?;
@@ -164,6 +150,25 @@ async fn run(args: Args) -> Result<bool, String> {
         eprintln!("scenario {}: {}", report.scenario, if report.passed { "passed" } else { "FAILED" });
     }
     Ok(report.passed)
+}
+
+/// Both servers' figures, each caller alternating between `--url` and `--compare-url`.
+async fn side_by_side(args: &Args, url: &str, target: Target, workload: &Workload) -> Result<bool, String> {
+    let grpc_url = match (&args.compare_grpc_url, target.protocol.is_grpc()) {
+        (Some(grpc_url), _) => grpc_url.clone(),
+        (None, false) => String::new(),
+        (None, true) => return Err("name the second server's gRPC endpoint: --compare-grpc-url".to_owned()),
+    };
+    let other = Target { http_addr: rest_addr(url), grpc_url, ..target.clone() };
+    let sides = [Side { label: args.label.clone(), target }, Side { label: args.compare_label.clone(), target: other }];
+    let summaries = paired::compare(sides, workload, args.concurrency, args.warmup, args.duration).await?;
+    for summary in &summaries {
+        eprintln!("{}", summary.line());
+        if args.json {
+            println!("{}", serde_json::to_string(summary).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(true)
 }
 
 /// `host:port` of a REST base URL.

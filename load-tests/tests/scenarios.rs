@@ -182,6 +182,16 @@ async fn two_servers_compared_side_by_side_share_the_requests() {
             assert!(side["p99_us"].as_u64().unwrap() > 0, "{side}");
         }
     }
+    // gRPC needs the second server's gRPC endpoint named: without it, loadgen refuses to start.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--url", &format!("http://{}", first.http_addr())])
+        .args(["--compare-url", &format!("http://{}", second.http_addr())])
+        .args(["--model", "iris", "--protocol", "grpc", "--duration", "1"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--compare-grpc-url"));
     first.shutdown();
     second.shutdown();
 }
