@@ -5,18 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
+use crate::grpc_unary;
 use crate::http1::{self, Connection};
 use crate::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::proto::{ModelInferRequest, ModelStreamInferResponse, infer_parameter};
 use crate::workload::{Protocol, Workload};
 
 /// The routing-key header (REST) and metadata key (gRPC) of sticky traffic splits.
-const ROUTING_KEY: &str = "x-routing-key";
+pub(crate) const ROUTING_KEY: &str = "x-routing-key";
 /// Response header and metadata naming the traffic variant that answered.
-const VARIANT: &str = "x-infergate-variant";
+pub(crate) const VARIANT: &str = "x-infergate-variant";
 
 /// Where and how to call.
 #[derive(Debug, Clone)]
@@ -47,14 +49,16 @@ pub enum Outcome {
 #[derive(Debug)]
 enum Prepared {
     Rest(Vec<Bytes>),
+    /// Each request framed as gRPC sends it, with its routing key header.
+    Grpc(Vec<(Bytes, Option<HeaderValue>)>),
     /// Each request with its routing key as gRPC metadata, parsed once.
-    Grpc(Vec<(ModelInferRequest, Option<MetadataValue<Ascii>>)>),
+    Stream(Vec<(ModelInferRequest, Option<MetadataValue<Ascii>>)>),
 }
 
 #[derive(Debug)]
 enum Link {
     Rest(Option<Connection>),
-    Grpc(GrpcInferenceServiceClient<Channel>),
+    Grpc(Option<grpc_unary::Connection>),
     Stream(Box<Stream>),
 }
 
@@ -105,10 +109,16 @@ impl Requests {
                     })
                     .collect(),
             ),
-            Protocol::Grpc | Protocol::GrpcStream => {
+            Protocol::Grpc => {
+                let request = workload.grpc.as_ref().ok_or("gRPC needs generated inputs, not a JSON body file")?;
+                let framed = grpc_unary::frame(request)?;
+                let keyed = keys.iter().map(|key| Ok((framed.clone(), key.as_deref().map(header).transpose()?)));
+                Prepared::Grpc(keyed.collect::<Result<_, String>>()?)
+            }
+            Protocol::GrpcStream => {
                 let request = workload.grpc.clone().ok_or("gRPC needs generated inputs, not a JSON body file")?;
                 let keyed = keys.iter().map(|key| Ok((request.clone(), key.as_deref().map(metadata).transpose()?)));
-                Prepared::Grpc(keyed.collect::<Result<_, String>>()?)
+                Prepared::Stream(keyed.collect::<Result<_, String>>()?)
             }
         };
         if target.protocol == Protocol::RestBinary && workload.binary_body.is_empty() {
@@ -125,9 +135,9 @@ impl Caller {
         let prepared = Arc::clone(&requests.0);
         let link = match target.protocol {
             Protocol::RestJson | Protocol::RestBinary => Link::Rest(None),
-            Protocol::Grpc => Link::Grpc(connect(&target.grpc_url).await?),
+            Protocol::Grpc => Link::Grpc(Some(grpc_unary::Connection::connect(&target.grpc_url).await?)),
             Protocol::GrpcStream => {
-                let Prepared::Grpc(requests) = prepared.as_ref() else { unreachable!("prepared for gRPC") };
+                let Prepared::Stream(requests) = prepared.as_ref() else { unreachable!("prepared for streams") };
                 let (request, key) = requests[index % requests.len()].clone();
                 let mut client = connect(&target.grpc_url).await?;
                 let (sender, mut outbound) = tokio::sync::mpsc::channel::<ModelInferRequest>(1);
@@ -193,18 +203,25 @@ impl Caller {
                     }
                 }
             }
-            (Link::Grpc(client), Prepared::Grpc(requests)) => {
-                let (request, routing_key) = &requests[key % requests.len()];
-                let mut call = tonic::Request::new(request.clone());
-                if let Some(routing_key) = routing_key {
-                    call.metadata_mut().insert(ROUTING_KEY, routing_key.clone());
-                }
-                match client.model_infer(call).await {
-                    Ok(response) => {
-                        let variant = response.metadata().get(VARIANT).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                        Outcome::Ok { variant }
+            (Link::Grpc(connection), Prepared::Grpc(requests)) => {
+                let (message, routing_key) = &requests[key % requests.len()];
+                if connection.is_none() {
+                    match grpc_unary::Connection::connect(&self.target.grpc_url).await {
+                        Ok(c) => *connection = Some(c),
+                        Err(_) => return Outcome::Failed("connect".to_owned()),
                     }
-                    Err(status) => grpc_failure(&status),
+                }
+                let Some(open) = connection.as_mut() else { unreachable!("connected above") };
+                match open.call(message, routing_key.as_ref()).await {
+                    grpc_unary::Status::Ok { variant } => Outcome::Ok { variant },
+                    grpc_unary::Status::Code(tonic::Code::ResourceExhausted) => Outcome::Shed,
+                    grpc_unary::Status::Code(code) => Outcome::Failed(format!("grpc {code:?}")),
+                    grpc_unary::Status::Http(status) => Outcome::Failed(format!("http {status}")),
+                    grpc_unary::Status::Transport => {
+                        // The next request connects afresh.
+                        *connection = None;
+                        Outcome::Failed("grpc transport".to_owned())
+                    }
                 }
             }
             (Link::Stream(stream), _) => {
@@ -239,6 +256,10 @@ async fn connect(url: &str) -> Result<GrpcInferenceServiceClient<Channel>, Strin
     let channel = endpoint.tcp_nodelay(true).connect().await.map_err(|e| format!("cannot connect to {url}: {e}"))?;
     let client = GrpcInferenceServiceClient::new(channel);
     Ok(client.max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
+}
+
+fn header(value: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(value).map_err(|_| format!("{value:?} is not a valid header value"))
 }
 
 fn metadata(value: &str) -> Result<MetadataValue<Ascii>, String> {
