@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Batching off (max_batch_size = 0) against eager batching (max_batch_size = 64, no delay) on the bundled mlp model,
-# on one core: each run on a fresh server pinned to core 0, the load generator pinned to core 1, closed loop, one
-# row per request. Each round measures, per protocol, both modes at concurrency 64, then both at concurrency 1,
-# back to back (off first in odd rounds, on first in even ones), so slow drifts of the machine hit both modes alike;
-# the summary gives the medians over the rounds and the median of the per-round ratios (load-tests/batching.py).
+# on one core: servers pinned to core 0, the load generator pinned to core 1, closed loop, one row per request.
+# Each round measures, per protocol:
+#   - concurrency 64: each mode alone on a fresh server, back to back (off first in odd rounds, on first in even
+#     ones), so slow drifts of the machine hit both modes alike;
+#   - concurrency 1: both servers up and one client alternating between them (loadgen --compare-url), so that even
+#     a short stall hits both. Both servers share core 0, so whatever one does after answering overlaps the
+#     other's next request: each mode pays for the other's background work alike.
+# The summary gives the medians over the rounds and the median of the per-round ratios (load-tests/batching.py).
 #   load-tests/batching.sh [seconds per run] [rounds] [protocol ...]
 #   protocols: rest-binary rest-json grpc (default), grpc-stream
 # Runs ONNX Runtime when ORT_DYLIB_PATH is set or the test environment (.venv) has it, tract otherwise.
-# Results go to target/perf/batching.jsonl.
+# Results go to target/perf/batching.jsonl, loadgen's own output to target/perf/batching.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-8}
@@ -24,7 +28,9 @@ cargo build --release --quiet --bin infergate && cargo build --release --quiet -
 out=target/perf
 mkdir -p "$out"
 results=$out/batching.jsonl
+log=$out/batching.log
 : > "$results"
+: > "$log"
 root=$(mktemp -d)
 servers=()
 cleanup() {
@@ -39,21 +45,32 @@ done
 echo 'max_batch_size = 0' > "$root/off/mlp/model.toml"
 printf 'max_batch_size = 64\n[batching]\nmax_queue_delay_us = 0\nmax_queue_size = 1024\n' > "$root/on/mlp/model.toml"
 
-# Starts a server for mode $1 on core 0, each on a port of its own; sets port and adds the pid to servers.
+# Starts a server for mode $1 on core 0, on the next port that works; sets `urls` (the loadgen flags naming it,
+# with the prefix $2) and adds its pid to `servers`.
 next_port=$((18100 + RANDOM % 400))
 start() {
-  port=$next_port
-  next_port=$((18100 + (next_port - 18100 + 1) % 800))
-  taskset -c 0 target/release/infergate --host 127.0.0.1 --http-port "$port" --grpc-port "$((port + 1000))" \
-    --metrics-port 0 --model-repository "$root/$1" --log-level warn &
-  servers+=($!)
-  local ready=
-  for _ in $(seq 200); do
-    kill -0 "${servers[-1]}" 2>/dev/null || break
-    curl -sf "127.0.0.1:$port/v2/health/ready" >/dev/null && ready=1 && break
-    sleep 0.05
+  local mode=$1 prefix=${2:-} port pid
+  for _ in 1 2 3 4 5; do
+    port=$next_port
+    next_port=$((18100 + (next_port - 18100 + 1) % 800))
+    taskset -c 0 target/release/infergate --host 127.0.0.1 --http-port "$port" --grpc-port "$((port + 1000))" \
+      --metrics-port 0 --model-repository "$root/$mode" --log-level warn 2>>"$log" &
+    pid=$!
+    for _ in $(seq 200); do
+      kill -0 "$pid" 2>/dev/null || break
+      # Ready, and still ours: a server that lost the port to another process has exited by then.
+      if curl -sf "127.0.0.1:$port/v2/health/ready" >/dev/null && kill -0 "$pid" 2>/dev/null; then
+        servers+=("$pid")
+        urls=("--${prefix}url" "http://127.0.0.1:$port" "--${prefix}grpc-url" "http://127.0.0.1:$((port + 1000))")
+        return
+      fi
+      sleep 0.05
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
   done
-  [ -n "$ready" ] || { echo "the batching-$1 server on port $port never became ready" >&2; exit 1; }
+  echo "no batching-$mode server became ready; see $log" >&2
+  exit 1
 }
 stop() {
   kill "${servers[@]}" 2>/dev/null || true
@@ -63,31 +80,27 @@ stop() {
 loadgen() { # round protocol concurrency [loadgen flags]
   local round=$1 protocol=$2 concurrency=$3
   shift 3
-  taskset -c 1 target/release/loadgen --model mlp --protocol "$protocol" --concurrency "$concurrency" \
-    --duration "$seconds" --warmup 2 --json "$@" 2>/dev/null | sed "s/^{/{\"round\": $round, /" >> "$results"
-}
-urls() { # [prefix]: the flags naming the server just started
-  echo "--${1:-}url http://127.0.0.1:$port --${1:-}grpc-url http://127.0.0.1:$((port + 1000))"
+  if ! taskset -c 1 target/release/loadgen --model mlp --protocol "$protocol" --concurrency "$concurrency" \
+    --duration "$seconds" --warmup 2 --json "$@" 2>>"$log" | sed "s/^{/{\"round\": $round, /" >> "$results"; then
+    echo "loadgen failed (round $round, $protocol, c=$concurrency):" >&2
+    tail -5 "$log" >&2
+    exit 1
+  fi
 }
 for round in $(seq "$rounds"); do
   # Odd rounds run off first, even rounds on first, so neither mode always follows the other.
   order=(off on)
   [ $((round % 2)) = 0 ] && order=(on off)
   for protocol in "${protocols[@]}"; do
-    # Concurrency 64: each mode alone on a fresh server.
     for mode in "${order[@]}"; do
       start "$mode"
-      # shellcheck disable=SC2046 # the flags split on purpose
-      loadgen "$round" "$protocol" 64 $(urls) --label "batching-$mode"
+      loadgen "$round" "$protocol" 64 "${urls[@]}" --label "batching-$mode"
       stop
     done
-    # Concurrency 1: both servers up, the client alternating between them one request at a time, so every stall
-    # of the machine falls on both modes alike.
     start "${order[0]}"
-    first=$(urls)
-    start "${order[1]}"
-    # shellcheck disable=SC2046
-    loadgen "$round" "$protocol" 1 $first $(urls compare-) --label "batching-${order[0]}" \
+    first=("${urls[@]}")
+    start "${order[1]}" compare-
+    loadgen "$round" "$protocol" 1 "${first[@]}" "${urls[@]}" --label "batching-${order[0]}" \
       --compare-label "batching-${order[1]}"
     stop
   done

@@ -1,5 +1,5 @@
-//! One client of the server: a connection (REST keep-alive, gRPC channel or stream) that sends the prepared request
-//! and classifies the answer. Each load-generating task owns one.
+//! One client of the server: a connection (REST keep-alive, gRPC over HTTP/2, or a gRPC stream) that sends the
+//! prepared request and classifies the answer. Each load-generating task owns one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,16 +9,12 @@ use http::HeaderValue;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-use crate::grpc_unary;
+use crate::ROUTING_KEY;
+use crate::grpc_unary::{self, Answer};
 use crate::http1::{self, Connection};
 use crate::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::proto::{ModelInferRequest, ModelStreamInferResponse, infer_parameter};
 use crate::workload::{Protocol, Workload};
-
-/// The routing-key header (REST) and metadata key (gRPC) of sticky traffic splits.
-pub(crate) const ROUTING_KEY: &str = "x-routing-key";
-/// Response header and metadata naming the traffic variant that answered.
-pub(crate) const VARIANT: &str = "x-infergate-variant";
 
 /// Where and how to call.
 #[derive(Debug, Clone)]
@@ -205,23 +201,34 @@ impl Caller {
             }
             (Link::Grpc(connection), Prepared::Grpc(requests)) => {
                 let (message, routing_key) = &requests[key % requests.len()];
-                if connection.is_none() {
-                    match grpc_unary::Connection::connect(&self.target.grpc_url).await {
-                        Ok(c) => *connection = Some(c),
-                        Err(_) => return Outcome::Failed("connect".to_owned()),
+                // As for REST: a request that never left a reused connection (closed by the server meanwhile) is
+                // sent once more on a fresh one.
+                let mut reused = connection.is_some();
+                loop {
+                    if connection.is_none() {
+                        match grpc_unary::Connection::connect(&self.target.grpc_url).await {
+                            Ok(c) => *connection = Some(c),
+                            Err(_) => return Outcome::Failed("connect".to_owned()),
+                        }
                     }
-                }
-                let Some(open) = connection.as_mut() else { unreachable!("connected above") };
-                match open.call(message, routing_key.as_ref()).await {
-                    grpc_unary::Status::Ok { variant } => Outcome::Ok { variant },
-                    grpc_unary::Status::Code(tonic::Code::ResourceExhausted) => Outcome::Shed,
-                    grpc_unary::Status::Code(code) => Outcome::Failed(format!("grpc {code:?}")),
-                    grpc_unary::Status::Http(status) => Outcome::Failed(format!("http {status}")),
-                    grpc_unary::Status::Transport => {
-                        // The next request connects afresh.
-                        *connection = None;
-                        Outcome::Failed("grpc transport".to_owned())
-                    }
+                    let Some(open) = connection.as_mut() else { unreachable!("connected above") };
+                    return match open.call(message, routing_key.as_ref()).await {
+                        Answer::Ok { variant } => Outcome::Ok { variant },
+                        Answer::Code(tonic::Code::ResourceExhausted) => Outcome::Shed,
+                        Answer::Code(code) => Outcome::Failed(format!("grpc {code:?}")),
+                        Answer::NoMessage => Outcome::Failed("grpc no message".to_owned()),
+                        Answer::Http(status) => Outcome::Failed(format!("http {status}")),
+                        Answer::Reset(reason) => Outcome::Failed(format!("grpc reset {reason:?}")),
+                        Answer::Unsent if reused => {
+                            *connection = None;
+                            reused = false;
+                            continue;
+                        }
+                        Answer::Unsent | Answer::Broken => {
+                            *connection = None;
+                            Outcome::Failed("grpc connection".to_owned())
+                        }
+                    };
                 }
             }
             (Link::Stream(stream), _) => {

@@ -1,10 +1,10 @@
 //! A lean gRPC unary client for load generation: one HTTP/2 connection (h2, no tower stack, no buffer task), each
-//! request's message framed once in advance, and the answer judged by its status without decoding it. tonic's
-//! client spends about as much CPU per request as the server under test; this one leaves the generator's core
-//! free, so a one-core server is what a run measures.
+//! request's message framed once in advance, and the answer judged by its status and the length of its message
+//! without decoding it. tonic's client spends about as much CPU per request as the server under test; this one
+//! leaves the generator's core free, so a one-core server is what a run measures.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderValue, Method, Request, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use prost::Message;
 use tokio::net::TcpStream;
 
@@ -15,17 +15,23 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 /// The `ModelInfer` method's path.
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
-/// How a request ended, before it is classified as the caller's outcome.
+/// How one call ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Status {
-    /// gRPC status 0, with the `x-infergate-variant` metadata when the server sent it.
+pub enum Answer {
+    /// gRPC status 0 with one message, and the `x-infergate-variant` metadata when the server sent it.
     Ok { variant: Option<String> },
     /// Another gRPC status code.
     Code(tonic::Code),
+    /// Status 0 without exactly one whole message.
+    NoMessage,
     /// An HTTP status other than 200 (a gRPC server answers 200 and puts errors in `grpc-status`).
     Http(u16),
-    /// The connection failed; a new one is needed.
-    Transport,
+    /// The server reset this stream; the connection stays usable.
+    Reset(h2::Reason),
+    /// The request never left: the connection was closed or going away. Safe to send again on a new one.
+    Unsent,
+    /// The connection failed while the request was out; a new one is needed.
+    Broken,
 }
 
 /// One open connection.
@@ -36,10 +42,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to `url` (`http://host:port`) and completes the HTTP/2 handshake.
+    /// Connects to `url` (`http://host:port`) and completes the HTTP/2 handshake (cleartext, prior knowledge).
     pub async fn connect(url: &str) -> Result<Connection, String> {
         let base: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let authority = base.authority().ok_or_else(|| format!("{url}: no host and port"))?.clone();
+        if base.scheme_str() != Some("http") {
+            return Err(format!("{url}: only http:// URLs (cleartext HTTP/2) are supported"));
+        }
+        let authority =
+            base.authority().filter(|a| a.port().is_some()).ok_or_else(|| format!("{url}: name the port"))?;
         let uri = Uri::builder()
             .scheme("http")
             .authority(authority.clone())
@@ -61,45 +71,56 @@ impl Connection {
         Ok(Connection { sender, uri })
     }
 
-    /// Sends one framed message (see [`frame`]) and waits for the answer's status.
-    pub async fn call(&mut self, message: &Bytes, routing_key: Option<&HeaderValue>) -> Status {
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .header("content-type", "application/grpc")
-            .header("te", "trailers");
+    /// Sends one framed message (see [`frame`]) and waits for the answer.
+    pub async fn call(&mut self, message: &Bytes, routing_key: Option<&HeaderValue>) -> Answer {
+        let mut request = Request::new(());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         if let Some(key) = routing_key {
-            request = request.header(crate::caller::ROUTING_KEY, key.clone());
+            headers.insert(crate::ROUTING_KEY, key.clone());
         }
-        let Ok(request) = request.body(()) else { unreachable!("the method, URI and headers are valid") };
-        if std::future::poll_fn(|cx| self.sender.poll_ready(cx)).await.is_err() {
-            return Status::Transport;
+        if let Err(e) = std::future::poll_fn(|cx| self.sender.poll_ready(cx)).await {
+            return failure(&e, false);
         }
-        let Ok((answer, mut body)) = self.sender.send_request(request, false) else { return Status::Transport };
-        if body.send_data(message.clone(), true).is_err() {
-            return Status::Transport;
+        let (answer, mut body) = match self.sender.send_request(request, false) {
+            Ok(sent) => sent,
+            Err(e) => return failure(&e, false),
+        };
+        if let Err(e) = body.send_data(message.clone(), true) {
+            return failure(&e, true);
         }
-        let Ok(answer) = answer.await else { return Status::Transport };
+        let answer = match answer.await {
+            Ok(answer) => answer,
+            Err(e) => return failure(&e, true),
+        };
         if answer.status() != http::StatusCode::OK {
-            return Status::Http(answer.status().as_u16());
+            return Answer::Http(answer.status().as_u16());
         }
-        let variant = header_text(answer.headers(), crate::caller::VARIANT);
+        let variant = answer.headers().get(crate::VARIANT).and_then(|v| v.to_str().ok()).map(str::to_owned);
         // A failure may come as headers alone ("trailers-only"), with the status among them.
         if let Some(code) = grpc_status(answer.headers()) {
-            return finish(code, variant);
+            return judge(code, None, variant);
         }
         let mut answer = answer.into_body();
+        let mut message = Framing::default();
         while let Some(chunk) = answer.data().await {
-            let Ok(chunk) = chunk else { return Status::Transport };
-            let _ = answer.flow_control().release_capacity(chunk.len());
+            match chunk {
+                Ok(chunk) => {
+                    let _ = answer.flow_control().release_capacity(chunk.len());
+                    message.add(&chunk);
+                }
+                Err(e) => return failure(&e, true),
+            }
         }
         match answer.trailers().await {
-            Ok(Some(trailers)) => match grpc_status(&trailers) {
-                Some(code) => finish(code, variant),
-                None => Status::Code(tonic::Code::Unknown),
+            Ok(trailers) => match trailers.as_ref().and_then(grpc_status) {
+                Some(code) => judge(code, Some(&message), variant),
+                None => Answer::Code(tonic::Code::Unknown),
             },
-            Ok(None) => Status::Code(tonic::Code::Unknown),
-            Err(_) => Status::Transport,
+            Err(e) => failure(&e, true),
         }
     }
 }
@@ -115,18 +136,48 @@ pub fn frame(message: &impl Message) -> Result<Bytes, String> {
     Ok(framed.freeze())
 }
 
-fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
-    header_text(headers, "grpc-status").and_then(|s| s.parse().ok())
+/// The answer's body as it arrives: its first five bytes (the flag and the length prefix) and its size.
+#[derive(Debug, Default)]
+struct Framing {
+    prefix: Vec<u8>,
+    received: usize,
 }
 
-fn header_text(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+impl Framing {
+    fn add(&mut self, chunk: &[u8]) {
+        let wanted = 5usize.saturating_sub(self.prefix.len()).min(chunk.len());
+        self.prefix.extend_from_slice(&chunk[..wanted]);
+        self.received += chunk.len();
+    }
+
+    /// Whether the body is exactly one message, as its prefix announces.
+    fn one_message(&self) -> bool {
+        match self.prefix[..] {
+            [_, a, b, c, d] => self.received == 5 + u32::from_be_bytes([a, b, c, d]) as usize,
+            _ => false,
+        }
+    }
 }
 
-fn finish(code: i32, variant: Option<String>) -> Status {
+fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok())
+}
+
+/// The answer for a final `grpc-status`; `body` is `None` for a trailers-only answer.
+fn judge(code: i32, body: Option<&Framing>, variant: Option<String>) -> Answer {
     match tonic::Code::from(code) {
-        tonic::Code::Ok => Status::Ok { variant },
-        code => Status::Code(code),
+        tonic::Code::Ok if body.is_some_and(Framing::one_message) => Answer::Ok { variant },
+        tonic::Code::Ok => Answer::NoMessage,
+        code => Answer::Code(code),
+    }
+}
+
+/// An h2 error: a reset of this stream, or the connection's failure (`sent`: whether the request may have left).
+fn failure(error: &h2::Error, sent: bool) -> Answer {
+    match error.reason() {
+        Some(reason) if error.is_reset() => Answer::Reset(reason),
+        _ if !sent => Answer::Unsent,
+        _ => Answer::Broken,
     }
 }
 
@@ -142,5 +193,30 @@ mod tests {
         assert_eq!(framed[0], 0);
         assert_eq!(u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize, framed.len() - 5);
         assert_eq!(ModelInferRequest::decode(&framed[5..]).unwrap(), request);
+    }
+
+    #[test]
+    fn answers_are_judged_by_status_and_message() {
+        let request = ModelInferRequest { model_name: "mlp".to_owned(), ..Default::default() };
+        let framed = frame(&request).unwrap();
+        // The body in three chunks, the length prefix split between the first two.
+        let mut whole = Framing::default();
+        for chunk in [&framed[..2], &framed[2..7], &framed[7..]] {
+            whole.add(chunk);
+        }
+        let variant = Some("v2".to_owned());
+        assert_eq!(judge(0, Some(&whole), variant.clone()), Answer::Ok { variant });
+        // Status 0 with no message, a truncated one, or trailers alone is not an answer.
+        assert_eq!(judge(0, Some(&Framing::default()), None), Answer::NoMessage);
+        let mut short = Framing::default();
+        short.add(&framed[..framed.len() - 1]);
+        assert_eq!(judge(0, Some(&short), None), Answer::NoMessage);
+        assert_eq!(judge(0, None, None), Answer::NoMessage);
+        // Errors keep their code, with or without a body.
+        assert_eq!(judge(8, None, None), Answer::Code(tonic::Code::ResourceExhausted));
+        assert_eq!(judge(4, Some(&whole), None), Answer::Code(tonic::Code::DeadlineExceeded));
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", HeaderValue::from_static("5"));
+        assert_eq!(grpc_status(&headers), Some(5));
     }
 }

@@ -161,7 +161,7 @@ fn parse_head(buffer: &[u8]) -> Result<Option<Head>, Failure> {
             length = Some(BodyLength::Exact(n));
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
             length = Some(BodyLength::Chunked);
-        } else if header.name.eq_ignore_ascii_case("x-infergate-variant") {
+        } else if header.name.eq_ignore_ascii_case(crate::VARIANT) {
             variant = Some(value.to_owned());
         } else if header.name.eq_ignore_ascii_case("retry-after") {
             retry_after = value.parse().ok();

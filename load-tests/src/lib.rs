@@ -15,5 +15,10 @@ pub mod report;
 pub mod scenario;
 pub mod workload;
 
+/// The routing-key header (REST) and metadata key (gRPC) of sticky traffic splits.
+pub const ROUTING_KEY: &str = "x-routing-key";
+/// The response header and metadata naming the traffic variant that answered.
+pub const VARIANT: &str = "x-infergate-variant";
+
 /// The KServe v2 gRPC messages and client, generated with the server's.
 pub use infergate::api::grpc::proto;

@@ -38,7 +38,7 @@ struct Args {
     /// Same as `--protocol rest-binary`.
     #[arg(long)]
     binary: bool,
-    /// Concurrent callers: connections (REST), channels (gRPC) or streams.
+    /// Concurrent callers: connections (REST and gRPC) or streams.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
     /// Open loop at this many requests per second; closed loop without it.
@@ -79,7 +79,7 @@ struct Args {
     admin_token: Option<String>,
     /// A second server's REST base URL: each caller alternates between `--url` and this one, and both are
     /// reported (closed loop, no scenario).
-    #[arg(long, conflicts_with_all = ["scenario", "rate"])]
+    #[arg(long, conflicts_with_all = ["scenario", "rate", "server_pid"])]
     compare_url: Option<String>,
     /// The second server's gRPC URL (needed for the gRPC protocols).
     #[arg(long, requires = "compare_url")]
