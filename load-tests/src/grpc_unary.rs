@@ -136,26 +136,27 @@ pub fn frame(message: &impl Message) -> Result<Bytes, String> {
     Ok(framed.freeze())
 }
 
-/// The answer's body as it arrives: its first five bytes (the flag and the length prefix) and its size.
+/// The answer's body as it arrives: its first five bytes (the flag and the length prefix) and its size. The
+/// prefix lives inline, so judging an answer allocates nothing.
 #[derive(Debug, Default)]
 struct Framing {
-    prefix: Vec<u8>,
+    prefix: [u8; 5],
     received: usize,
 }
 
 impl Framing {
     fn add(&mut self, chunk: &[u8]) {
-        let wanted = 5usize.saturating_sub(self.prefix.len()).min(chunk.len());
-        self.prefix.extend_from_slice(&chunk[..wanted]);
+        // The prefix is the body's first five bytes: those of it not yet received come from this chunk.
+        let at = self.received.min(5);
+        let wanted = (5 - at).min(chunk.len());
+        self.prefix[at..at + wanted].copy_from_slice(&chunk[..wanted]);
         self.received += chunk.len();
     }
 
     /// Whether the body is exactly one message, as its prefix announces.
     fn one_message(&self) -> bool {
-        match self.prefix[..] {
-            [_, a, b, c, d] => self.received == 5 + u32::from_be_bytes([a, b, c, d]) as usize,
-            _ => false,
-        }
+        let [_, a, b, c, d] = self.prefix;
+        self.received >= 5 && self.received == 5 + u32::from_be_bytes([a, b, c, d]) as usize
     }
 }
 
