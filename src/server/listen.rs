@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::config::ConnectionLimits;
 
@@ -48,12 +48,15 @@ impl std::fmt::Debug for Listen {
 
 /// Serves `app` on `listener` until `stop` turns true; then stops accepting, lets each connection finish its
 /// open requests, and returns once every connection has closed.
-pub fn serve(
+pub fn serve<S>(
     listener: TcpListener,
-    app: axum::Router,
+    app: S,
     listen: Listen,
     mut stop: watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>> {
+) -> JoinHandle<std::io::Result<()>>
+where
+    S: App,
+{
     tokio::spawn(async move {
         let slots = u32::try_from(listen.limits.max_connections).unwrap_or(u32::MAX);
         let open = Arc::new(Semaphore::new(slots as usize));
@@ -116,15 +119,29 @@ fn connection_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor>
     builder
 }
 
+/// What a listener serves: an axum router, or a service in front of one.
+pub trait App:
+    Service<hyper::Request<Incoming>, Response = Response, Error = Infallible, Future: Send> + Clone + Send + 'static
+{
+}
+
+impl<S> App for S where
+    S: Service<hyper::Request<Incoming>, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// One accepted connection.
-struct Connection {
-    app: axum::Router,
+struct Connection<S> {
+    app: S,
     builder: Arc<auto::Builder<TokioExecutor>>,
     header_timeout: Duration,
     stop: watch::Receiver<bool>,
 }
 
-impl Connection {
+impl<S: App> Connection<S> {
     async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
         let Some(tls) = tls else {
             return self.serve(tcp).await;
@@ -146,8 +163,7 @@ impl Connection {
         let seen = Arc::clone(&seen_request);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             seen.store(true, Ordering::Relaxed);
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.oneshot(request.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
+            app.clone().oneshot(request)
         });
         let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 pub use json::{EncodedResponse, OutputFormat, decode_request, encode_response};
-pub use routes::{Limits, metrics_router, router};
+pub use routes::{Limits, RestApi, metrics_router, router};
 
 use crate::api::ApiError;
 

@@ -1,6 +1,9 @@
 //! Route table and handlers of the KServe v2 REST API.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -11,9 +14,11 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
+use tower::ServiceExt;
 
-use super::{json, json_body, json_bytes};
+use super::{json, json_body};
 use crate::api::{self, ApiError};
 use crate::lifecycle::ModelTable;
 use crate::scheduler;
@@ -47,7 +52,67 @@ pub fn router(
     control: api::ModelControl,
     keys: api::ApiKeys,
     hook: api::MlflowHook,
-) -> Router {
+) -> RestApi {
+    let state = AppState { table, limits, control, keys, hook };
+    RestApi(Arc::new((route_table(state.clone()), state)))
+}
+
+/// The REST API as a service: an inference request whose path needs no decoding goes straight to its handler,
+/// everything else (inference under a percent-encoded name included) through the route table.
+///
+/// Inference is the one hot route: matching it by hand skips the table's per-request work (the route lookup,
+/// the path parameters stored as request extensions, the extractors), which a small model pays on every row.
+#[derive(Clone, Debug)]
+pub struct RestApi(Arc<(Router, AppState)>);
+
+impl<B> tower::Service<axum::http::Request<B>> for RestApi
+where
+    B: axum::body::HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let api = Arc::clone(&self.0);
+        Box::pin(async move {
+            let (router, state) = &*api;
+            let (parts, body) = request.into_parts();
+            let Some((model, version)) = infer_route(&parts.method, parts.uri.path()) else {
+                return router.clone().oneshot(axum::http::Request::from_parts(parts, body)).await;
+            };
+            let answer = match authorize(state, &parts.headers) {
+                Ok(()) => run_infer(state, model, version, &parts.headers, read_body(body, state.limits).await).await,
+                Err(e) => Err(e),
+            };
+            Ok(answer.unwrap_or_else(IntoResponse::into_response))
+        })
+    }
+}
+
+/// The model and version of `POST /v2/models/{model}[/versions/{version}]/infer`, when neither name is
+/// percent-encoded (those take the route table, which decodes them).
+fn infer_route<'a>(method: &Method, path: &'a str) -> Option<(&'a str, Option<&'a str>)> {
+    if method != Method::POST || path.contains('%') {
+        return None;
+    }
+    let names = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
+    let mut segments = names.split('/');
+    match (segments.next(), segments.next(), segments.next(), segments.next()) {
+        (Some(model), None, None, None) if !model.is_empty() => Some((model, None)),
+        (Some(model), Some("versions"), Some(version), None) if !model.is_empty() && !version.is_empty() => {
+            Some((model, Some(version)))
+        }
+        _ => None,
+    }
+}
+
+fn route_table(state: AppState) -> Router {
     Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -71,7 +136,7 @@ pub fn router(
         .route("/v2/mlflow/webhook", post(mlflow_webhook))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(AppState { table, limits, control, keys, hook })
+        .with_state(state)
 }
 
 /// A request body, read whole within the size and time limits: a client trickling bytes is answered 408 and
@@ -102,11 +167,16 @@ impl FromRequest<AppState> for InferBody {
     }
 }
 
-async fn read_body(body: axum::body::Body, limits: Limits) -> Result<Bytes, ApiError> {
+async fn read_body<B>(body: B, limits: Limits) -> Result<Bytes, ApiError>
+where
+    B: axum::body::HttpBody<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     let Limits { max_request_bytes, body_timeout } = limits;
-    match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, max_request_bytes)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::PayloadTooLarge { limit: max_request_bytes }),
+    let whole = Limited::new(body, max_request_bytes).collect();
+    match tokio::time::timeout(body_timeout, whole).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if is_length_limit(&*e) => Err(ApiError::PayloadTooLarge { limit: max_request_bytes }),
         Ok(Err(e)) => Err(ApiError::malformed(format!("cannot read the request body: {e}"))),
         Err(_) => Err(ApiError::RequestTimeout(format!(
             "the request body did not arrive within {} s (--body-read-timeout-secs)",
@@ -115,8 +185,8 @@ async fn read_body(body: axum::body::Body, limits: Limits) -> Result<Bytes, ApiE
     }
 }
 
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
             return true;
@@ -133,9 +203,14 @@ impl FromRequestParts<AppState> for Keyed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Keyed, ApiError> {
-        let header = |name| parts.headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
-        state.keys.authorize(header(header::AUTHORIZATION.as_str()), header(api::API_KEY_HEADER)).map(|()| Keyed)
+        authorize(state, &parts.headers).map(|()| Keyed)
     }
+}
+
+/// Whether the request presents a valid API key (when keys are set).
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let header = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
+    state.keys.authorize(header(header::AUTHORIZATION.as_str()), header(api::API_KEY_HEADER))
 }
 
 /// `GET /metrics` on the metrics port, for Prometheus.
@@ -357,19 +432,17 @@ async fn run_infer(
     };
     let response = api::infer_routed(&state.table, model, routed, request).await?;
     let encoded = json::encode_response(&response, &format)?;
-    let mut reply = match encoded.header_length {
-        None => json_bytes(encoded.body),
-        Some(length) => (
-            [
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
-                (HeaderName::from_static(json::HEADER_LENGTH), HeaderValue::from(length)),
-            ],
-            encoded.body,
-        )
-            .into_response(),
+    let mut reply = Response::new(axum::body::Body::from(encoded.body));
+    let headers = reply.headers_mut();
+    match encoded.header_length {
+        None => headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        Some(length) => {
+            headers.insert(HeaderName::from_static(json::HEADER_LENGTH), HeaderValue::from(length));
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
+        }
     };
     if let Some(variant) = response.variant.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-        reply.headers_mut().insert(HeaderName::from_static(VARIANT_HEADER), variant);
+        headers.insert(HeaderName::from_static(VARIANT_HEADER), variant);
     }
     Ok(reply)
 }
@@ -405,4 +478,36 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inference_paths_are_matched_by_hand_and_everything_else_goes_to_the_table() {
+        let post = |path| infer_route(&Method::POST, path);
+        assert_eq!(post("/v2/models/mlp/infer"), Some(("mlp", None)));
+        assert_eq!(post("/v2/models/mlp/versions/3/infer"), Some(("mlp", Some("3"))));
+        assert_eq!(post("/v2/models/versions/infer"), Some(("versions", None)));
+        assert_eq!(post("/v2/models/mlp.v2-b_c/infer"), Some(("mlp.v2-b_c", None)));
+        // Percent-encoded names are decoded by the table.
+        assert_eq!(post("/v2/models/my%20model/infer"), None);
+        for path in [
+            "/v2/models//infer",
+            "/v2/models/infer",
+            "/v2/models/mlp/infer/",
+            "/v2/models/mlp/versions//infer",
+            "/v2/models/mlp/versions/infer",
+            "/v2/models/mlp/other/3/infer",
+            "/v2/models/mlp/versions/3/extra/infer",
+            "/v2/models/a/b/infer",
+            "/v2/models/mlp/ready",
+            "/v2//models/mlp/infer",
+        ] {
+            assert_eq!(post(path), None, "{path}");
+        }
+        assert_eq!(infer_route(&Method::GET, "/v2/models/mlp/infer"), None);
+        assert_eq!(infer_route(&Method::PUT, "/v2/models/mlp/versions/1/infer"), None);
+    }
 }
