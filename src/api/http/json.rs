@@ -442,6 +442,9 @@ impl Serialize for TensorData<'_> {
     }
 }
 
+/// Bytes reserved for a response's JSON before it is written (it grows if needed).
+const RESPONSE_HEADER_ROOM: usize = 512;
+
 /// An encoded response body; `header_length` is set when binary outputs follow the JSON.
 #[derive(Debug)]
 pub struct EncodedResponse {
@@ -470,14 +473,16 @@ pub fn encode_response(response: &InferResponse, format: &OutputFormat) -> Resul
             })
             .collect(),
     };
-    let mut bytes =
-        serde_json::to_vec(&body).map_err(|e| ApiError::Inference(format!("cannot encode the response: {e}")))?;
+    let tail: usize =
+        response.outputs.iter().zip(&binary).filter(|(_, b)| **b).map(|(o, _)| o.tensor.data().len()).sum();
+    // Room for a typical JSON header and the binary tensors, so that the body is allocated once.
+    let mut bytes = Vec::with_capacity(RESPONSE_HEADER_ROOM + tail);
+    serde_json::to_writer(&mut bytes, &body)
+        .map_err(|e| ApiError::Inference(format!("cannot encode the response: {e}")))?;
     if !binary.contains(&true) {
         return Ok(EncodedResponse { body: bytes, header_length: None });
     }
     let header_length = bytes.len();
-    let tail: usize =
-        response.outputs.iter().zip(&binary).filter(|(_, b)| **b).map(|(o, _)| o.tensor.data().len()).sum();
     bytes.reserve_exact(tail);
     for (output, _) in response.outputs.iter().zip(&binary).filter(|(_, b)| **b) {
         bytes.extend_from_slice(output.tensor.data());

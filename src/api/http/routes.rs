@@ -209,8 +209,11 @@ impl FromRequestParts<AppState> for Keyed {
 
 /// Whether the request presents a valid API key (when keys are set).
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if !state.keys.required() {
+        return Ok(());
+    }
     let header = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
-    state.keys.authorize(header(header::AUTHORIZATION.as_str()), header(api::API_KEY_HEADER))
+    state.keys.authorize(header(&header::AUTHORIZATION), header(&API_KEY_HEADER))
 }
 
 /// `GET /metrics` on the metrics port, for Prometheus.
@@ -394,16 +397,20 @@ async fn rollout(_: Keyed, State(state): State<AppState>, Path(model): Path<Stri
     Ok(json_body(&api::rollout(&state.table, &model)?))
 }
 
+// Header names are built once: a name given as a string is parsed again at every lookup.
 /// Header a caller may set so that its requests go to the same traffic variant.
-pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
+static ROUTING_KEY_HEADER: HeaderName = HeaderName::from_static("x-routing-key");
 /// Header naming the traffic variant that answered.
-pub const VARIANT_HEADER: &str = "x-infergate-variant";
+static VARIANT_HEADER: HeaderName = HeaderName::from_static("x-infergate-variant");
+/// The binary tensor extension's header: the body is this many bytes of JSON, then the tensors.
+static HEADER_LENGTH: HeaderName = HeaderName::from_static(json::HEADER_LENGTH);
+static API_KEY_HEADER: HeaderName = HeaderName::from_static(api::API_KEY_HEADER);
 
 /// Header a caller may set to bound how long it waits, in milliseconds (like the `timeout` parameter).
-const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+static TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-request-timeout-ms");
 
 fn header_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
-    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+    let Some(value) = headers.get(&TIMEOUT_HEADER) else {
         return Ok(None);
     };
     let millis: u64 = value.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
@@ -421,7 +428,7 @@ async fn run_infer(
     body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let header_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
+    let header_key = headers.get(&ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
     let routed = api::route(&state.table, model, version, header_key)?;
     let (request, format) = decode(body, headers)
         .await
@@ -437,12 +444,12 @@ async fn run_infer(
     match encoded.header_length {
         None => headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
         Some(length) => {
-            headers.insert(HeaderName::from_static(json::HEADER_LENGTH), HeaderValue::from(length));
+            headers.insert(HEADER_LENGTH.clone(), HeaderValue::from(length));
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
         }
     };
     if let Some(variant) = response.variant.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-        headers.insert(HeaderName::from_static(VARIANT_HEADER), variant);
+        headers.insert(VARIANT_HEADER.clone(), variant);
     }
     Ok(reply)
 }
@@ -453,7 +460,7 @@ async fn decode(
     headers: &HeaderMap,
 ) -> Result<(api::InferRequest, json::OutputFormat), ApiError> {
     let header_timeout = header_timeout(headers)?;
-    let header_length = match headers.get(json::HEADER_LENGTH) {
+    let header_length = match headers.get(&HEADER_LENGTH) {
         None => None,
         Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
             ApiError::malformed(format!("header {} must be a whole number of bytes", json::HEADER_LENGTH))
