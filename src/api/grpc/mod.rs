@@ -5,10 +5,11 @@
 pub mod convert;
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
+use tonic::metadata::AsciiMetadataKey;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::api::{self, ApiError};
@@ -39,6 +40,13 @@ pub fn router(
     tonic::service::Routes::new(service).prepare().into_axum_router()
 }
 
+// Metadata keys are built once: a key given as a string is parsed again at every lookup.
+static API_KEY: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(api::API_KEY_HEADER));
+static AUTHORIZATION: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("authorization"));
+static GRPC_TIMEOUT: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("grpc-timeout"));
+/// A caller's key for a sticky traffic variant, as over REST.
+static ROUTING_KEY: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("x-routing-key"));
+
 #[derive(Debug, Clone)]
 struct GrpcApi {
     table: Arc<ModelTable>,
@@ -49,7 +57,10 @@ struct GrpcApi {
 impl GrpcApi {
     /// Checks the API key of an inference or metadata call (`authorization: Bearer <key>` or `x-api-key`).
     fn keyed<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let api_key = request.metadata().get(api::API_KEY_HEADER).and_then(|v| v.to_str().ok());
+        if !self.keys.required() {
+            return Ok(());
+        }
+        let api_key = request.metadata().get(&*API_KEY).and_then(|v| v.to_str().ok());
         Ok(self.keys.authorize(authorization(request), api_key)?)
     }
 }
@@ -86,7 +97,7 @@ fn version(text: &str) -> Option<&str> {
 
 /// The deadline a client sent in `grpc-timeout` ("100m" = 100 ms; units H, M, S, m, u, n).
 fn grpc_timeout<T>(request: &Request<T>) -> Result<Option<Duration>, Status> {
-    let Some(value) = request.metadata().get("grpc-timeout") else {
+    let Some(value) = request.metadata().get(&*GRPC_TIMEOUT) else {
         return Ok(None);
     };
     let invalid = || Status::invalid_argument("grpc-timeout is not a valid timeout");
@@ -107,7 +118,7 @@ fn grpc_timeout<T>(request: &Request<T>) -> Result<Option<Duration>, Status> {
 }
 
 fn authorization<T>(request: &Request<T>) -> Option<&str> {
-    request.metadata().get("authorization").and_then(|value| value.to_str().ok())
+    request.metadata().get(&*AUTHORIZATION).and_then(|value| value.to_str().ok())
 }
 
 /// One inference, as both the unary and the streaming calls run it.
@@ -180,7 +191,7 @@ impl GrpcInferenceService for GrpcApi {
     async fn model_infer(&self, request: Request<proto::ModelInferRequest>) -> GrpcResult<proto::ModelInferResponse> {
         self.keyed(&request)?;
         let deadline = grpc_timeout(&request)?;
-        let key = request.metadata().get("x-routing-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let key = request.metadata().get(&*ROUTING_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let response = infer(&self.table, request.into_inner(), deadline, key).await?;
         let variant = response.parameters.get("variant").and_then(|p| match &p.parameter_choice {
             Some(proto::infer_parameter::ParameterChoice::StringParam(v)) => v.parse().ok(),
@@ -204,7 +215,7 @@ impl GrpcInferenceService for GrpcApi {
     ) -> GrpcResult<Self::ModelStreamInferStream> {
         self.keyed(&request)?;
         let deadline = grpc_timeout(&request)?;
-        let key = request.metadata().get("x-routing-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let key = request.metadata().get(&*ROUTING_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let table = Arc::clone(&self.table);
         let responses = request
             .into_inner()
