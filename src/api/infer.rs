@@ -56,6 +56,11 @@ pub fn resolve(table: &ModelTable, model: &str, version: Option<&str>) -> Result
     Ok(table.resolve(model, version)?)
 }
 
+/// The header (REST) or metadata key (gRPC) a caller may set so that its requests go to the same traffic variant.
+pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
+/// The header (REST) or metadata key (gRPC) naming the traffic variant that answered.
+pub const VARIANT_HEADER: &str = "x-infergate-variant";
+
 /// Where a request goes (see [`ModelTable::route`]); `key` is the routing key of the transport's header or
 /// metadata. Transports route before decoding the body, and again when the body's `routing_key` parameter is
 /// the only key.

@@ -15,7 +15,8 @@ use thiserror::Error;
 
 pub use access::{API_KEY_HEADER, ApiKeys, ModelControl};
 pub use infer::{
-    InferOutput, InferRequest, InferResponse, NamedTensor, infer, infer_routed, order_inputs, resolve, route,
+    InferOutput, InferRequest, InferResponse, NamedTensor, ROUTING_KEY_HEADER, VARIANT_HEADER, infer, infer_routed,
+    order_inputs, resolve, route,
 };
 pub use model_config::{ModelConfigView, VersionPolicyView, model_config};
 pub use repository::{IndexRow, load_model, repository_index, unload_model};

@@ -44,8 +44,8 @@ pub fn router(
 static API_KEY: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(api::API_KEY_HEADER));
 static AUTHORIZATION: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("authorization"));
 static GRPC_TIMEOUT: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("grpc-timeout"));
-/// A caller's key for a sticky traffic variant, as over REST.
-static ROUTING_KEY: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("x-routing-key"));
+static ROUTING_KEY: LazyLock<AsciiMetadataKey> =
+    LazyLock::new(|| AsciiMetadataKey::from_static(api::ROUTING_KEY_HEADER));
 
 #[derive(Debug, Clone)]
 struct GrpcApi {
@@ -199,7 +199,7 @@ impl GrpcInferenceService for GrpcApi {
         });
         let mut response = Response::new(response);
         if let Some(variant) = variant {
-            response.metadata_mut().insert("x-infergate-variant", variant);
+            response.metadata_mut().insert(api::VARIANT_HEADER, variant);
         }
         Ok(response)
     }

@@ -67,5 +67,12 @@ fn json_body<T: Serialize>(value: &T) -> Response {
 }
 
 fn json_bytes(bytes: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
+    body_with_type(bytes, "application/json")
+}
+
+/// A 200 response of `bytes` with its content type, built directly: inference answers pass here on every request.
+fn body_with_type(bytes: Vec<u8>, content_type: &'static str) -> Response {
+    let mut response = Response::new(axum::body::Body::from(bytes));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }

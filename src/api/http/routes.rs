@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
 
-use super::{json, json_body};
+use super::{body_with_type, json, json_body, json_bytes};
 use crate::api::{self, ApiError};
 use crate::lifecycle::ModelTable;
 use crate::scheduler;
@@ -398,10 +398,8 @@ async fn rollout(_: Keyed, State(state): State<AppState>, Path(model): Path<Stri
 }
 
 // Header names are built once: a name given as a string is parsed again at every lookup.
-/// Header a caller may set so that its requests go to the same traffic variant.
-static ROUTING_KEY_HEADER: HeaderName = HeaderName::from_static("x-routing-key");
-/// Header naming the traffic variant that answered.
-static VARIANT_HEADER: HeaderName = HeaderName::from_static("x-infergate-variant");
+static ROUTING_KEY_HEADER: HeaderName = HeaderName::from_static(api::ROUTING_KEY_HEADER);
+static VARIANT_HEADER: HeaderName = HeaderName::from_static(api::VARIANT_HEADER);
 /// The binary tensor extension's header: the body is this many bytes of JSON, then the tensors.
 static HEADER_LENGTH: HeaderName = HeaderName::from_static(json::HEADER_LENGTH);
 static API_KEY_HEADER: HeaderName = HeaderName::from_static(api::API_KEY_HEADER);
@@ -439,17 +437,16 @@ async fn run_infer(
     };
     let response = api::infer_routed(&state.table, model, routed, request).await?;
     let encoded = json::encode_response(&response, &format)?;
-    let mut reply = Response::new(axum::body::Body::from(encoded.body));
-    let headers = reply.headers_mut();
-    match encoded.header_length {
-        None => headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+    let mut reply = match encoded.header_length {
+        None => json_bytes(encoded.body),
         Some(length) => {
-            headers.insert(HEADER_LENGTH.clone(), HeaderValue::from(length));
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
+            let mut reply = body_with_type(encoded.body, "application/octet-stream");
+            reply.headers_mut().insert(HEADER_LENGTH.clone(), HeaderValue::from(length));
+            reply
         }
     };
     if let Some(variant) = response.variant.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-        headers.insert(VARIANT_HEADER.clone(), variant);
+        reply.headers_mut().insert(VARIANT_HEADER.clone(), variant);
     }
     Ok(reply)
 }
