@@ -8,6 +8,9 @@
 #     a short stall hits both. Both servers share core 0, so whatever one does after answering overlaps the
 #     other's next request: each mode pays for the other's background work alike.
 # The summary gives the medians over the rounds and the median of the per-round ratios (load-tests/batching.py).
+# At concurrency 64 each run also records the server's CPU time per request (user and kernel, from /proc) and its
+# backend's share (from the server's statistics), which the summary splits into what both modes pay and what each
+# adds.
 #   load-tests/batching.sh [seconds per run] [rounds] [protocol ...]
 #   protocols: rest-binary rest-json grpc (default), grpc-stream
 # Runs ONNX Runtime when ORT_DYLIB_PATH is set or the test environment (.venv) has it, tract otherwise.
@@ -33,6 +36,7 @@ log=$out/batching.log
 : > "$log"
 root=$(mktemp -d)
 servers=()
+ports=()
 cleanup() {
   if [ ${#servers[@]} -gt 0 ]; then kill "${servers[@]}" 2>/dev/null || true; fi
   rm -rf "$root"
@@ -61,6 +65,7 @@ start() {
       # Ready, and still ours: a server that lost the port to another process has exited by then.
       if curl -sf "127.0.0.1:$port/v2/health/ready" >/dev/null && kill -0 "$pid" 2>/dev/null; then
         servers+=("$pid")
+        ports+=("$port")
         urls=("--${prefix}url" "http://127.0.0.1:$port" "--${prefix}grpc-url" "http://127.0.0.1:$((port + 1000))")
         return
       fi
@@ -76,16 +81,42 @@ stop() {
   kill "${servers[@]}" 2>/dev/null || true
   wait "${servers[@]}" 2>/dev/null || true
   servers=()
+  ports=()
+}
+# The server's CPU time so far (user and system, in clock ticks, from /proc), and from its statistics the rows it
+# answered and the time its instance spent stacking, running and splitting batches, as one JSON object.
+usage() { # pid port
+  curl -sf "127.0.0.1:$2/v2/models/mlp/stats" | python3 -c '
+import json, sys
+stats = json.load(sys.stdin)["model_stats"][0]
+user, system = map(int, open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")", 1)[1].split()[11:13])
+backend = sum(b[k]["ns"] for b in stats["batch_stats"] for k in ("compute_input", "compute_infer", "compute_output"))
+print(json.dumps({"user": user, "system": system, "rows": stats["inference_count"], "backend_ns": backend}))' "$1"
 }
 loadgen() { # round protocol concurrency [loadgen flags]
-  local round=$1 protocol=$2 concurrency=$3
+  local round=$1 protocol=$2 concurrency=$3 report before after
   shift 3
-  if ! taskset -c 1 target/release/loadgen --model mlp --protocol "$protocol" --concurrency "$concurrency" \
-    --duration "$seconds" --warmup 2 --json "$@" 2>>"$log" | sed "s/^{/{\"round\": $round, /" >> "$results"; then
+  # At concurrency 64 one server runs: its CPU and backend time per row answered, over the whole run.
+  [ "$concurrency" = 1 ] || before=$(usage "${servers[0]}" "${ports[0]}")
+  if ! report=$(taskset -c 1 target/release/loadgen --model mlp --protocol "$protocol" --concurrency "$concurrency" \
+    --duration "$seconds" --warmup 2 --json "$@" 2>>"$log"); then
     echo "loadgen failed (round $round, $protocol, c=$concurrency):" >&2
     tail -5 "$log" >&2
     exit 1
   fi
+  [ "$concurrency" = 1 ] || after=$(usage "${servers[0]}" "${ports[0]}")
+  python3 -c '
+import json, sys
+before, after = sys.argv[3], sys.argv[4]
+for line in filter(None, sys.argv[1].splitlines()):
+    run = {"round": int(sys.argv[2]), **json.loads(line)}
+    if before and after:
+        start, end = json.loads(before), json.loads(after)
+        rows, tick_us = end["rows"] - start["rows"], 1e6 / int(sys.argv[5])
+        run["server_user_us"] = (end["user"] - start["user"]) * tick_us / rows
+        run["server_system_us"] = (end["system"] - start["system"]) * tick_us / rows
+        run["backend_us"] = (end["backend_ns"] - start["backend_ns"]) / 1e3 / rows
+    print(json.dumps(run))' "$report" "$round" "${before:-}" "${after:-}" "$(getconf CLK_TCK)" >> "$results"
 }
 for round in $(seq "$rounds"); do
   # Odd rounds run off first, even rounds on first, so neither mode always follows the other.
