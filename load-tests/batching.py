@@ -84,5 +84,6 @@ def print_costs(costs, protocols, rounds):
         needed = statistics.median((t[3] - 3 * t[4]) / 2 for t in terms)
         print(f"| {protocol} | {shared:.1f} ({user:.1f} + {kernel:.1f}) | {extra:.1f} | {share:.1f} | {needed:.1f} |")
 
+
 if __name__ == "__main__":
     main(sys.argv[1])
