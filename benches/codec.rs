@@ -7,7 +7,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use infergate::api::grpc::{convert, proto};
 use infergate::api::http::{OutputFormat, decode_request, encode_response};
-use infergate::api::{InferOutput, InferResponse};
+use infergate::api::{InferResponse, NamedTensor};
 use infergate::tensor::{DataType, Tensor};
 use prost::Message;
 use serde_json::json;
@@ -53,7 +53,7 @@ fn response(count: usize) -> InferResponse {
         model_name: "m".to_owned(),
         model_version: "1".to_owned(),
         id: None,
-        outputs: vec![InferOutput {
+        outputs: vec![NamedTensor {
             name: "y".to_owned(),
             tensor: Tensor::new(DataType::Fp32, vec![1, count], Bytes::from(data)).unwrap(),
         }],

@@ -12,22 +12,26 @@ use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
 use infergate::api::grpc::proto;
-use infergate::api::{self, ApiKeys, MlflowHook, ModelControl};
+use infergate::api::{self, Gateway};
 use infergate::backend::Backends;
+use infergate::config::RequestLimits;
 use infergate::lifecycle::ModelTable;
+use infergate::routing::TrafficTable;
 use infergate::telemetry::Telemetry;
 use prost::Message;
 use tower::ServiceExt;
 
 const ROW: [f32; 4] = [5.1, 3.5, 1.4, 0.2];
 
-fn table(runtime: &tokio::runtime::Runtime) -> Arc<ModelTable> {
+/// A gateway over a table with the iris model loaded, as the server builds it.
+fn gateway(runtime: &tokio::runtime::Runtime) -> Arc<Gateway> {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let backends = Arc::new(Backends::discover(None).unwrap());
     let telemetry = Arc::new(Telemetry::new(std::time::Duration::from_secs(60)));
-    let table = Arc::new(ModelTable::new(telemetry, backends, models));
+    let traffic = Arc::new(TrafficTable::new(telemetry.traffic.clone(), None));
+    let table = Arc::new(ModelTable::new(telemetry, backends, models).with_listing_observer(traffic.clone()));
     runtime.block_on(table.load_model("iris")).unwrap();
-    table
+    Arc::new(Gateway::new(table, traffic, RequestLimits::default()))
 }
 
 fn grpc_frame(request: &proto::ModelInferRequest) -> Bytes {
@@ -41,16 +45,10 @@ fn grpc_frame(request: &proto::ModelInferRequest) -> Bytes {
 
 fn end_to_end(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let table = table(&runtime);
+    let gateway = gateway(&runtime);
     let limits = api::http::Limits { max_request_bytes: 64 << 20, body_timeout: Duration::from_secs(60) };
-    let rest = api::http::router(
-        Arc::clone(&table),
-        limits,
-        ModelControl::new(None),
-        ApiKeys::default(),
-        MlflowHook::disabled(),
-    );
-    let grpc = api::grpc::router(Arc::clone(&table), 64 << 20, ModelControl::new(None), ApiKeys::default());
+    let rest = api::http::router(Arc::clone(&gateway), limits);
+    let grpc = api::grpc::router(gateway, 64 << 20);
 
     let json = Bytes::from(
         serde_json::to_vec(

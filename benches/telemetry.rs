@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use infergate::telemetry::{Distribution, MonitorSpec, Telemetry};
+use infergate::telemetry::{Distribution, MonitorSpec, Protocol, Telemetry};
 use infergate::tensor::{DataType, Tensor};
 
 fn per_request(c: &mut Criterion) {
@@ -17,7 +17,7 @@ fn per_request(c: &mut Criterion) {
     let latency = Duration::from_micros(180);
     c.bench_function("telemetry/request (answer, queue, compute, batch)", |b| {
         b.iter(|| {
-            metrics.observe_ok(std::hint::black_box(1), latency);
+            metrics.observe_ok(Protocol::Rest, std::hint::black_box(1), latency);
             metrics.queue_duration.observe(0.000_02);
             metrics.compute_duration.observe(0.000_01);
             metrics.batch_size.observe(1.0);

@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use infergate::repository::{ShadowConfig, TrafficConfig, VariantConfig};
+use infergate::routing::Policy;
 use infergate::tensor::{DataType, Tensor};
-use infergate::traffic::Policy;
 
 fn policy() -> Policy {
     let variant = |name: &str, version: u64, weight: u32| VariantConfig {

@@ -104,6 +104,12 @@ pub enum TensorError {
     MalformedBytes(&'static str),
 }
 
+/// "FP32 [2,4]": a datatype and a shape (fixed or with -1 for free dimensions), for error messages.
+pub fn describe<D: fmt::Display>(datatype: DataType, shape: &[D]) -> String {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    format!("{datatype} [{}]", dims.join(","))
+}
+
 /// Number of elements of a shape, refusing shapes whose product overflows.
 pub fn element_count(shape: &[usize]) -> Result<usize, TensorError> {
     shape

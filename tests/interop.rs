@@ -24,6 +24,14 @@ async fn triton_clients_and_perf_analyzer_work_unchanged() {
     let golden = root.join("tests/golden");
     let args = ["--http", &http, "--grpc", &grpc, "--golden", golden.to_str().unwrap(), "--token", TOKEN];
     run_python("triton_clients.py", &args, "interoperability: all checks passed").await;
+    // Each transport's requests are counted under their own protocol.
+    let text = common::scrape(&server).await;
+    for protocol in ["rest", "grpc"] {
+        let series =
+            format!(r#"infergate_requests_total{{error_type="none",model="iris",protocol="{protocol}",version="1"}}"#);
+        let answered = common::metric(&text, &series).unwrap_or(0.0);
+        assert!(answered > 0.0, "no {protocol} request counted:\n{text}");
+    }
 }
 
 /// Runs a script of tests/interop with the .venv's Python; it must exit 0 and print `passed`.

@@ -2,6 +2,8 @@
 //! keys are configured, inference and metadata calls need one of them. Health checks are always open. Secrets
 //! are compared in constant time and never logged.
 
+use subtle::{Choice, ConstantTimeEq};
+
 use super::ApiError;
 
 /// Who may load and unload models and change their traffic.
@@ -32,7 +34,7 @@ impl ModelControl {
         };
         let presented = bearer(authorization)
             .ok_or_else(|| ApiError::Unauthorized("model management needs 'Authorization: Bearer <token>'".into()))?;
-        if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
             Ok(())
         } else {
             Err(ApiError::Unauthorized("the admin token is not valid".to_owned()))
@@ -74,22 +76,15 @@ impl ApiKeys {
                 "this server needs an API key: 'Authorization: Bearer <key>' or '{API_KEY_HEADER}'"
             ))
         })?;
-        // Every key is compared, so the time taken does not tell which one nearly matched.
-        let matched = self
-            .keys
-            .iter()
-            .fold(false, |matched, key| matched | constant_time_eq(presented.as_bytes(), key.as_bytes()));
-        if matched { Ok(()) } else { Err(ApiError::Unauthorized("the API key is not valid".to_owned())) }
+        // Every key is compared in constant time, so the time taken does not tell which one nearly matched.
+        let matched =
+            self.keys.iter().fold(Choice::from(0), |matched, key| matched | presented.as_bytes().ct_eq(key.as_bytes()));
+        if bool::from(matched) { Ok(()) } else { Err(ApiError::Unauthorized("the API key is not valid".to_owned())) }
     }
 }
 
 fn bearer(authorization: Option<&str>) -> Option<&str> {
     authorization.and_then(|value| value.strip_prefix("Bearer ")).map(str::trim)
-}
-
-/// Compares without stopping at the first difference, so the time taken does not reveal the secret.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

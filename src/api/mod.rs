@@ -1,32 +1,89 @@
 //! Transport-agnostic API operations. REST and gRPC decode into these types, call these functions and encode
-//! what they return; each transport maps [`ApiError`] to its status codes in one place.
+//! what they return; each transport maps [`ApiError`] to its status codes in one place. Inference goes through
+//! the one [`pipeline`].
 
 mod access;
 pub mod grpc;
 pub mod http;
-mod infer;
+mod inputs;
+mod limits;
+mod metadata;
 mod model_config;
+pub mod pipeline;
 mod repository;
 mod statistics;
 mod traffic;
 mod webhook;
 
+use std::sync::Arc;
+
 use thiserror::Error;
 
 pub use access::{API_KEY_HEADER, ApiKeys, ModelControl};
-pub use infer::{
-    InferOutput, InferRequest, InferResponse, NamedTensor, ROUTING_KEY_HEADER, VARIANT_HEADER, infer, infer_routed,
-    order_inputs, resolve, route,
+pub use inputs::order_inputs;
+pub use metadata::{
+    MetadataParameters, ModelMetadata, PLATFORM, ServerMetadata, model_metadata, model_ready, server_metadata,
 };
 pub use model_config::{ModelConfigView, VersionPolicyView, model_config};
+pub use pipeline::{Call, InferRequest, InferResponse, NamedTensor, ROUTING_KEY_HEADER, VARIANT_HEADER};
 pub use repository::{IndexRow, load_model, repository_index, unload_model};
 pub use statistics::{StatisticsView, statistics};
 pub use traffic::{TrafficView, rollout, set_traffic, traffic};
-pub use webhook::{Delivery, MlflowHook};
+pub use webhook::{Delivery, MlflowHook, WEBHOOK_DELIVERY_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER};
 
-use crate::backend::{BackendError, Device, TensorSpec};
+/// The tensor description of a signature, as metadata and model configuration show it.
+pub use crate::backend::TensorSpec;
+pub use crate::telemetry::Protocol;
+
+use crate::backend::BackendError;
+use crate::config::RequestLimits;
 use crate::lifecycle::{LookupError, ModelTable};
+use crate::routing::TrafficTable;
 use crate::scheduler::SchedulerError;
+
+/// What both transports serve from: the model table, the traffic table, what a request may ask for, and who may
+/// call what. Built once at start and shared.
+#[derive(Debug)]
+pub struct Gateway {
+    table: Arc<ModelTable>,
+    traffic: Arc<TrafficTable>,
+    limits: RequestLimits,
+    pub control: ModelControl,
+    pub keys: ApiKeys,
+    pub hook: MlflowHook,
+}
+
+impl Gateway {
+    pub fn new(table: Arc<ModelTable>, traffic: Arc<TrafficTable>, limits: RequestLimits) -> Gateway {
+        Gateway {
+            table,
+            traffic,
+            limits,
+            control: ModelControl::new(None),
+            keys: ApiKeys::default(),
+            hook: MlflowHook::disabled(),
+        }
+    }
+
+    /// Model management (load, unload, traffic) for callers presenting the admin token.
+    pub fn with_control(self, control: ModelControl) -> Gateway {
+        Gateway { control, ..self }
+    }
+
+    /// Inference and metadata calls need one of these keys (when any is set).
+    pub fn with_keys(self, keys: ApiKeys) -> Gateway {
+        Gateway { keys, ..self }
+    }
+
+    /// Where verified MLflow webhook deliveries go.
+    pub fn with_hook(self, hook: MlflowHook) -> Gateway {
+        Gateway { hook, ..self }
+    }
+
+    pub fn table(&self) -> &Arc<ModelTable> {
+        &self.table
+    }
+}
 
 /// Every way an API call can fail, whatever the transport.
 #[derive(Debug, Error)]
@@ -71,6 +128,28 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Whether the failure is the server's (it counts against the traffic variant that answered, in a rollout),
+    /// not the caller's mistake.
+    pub fn is_server_fault(&self) -> bool {
+        match self {
+            ApiError::Inference(_)
+            | ApiError::Overloaded { .. }
+            | ApiError::DeadlineExceeded
+            | ApiError::ModelUnavailable(_)
+            | ApiError::ShuttingDown => true,
+            ApiError::ModelNotFound(_)
+            | ApiError::MalformedRequest(_)
+            | ApiError::InvalidInput(_)
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::LimitExceeded(_)
+            | ApiError::RequestTimeout(_)
+            | ApiError::NotFound(_)
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::Unauthorized(_)
+            | ApiError::Forbidden(_) => false,
+        }
+    }
+
     pub fn malformed(message: impl Into<String>) -> ApiError {
         ApiError::MalformedRequest(message.into())
     }
@@ -117,86 +196,6 @@ impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> ApiError {
         ApiError::Inference(e.to_string())
     }
-}
-
-/// The platform name Triton's clients know for ONNX models.
-pub const PLATFORM: &str = "onnxruntime_onnx";
-
-/// `GET /v2`: who we are and which protocol extensions we serve.
-#[derive(Debug, serde::Serialize)]
-pub struct ServerMetadata {
-    pub name: &'static str,
-    pub version: &'static str,
-    pub extensions: Vec<&'static str>,
-}
-
-pub fn server_metadata() -> ServerMetadata {
-    // Triton's extensions we serve: binary tensors over REST, the model configuration, repository and statistics
-    // endpoints.
-    ServerMetadata {
-        name: "infergate",
-        version: env!("CARGO_PKG_VERSION"),
-        extensions: vec!["binary_tensor_data", "model_configuration", "model_repository", "statistics"],
-    }
-}
-
-/// `GET /v2/models/{m}[/versions/{v}]`.
-#[derive(Debug, serde::Serialize)]
-pub struct ModelMetadata {
-    pub name: String,
-    pub versions: Vec<String>,
-    pub platform: &'static str,
-    pub inputs: Vec<TensorSpec>,
-    pub outputs: Vec<TensorSpec>,
-    /// Where the version runs and what was changed to serve it; an extension of the protocol's metadata object.
-    pub parameters: MetadataParameters,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct MetadataParameters {
-    pub backend: &'static str,
-    pub device: Device,
-    /// The ONNX Runtime execution provider the version runs on ("tract" for the embedded backend).
-    pub execution_provider: &'static str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-}
-
-/// The model's metadata; without a version, the signature is the one of the version unversioned requests reach.
-pub fn model_metadata(table: &ModelTable, model: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
-    let serving = table.resolve(model, version)?;
-    let entry = table.entry(model)?;
-    let versions = entry
-        .versions
-        .load()
-        .versions
-        .iter()
-        .filter(|(_, state)| matches!(state, crate::lifecycle::VersionState::Ready(_)))
-        .map(|(v, _)| v.to_string())
-        .collect();
-    Ok(ModelMetadata {
-        name: serving.name.clone(),
-        versions,
-        platform: PLATFORM,
-        inputs: serving.signature.inputs.clone(),
-        outputs: serving.signature.outputs.clone(),
-        parameters: MetadataParameters {
-            backend: serving.backend_name,
-            device: serving.device,
-            execution_provider: match (serving.backend_name, serving.device) {
-                ("ort", Device::Cuda(_)) => "CUDAExecutionProvider",
-                ("ort", Device::Cpu) => "CPUExecutionProvider",
-                _ => "tract",
-            },
-            notes: serving.signature.notes.clone(),
-        },
-    })
-}
-
-/// Whether the model (or the given version) can take requests now.
-pub fn model_ready(table: &ModelTable, model: &str, version: Option<&str>) -> Result<(), ApiError> {
-    table.resolve(model, version).map(|_| ())?;
-    Ok(())
 }
 
 fn scheduler_error(e: SchedulerError, model: &str, version: u64) -> ApiError {

@@ -3,10 +3,9 @@
 
 use serde::Serialize;
 
-use super::{ApiError, ModelControl};
-use crate::lifecycle::ModelTable;
+use super::{ApiError, Gateway};
 use crate::repository::TrafficConfig;
-use crate::traffic::rollout::RolloutStatus;
+use crate::routing::RolloutStatus;
 
 /// `GET /v2/models/{model}/traffic`: the policy in force, with its current weights.
 #[derive(Debug, Serialize)]
@@ -17,9 +16,9 @@ pub struct TrafficView {
     pub since_unix: Option<u64>,
 }
 
-pub fn traffic(table: &ModelTable, model: &str) -> Result<TrafficView, ApiError> {
-    let entry = table.entry(model)?;
-    let policy = entry.traffic.policy.load_full();
+pub fn traffic(gateway: &Gateway, model: &str) -> Result<TrafficView, ApiError> {
+    gateway.table.entry(model)?;
+    let policy = gateway.traffic.policy(model);
     Ok(TrafficView {
         model: model.to_owned(),
         since_unix: policy.as_ref().map(|p| p.since_unix),
@@ -34,27 +33,26 @@ pub fn traffic(table: &ModelTable, model: &str) -> Result<TrafficView, ApiError>
 }
 
 /// `PUT /v2/models/{model}/traffic` with a policy (JSON in the shape of `[traffic]`), or `DELETE` (no body) to
-/// remove it. The caller is authorized before the body is read; an invalid policy is refused with the reason and
-/// the one in force stays.
+/// remove it. The caller is authorized before the body is parsed; an invalid policy is refused with the reason
+/// and the one in force stays.
 pub fn set_traffic(
-    table: &ModelTable,
-    control: &ModelControl,
+    gateway: &Gateway,
     authorization: Option<&str>,
     model: &str,
     body: Option<&[u8]>,
 ) -> Result<(), ApiError> {
-    control.authorize(authorization)?;
-    let entry = table.entry(model)?;
+    gateway.control.authorize(authorization)?;
+    let entry = gateway.table.entry(model)?;
     let policy: Option<TrafficConfig> = body
         .map(serde_json::from_slice)
         .transpose()
         .map_err(|e| ApiError::malformed(format!("invalid policy: {e}")))?;
-    table.set_traffic(&entry, policy).map_err(ApiError::InvalidInput)
+    gateway.traffic.set_traffic(&gateway.table, &entry, policy).map_err(ApiError::InvalidInput)
 }
 
 /// `GET /v2/models/{model}/rollout`: the rollout's state and its decisions, with their numbers.
-pub fn rollout(table: &ModelTable, model: &str) -> Result<RolloutStatus, ApiError> {
-    let entry = table.entry(model)?;
-    let status = entry.traffic.rollout.load_full();
+pub fn rollout(gateway: &Gateway, model: &str) -> Result<RolloutStatus, ApiError> {
+    gateway.table.entry(model)?;
+    let status = gateway.traffic.rollout(model);
     status.map(|s| (*s).clone()).ok_or_else(|| ApiError::ModelNotFound(format!("model '{model}' has no rollout")))
 }

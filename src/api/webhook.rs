@@ -11,6 +11,9 @@ use serde::Serialize;
 use super::ApiError;
 use crate::repository::mlflow::{self, WebhookError};
 
+/// The headers of a delivery: its id, its timestamp and its signature.
+pub use crate::repository::mlflow::{WEBHOOK_DELIVERY_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER};
+
 /// Where verified deliveries go; disabled unless a webhook secret is configured.
 #[derive(Clone)]
 pub struct MlflowHook {

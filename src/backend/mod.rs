@@ -10,13 +10,14 @@ pub mod signature;
 pub mod tract;
 pub mod trees;
 
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
 use thiserror::Error;
 
+/// Where a version computes, as its `model.toml` says.
+pub use crate::repository::Device;
 pub use signature::{Signature, TensorSpec};
 
 use crate::repository::{BackendChoice, CudaConfig, ModelConfig};
@@ -47,49 +48,6 @@ pub enum BackendError {
     /// The computation failed for these inputs.
     #[error("inference failed: {0}")]
     Compute(String),
-}
-
-/// Where a model computes: `"cpu"` or `"cuda:N"` in `model.toml`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Device {
-    #[default]
-    Cpu,
-    Cuda(u32),
-}
-
-impl Device {
-    pub fn parse(text: &str) -> Result<Device, String> {
-        match text {
-            "cpu" => Ok(Device::Cpu),
-            _ => text
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| format!("device '{text}' is neither \"cpu\" nor \"cuda:N\"")),
-        }
-    }
-}
-
-impl fmt::Display for Device {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Device::Cpu => f.write_str("cpu"),
-            Device::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Device {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Device, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Device::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Device {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
 }
 
 /// Whether a backend can be used in this process, and why not.
@@ -130,11 +88,6 @@ impl Backends {
             Err(onnxruntime::DiscoverError::NotFound(reason)) => Err(reason),
         };
         Ok(Backends { ort, max_model_bytes: DEFAULT_MAX_MODEL_BYTES })
-    }
-
-    /// tract only, for tools that never need ONNX Runtime.
-    pub fn embedded_only() -> Backends {
-        Backends { ort: Err("not looked for".to_owned()), max_model_bytes: DEFAULT_MAX_MODEL_BYTES }
     }
 
     /// Versions whose model.toml sets no `max_model_bytes` get this budget.

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use tract_onnx::pb;
 
-use crate::tensor::DataType;
+use crate::tensor::{DataType, describe};
 
 /// One input or output of a model. A dimension of `-1` accepts any size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,12 +30,6 @@ impl TensorSpec {
     }
 }
 
-/// "FP32 [2,4]": a datatype and a shape, for error messages.
-pub fn describe<D: std::fmt::Display>(datatype: DataType, shape: &[D]) -> String {
-    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
-    format!("{datatype} [{}]", dims.join(","))
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Signature {
     pub inputs: Vec<TensorSpec>,
@@ -46,6 +40,15 @@ pub struct Signature {
 }
 
 impl Signature {
+    /// Same inputs and outputs: names, datatypes and shapes (dimension names aside).
+    pub fn same_tensors(&self, other: &Signature) -> bool {
+        let same = |x: &[TensorSpec], y: &[TensorSpec]| {
+            x.len() == y.len()
+                && x.iter().zip(y).all(|(x, y)| x.name == y.name && x.datatype == y.datatype && x.shape == y.shape)
+        };
+        same(&self.inputs, &other.inputs) && same(&self.outputs, &other.outputs)
+    }
+
     pub fn input(&self, name: &str) -> Option<&TensorSpec> {
         self.inputs.iter().find(|spec| spec.name == name)
     }

@@ -1,6 +1,7 @@
 //! Model repository sources. Every source yields the same [`ModelSpec`]s, so the lifecycle does not care where a
 //! model came from.
 
+mod device;
 pub mod local;
 pub mod mlflow;
 mod model_config;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+pub use device::Device;
 pub use model_config::{
     ArenaStrategy, BackendChoice, BatchingConfig, ConvSearch, CudaConfig, DistributionChoice, ModelConfig,
     MonitoringConfig, OutputMonitoring, VersionPolicy, WarmupConfig,

@@ -2,8 +2,8 @@
 
 use serde::Deserialize;
 
+use super::Device;
 use super::traffic_config::{RolloutConfig, TrafficConfig};
-use crate::backend::Device;
 
 /// Which backend computes a model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

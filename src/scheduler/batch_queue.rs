@@ -53,10 +53,6 @@ impl<E: Queued> BatchQueue<E> {
         BatchQueue { entries: VecDeque::new(), policy }
     }
 
-    pub fn policy(&self) -> &BatchPolicy {
-        &self.policy
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -136,11 +132,6 @@ impl<E: Queued> BatchQueue<E> {
         }
         self.entries = kept;
         batch
-    }
-
-    /// Empties the queue (shutdown with nothing left to serve it).
-    pub fn drain(&mut self) -> Vec<E> {
-        self.entries.drain(..).collect()
     }
 }
 

@@ -71,14 +71,6 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
-/// The shorter of two optional timeouts; `None` is no limit.
-pub fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// One queued request: its inputs, where its answer goes, when it arrived, its deadline and its span.
 struct Job {
     inputs: Vec<Tensor>,
@@ -211,16 +203,16 @@ impl Scheduler {
         self.shared.lock().queue.len()
     }
 
-    /// Queues one request and waits for its outputs, until `timeout` (or the version's default) runs out. Returns
-    /// the outputs and the rows the request counted for (1 for a model without a batch dimension).
+    /// Queues one request and waits for its outputs, until `deadline` (the caller merged the request's timeouts
+    /// with the version's default). Returns the outputs and the rows the request counted for (1 for a model
+    /// without a batch dimension).
     pub async fn infer(
         &self,
         inputs: Vec<Tensor>,
-        timeout: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> Result<(Vec<Tensor>, usize), SchedulerError> {
         let enqueued = Instant::now();
         let rows = self.rows_of(&inputs)?;
-        let deadline = shorter(timeout, self.config.default_timeout).map(|t| enqueued + t);
         let (reply, answer) = oneshot::channel();
         let job = Job { inputs, rows, reply, enqueued, deadline, span: tracing::Span::current() };
         let someone_waits = {

@@ -98,7 +98,9 @@ fn spawn_infer(
     timeout: Option<Duration>,
 ) -> tokio::task::JoinHandle<Reply> {
     let scheduler = Arc::clone(scheduler);
-    tokio::spawn(async move { scheduler.infer(vec![rows(&values)], timeout).await.map(|(outputs, _)| outputs) })
+    tokio::spawn(async move {
+        scheduler.infer(vec![rows(&values)], timeout.map(|t| Instant::now() + t)).await.map(|(outputs, _)| outputs)
+    })
 }
 
 #[tokio::test]

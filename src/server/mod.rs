@@ -17,6 +17,7 @@ use crate::api;
 use crate::backend::Backends;
 use crate::config::{Config, ModelControlMode};
 use crate::lifecycle::ModelTable;
+use crate::routing::TrafficTable;
 use crate::telemetry::Telemetry;
 
 #[derive(Debug, Error)]
@@ -113,12 +114,12 @@ impl Server {
             tracing::info!(backend = status.name, available = status.available, detail = %status.detail, "backend");
         }
         let telemetry = Arc::new(Telemetry::new(config.metrics_window));
+        let traffic = Arc::new(TrafficTable::new(telemetry.traffic.clone(), config.state_dir.clone()));
         let followed = config.mlflow.iter().flat_map(|m| m.models.iter().map(|model| model.serve_as.clone()));
         let table = Arc::new(
             ModelTable::new(telemetry, Arc::new(backends), config.model_repository.clone())
                 .with_mlflow_models(followed)
-                .with_state_dir(config.state_dir.clone())
-                .with_request_limits(config.request_limits),
+                .with_listing_observer(Arc::clone(&traffic) as Arc<dyn crate::lifecycle::ListingObserver>),
         );
         let (shutdown, stop) = watch::channel(false);
         let hook = match &config.mlflow {
@@ -139,25 +140,20 @@ impl Server {
             }
         });
 
-        let control = api::ModelControl::new(config.admin_token.as_ref().map(|token| token.0.clone()));
-        let keys = api::ApiKeys::new(config.api_keys.iter().map(|key| key.0.clone()));
-        let rest = api::http::router(
-            Arc::clone(&table),
-            api::http::Limits {
-                max_request_bytes: config.max_request_bytes,
-                body_timeout: config.connections.body_read_timeout,
-            },
-            control.clone(),
-            keys.clone(),
-            hook,
+        let gateway = Arc::new(
+            api::Gateway::new(Arc::clone(&table), traffic, config.request_limits)
+                .with_control(api::ModelControl::new(config.admin_token.as_ref().map(|token| token.0.clone())))
+                .with_keys(api::ApiKeys::new(config.api_keys.iter().map(|key| key.0.clone())))
+                .with_hook(hook),
         );
+        let limits = api::http::Limits {
+            max_request_bytes: config.max_request_bytes,
+            body_timeout: config.connections.body_read_timeout,
+        };
+        let rest = api::http::router(Arc::clone(&gateway), limits);
         let http = listen::serve(listener, rest, listen.clone(), stop.clone());
-        let grpc = listen::serve(
-            grpc_listener,
-            api::grpc::router(Arc::clone(&table), config.max_request_bytes, control, keys),
-            listen,
-            stop.clone(),
-        );
+        let grpc_api = api::grpc::router(gateway, config.max_request_bytes);
+        let grpc = listen::serve(grpc_listener, grpc_api, listen, stop.clone());
         // Prometheus scrapes in plain HTTP from inside the cluster; the metrics port never carries TLS.
         let metrics_listen = listen::Listen { limits: config.connections, tls: None };
         let metrics =

@@ -9,12 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::count_window::CountWindow;
 use super::predictions::{Distribution, MonitorSpec, for_each_class, for_each_value};
+use super::psi::{EPSILON, psi};
 use crate::tensor::Tensor;
 
-/// Shares below this count as this, so a bin empty on one side does not make the PSI infinite.
-const EPSILON: f64 = 1e-4;
-/// Fewer live observations than this in the window give no PSI (NaN): too few to say anything.
-pub const MIN_SAMPLES: u64 = 30;
 /// Feature columns tracked per input, to bound the series a wide input could create.
 pub const MAX_FEATURES: usize = 64;
 
@@ -126,22 +123,6 @@ fn for_each_column(tensor: &Tensor, mut f: impl FnMut(usize, f64)) {
         f(column, v);
         column = (column + 1) % width;
     });
-}
-
-/// The population stability index: sum over bins of (live - reference) * ln(live / reference).
-pub fn psi(expected: &[f64], counts: &[u64]) -> f64 {
-    let total: u64 = counts.iter().sum();
-    if total < MIN_SAMPLES {
-        return f64::NAN;
-    }
-    expected
-        .iter()
-        .zip(counts)
-        .map(|(&e, &c)| {
-            let a = (c as f64 / total as f64).max(EPSILON);
-            (a - e) * (a / e).ln()
-        })
-        .sum()
 }
 
 #[derive(Debug)]
@@ -340,15 +321,6 @@ fn bucket_shares(buckets: Vec<f64>, values: &[f64]) -> ReferenceDistribution {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn psi_is_zero_for_the_same_distribution_and_grows_with_shift() {
-        let expected = [0.25, 0.25, 0.5];
-        assert!(psi(&expected, &[25, 25, 50]).abs() < 1e-12);
-        assert!(psi(&expected, &[20, 30, 50]) < 0.1);
-        assert!(psi(&expected, &[80, 10, 10]) > 0.25);
-        assert!(psi(&expected, &[1, 1, 1]).is_nan(), "too few samples");
-    }
 
     #[test]
     fn references_are_checked() {

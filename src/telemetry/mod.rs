@@ -6,9 +6,12 @@
 
 mod count_window;
 mod drift;
+mod latency;
 mod latency_window;
+mod plan;
 mod predictions;
 mod process;
+mod psi;
 mod statistics;
 
 use std::sync::Arc;
@@ -20,10 +23,31 @@ use prometheus::{
 };
 
 pub use drift::{DriftMonitor, MAX_FEATURES, Reference, ReferenceDistribution, build_reference};
+pub use latency::LatencyHistogram;
 pub use latency_window::LatencyWindow;
+pub use plan::{OutputShape, Watched, monitor_plan};
 pub use predictions::{Distribution, MAX_CLASSES, MonitorSpec, PredictionMonitor};
 pub(crate) use predictions::{for_each_class, for_each_value};
+pub use psi::{psi, psi_of_counts};
 pub use statistics::{BatchTotals, ComputeTimes, DurationTotal, Statistics};
+
+/// The transport a request came by: the `protocol` label of the request metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Rest,
+    Grpc,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Rest, Protocol::Grpc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Rest => "rest",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
 
 /// Request, queue and compute duration buckets, in seconds: fine below a millisecond for small models, wide
 /// enough for models that take seconds.
@@ -87,9 +111,10 @@ pub struct VersionMetrics {
     model: String,
     version: String,
     requests: IntCounterVec,
-    ok_rest: IntCounter,
+    /// Answered requests and request durations, per [`Protocol`] (indexed by it), resolved once.
+    ok: [IntCounter; 2],
     inferences: IntCounter,
-    request_duration_rest: Histogram,
+    request_duration: [Histogram; 2],
     pub queue_duration: Histogram,
     pub compute_duration: Histogram,
     pub batch_size: Histogram,
@@ -279,9 +304,10 @@ impl Telemetry {
             model: model.to_owned(),
             version: version.clone(),
             requests: self.requests.clone(),
-            ok_rest: self.requests.with_label_values(&[model, &version, "rest", "none"]),
+            ok: Protocol::ALL.map(|p| self.requests.with_label_values(&[model, &version, p.as_str(), "none"])),
             inferences: self.inferences.with_label_values(&mv),
-            request_duration_rest: self.request_duration.with_label_values(&[model, &version, "rest"]),
+            request_duration: Protocol::ALL
+                .map(|p| self.request_duration.with_label_values(&[model, &version, p.as_str()])),
             queue_duration: self.queue_duration.with_label_values(&mv),
             compute_duration: self.compute_duration.with_label_values(&mv),
             batch_size: self.batch_size.with_label_values(&mv),
@@ -366,20 +392,21 @@ impl Telemetry {
 }
 
 impl VersionMetrics {
-    /// A REST request answered: its rows and its latency.
-    pub fn observe_ok(&self, rows: usize, took: Duration) {
-        self.ok_rest.inc();
+    /// A request answered: its rows and its latency.
+    pub fn observe_ok(&self, protocol: Protocol, rows: usize, took: Duration) {
+        self.ok[protocol as usize].inc();
         self.inferences.inc_by(rows as u64);
-        self.request_duration_rest.observe(took.as_secs_f64());
+        self.request_duration[protocol as usize].observe(took.as_secs_f64());
         self.latency.record(took);
         self.statistics.record_success(rows, took);
     }
 
     /// A request refused or failed after it reached this version, `took` after it arrived.
-    pub fn observe_error(&self, error_type: &str, took: Duration) {
+    pub fn observe_error(&self, protocol: Protocol, error_type: &str, took: Duration) {
         self.statistics.fail.add(took);
         // The request histogram holds refused and failed requests too, so a p99 alert sees overload (429, 504).
-        self.request_duration_rest.observe(took.as_secs_f64());
-        self.requests.with_label_values(&[self.model.as_str(), self.version.as_str(), "rest", error_type]).inc();
+        self.request_duration[protocol as usize].observe(took.as_secs_f64());
+        let labels = [self.model.as_str(), self.version.as_str(), protocol.as_str(), error_type];
+        self.requests.with_label_values(&labels).inc();
     }
 }

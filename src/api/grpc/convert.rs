@@ -5,9 +5,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::proto;
+use crate::api::TensorSpec;
 use crate::api::VersionPolicyView;
 use crate::api::{ApiError, InferRequest, InferResponse, ModelConfigView, ModelMetadata, NamedTensor, StatisticsView};
-use crate::backend::TensorSpec;
 use crate::telemetry::DurationTotal;
 use crate::tensor::{DataType, Tensor, element_count, push_bytes_element};
 

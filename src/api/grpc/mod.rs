@@ -6,15 +6,13 @@ pub mod convert;
 
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use tonic::metadata::AsciiMetadataKey;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::api::{self, ApiError};
-use crate::lifecycle::ModelTable;
-use crate::scheduler;
+use crate::api::{self, ApiError, Call, Gateway, Protocol, pipeline};
 
 /// The code generated from `proto/inference.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_debug_implementations)]
@@ -27,14 +25,9 @@ use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceSe
 /// Requests of one `ModelStreamInfer` stream computed at once; responses still go back in request order.
 const STREAM_IN_FLIGHT: usize = 64;
 
-/// The gRPC API as an axum router, served next to (not on) the REST port.
-pub fn router(
-    table: Arc<ModelTable>,
-    max_request_bytes: usize,
-    control: api::ModelControl,
-    keys: api::ApiKeys,
-) -> axum::Router {
-    let service = GrpcInferenceServiceServer::new(GrpcApi { table, control, keys })
+/// The gRPC API of a gateway as an axum router, served next to (not on) the REST port.
+pub fn router(gateway: Arc<Gateway>, max_request_bytes: usize) -> axum::Router {
+    let service = GrpcInferenceServiceServer::new(GrpcApi { gateway })
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(usize::MAX);
     tonic::service::Routes::new(service).prepare().into_axum_router()
@@ -49,19 +42,22 @@ static ROUTING_KEY: LazyLock<AsciiMetadataKey> =
 
 #[derive(Debug, Clone)]
 struct GrpcApi {
-    table: Arc<ModelTable>,
-    control: api::ModelControl,
-    keys: api::ApiKeys,
+    gateway: Arc<Gateway>,
 }
 
 impl GrpcApi {
     /// Checks the API key of an inference or metadata call (`authorization: Bearer <key>` or `x-api-key`).
     fn keyed<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if !self.keys.required() {
+        let keys = &self.gateway.keys;
+        if !keys.required() {
             return Ok(());
         }
         let api_key = request.metadata().get(&*API_KEY).and_then(|v| v.to_str().ok());
-        Ok(self.keys.authorize(authorization(request), api_key)?)
+        Ok(keys.authorize(authorization(request), api_key)?)
+    }
+
+    fn table(&self) -> &crate::lifecycle::ModelTable {
+        self.gateway.table()
     }
 }
 
@@ -121,27 +117,19 @@ fn authorization<T>(request: &Request<T>) -> Option<&str> {
     request.metadata().get(&*AUTHORIZATION).and_then(|value| value.to_str().ok())
 }
 
-/// One inference, as both the unary and the streaming calls run it.
-/// `key` is the `x-routing-key` metadata of a unary call; the `routing_key` parameter serves when it is absent.
+/// One inference, as both the unary and the streaming calls run it. `key` is the call's `x-routing-key` metadata
+/// and `deadline` its `grpc-timeout`.
 async fn infer(
-    table: &ModelTable,
+    gateway: &Gateway,
     request: proto::ModelInferRequest,
     deadline: Option<Duration>,
-    key: Option<String>,
-) -> Result<proto::ModelInferResponse, ApiError> {
-    let arrived = Instant::now();
+    key: Option<&str>,
+) -> Result<api::InferResponse, ApiError> {
     let model = request.model_name.clone();
     let pinned = version(&request.model_version).map(str::to_owned);
-    let routed = api::route(table, &model, pinned.as_deref(), key.as_deref())?;
-    let mut decoded = convert::infer_request(request)
-        .inspect_err(|e| routed.serving.metrics.observe_error(e.error_type(), arrived.elapsed()))?;
-    decoded.timeout = scheduler::shorter(decoded.timeout, deadline);
-    let routed = match (&decoded.routing_key, &key, &pinned) {
-        (Some(parameter), None, None) => api::route(table, &model, None, Some(parameter))?,
-        _ => routed,
-    };
-    let response = api::infer_routed(table, &model, routed, decoded).await?;
-    Ok(convert::infer_response(response))
+    let decoded = convert::infer_request(request);
+    let call = Call { model: &model, version: pinned.as_deref(), routing_key: key, deadline, protocol: Protocol::Grpc };
+    pipeline::infer(gateway, call, decoded).await
 }
 
 #[tonic::async_trait]
@@ -151,13 +139,13 @@ impl GrpcInferenceService for GrpcApi {
     }
 
     async fn server_ready(&self, _: Request<proto::ServerReadyRequest>) -> GrpcResult<proto::ServerReadyResponse> {
-        Ok(Response::new(proto::ServerReadyResponse { ready: self.table.is_ready() }))
+        Ok(Response::new(proto::ServerReadyResponse { ready: self.table().is_ready() }))
     }
 
     async fn model_ready(&self, request: Request<proto::ModelReadyRequest>) -> GrpcResult<proto::ModelReadyResponse> {
         let request = request.into_inner();
         // Like Triton: an unknown model is an error, a known but unavailable one is "not ready".
-        let ready = match api::model_ready(&self.table, &request.name, version(&request.version)) {
+        let ready = match api::model_ready(self.table(), &request.name, version(&request.version)) {
             Ok(()) => true,
             Err(ApiError::ModelUnavailable(_)) => false,
             Err(e) => return Err(e.into()),
@@ -184,7 +172,7 @@ impl GrpcInferenceService for GrpcApi {
     ) -> GrpcResult<proto::ModelMetadataResponse> {
         self.keyed(&request)?;
         let request = request.into_inner();
-        let metadata = api::model_metadata(&self.table, &request.name, version(&request.version))?;
+        let metadata = api::model_metadata(self.table(), &request.name, version(&request.version))?;
         Ok(Response::new(convert::model_metadata(metadata)))
     }
 
@@ -192,12 +180,9 @@ impl GrpcInferenceService for GrpcApi {
         self.keyed(&request)?;
         let deadline = grpc_timeout(&request)?;
         let key = request.metadata().get(&*ROUTING_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let response = infer(&self.table, request.into_inner(), deadline, key).await?;
-        let variant = response.parameters.get("variant").and_then(|p| match &p.parameter_choice {
-            Some(proto::infer_parameter::ParameterChoice::StringParam(v)) => v.parse().ok(),
-            _ => None,
-        });
-        let mut response = Response::new(response);
+        let response = infer(&self.gateway, request.into_inner(), deadline, key.as_deref()).await?;
+        let variant = response.variant.as_deref().and_then(|v| v.parse::<AsciiMetadataValue>().ok());
+        let mut response = Response::new(convert::infer_response(response));
         if let Some(variant) = variant {
             response.metadata_mut().insert(api::VARIANT_HEADER, variant);
         }
@@ -216,18 +201,18 @@ impl GrpcInferenceService for GrpcApi {
         self.keyed(&request)?;
         let deadline = grpc_timeout(&request)?;
         let key = request.metadata().get(&*ROUTING_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let table = Arc::clone(&self.table);
+        let gateway = Arc::clone(&self.gateway);
         let responses = request
             .into_inner()
             .map(move |message| {
-                let (table, key) = (Arc::clone(&table), key.clone());
+                let (gateway, key) = (Arc::clone(&gateway), key.clone());
                 async move {
                     let request = message?;
                     let id = request.id.clone();
-                    Ok(match infer(&table, request, deadline, key).await {
+                    Ok(match infer(&gateway, request, deadline, key.as_deref()).await {
                         Ok(response) => proto::ModelStreamInferResponse {
                             error_message: String::new(),
-                            infer_response: Some(response),
+                            infer_response: Some(convert::infer_response(response)),
                         },
                         Err(e) => proto::ModelStreamInferResponse {
                             error_message: e.to_string(),
@@ -246,7 +231,7 @@ impl GrpcInferenceService for GrpcApi {
     ) -> GrpcResult<proto::ModelConfigResponse> {
         self.keyed(&request)?;
         let request = request.into_inner();
-        let config = api::model_config(&self.table, &request.name, version(&request.version))?;
+        let config = api::model_config(self.table(), &request.name, version(&request.version))?;
         Ok(Response::new(proto::ModelConfigResponse { config: Some(convert::model_config(config)) }))
     }
 
@@ -257,7 +242,7 @@ impl GrpcInferenceService for GrpcApi {
         self.keyed(&request)?;
         let request = request.into_inner();
         let model = (!request.name.is_empty()).then_some(request.name.as_str());
-        let statistics = api::statistics(&self.table, model, version(&request.version))?;
+        let statistics = api::statistics(self.table(), model, version(&request.version))?;
         Ok(Response::new(convert::statistics(statistics)))
     }
 
@@ -266,7 +251,7 @@ impl GrpcInferenceService for GrpcApi {
         request: Request<proto::RepositoryIndexRequest>,
     ) -> GrpcResult<proto::RepositoryIndexResponse> {
         self.keyed(&request)?;
-        let rows = api::repository_index(&self.table, request.into_inner().ready);
+        let rows = api::repository_index(self.table(), request.into_inner().ready);
         let models = rows
             .into_iter()
             .map(|row| proto::repository_index_response::ModelIndex {
@@ -285,7 +270,7 @@ impl GrpcInferenceService for GrpcApi {
     ) -> GrpcResult<proto::RepositoryModelLoadResponse> {
         let auth = authorization(&request).map(str::to_owned);
         let model = request.into_inner().model_name;
-        api::load_model(&self.table, &self.control, auth.as_deref(), &model).await?;
+        api::load_model(self.table(), &self.gateway.control, auth.as_deref(), &model).await?;
         Ok(Response::new(proto::RepositoryModelLoadResponse {}))
     }
 
@@ -295,7 +280,7 @@ impl GrpcInferenceService for GrpcApi {
     ) -> GrpcResult<proto::RepositoryModelUnloadResponse> {
         let auth = authorization(&request).map(str::to_owned);
         let model = request.into_inner().model_name;
-        api::unload_model(&self.table, &self.control, auth.as_deref(), &model).await?;
+        api::unload_model(self.table(), &self.gateway.control, auth.as_deref(), &model).await?;
         Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
     }
 }

@@ -493,7 +493,7 @@ pub fn encode_response(response: &InferResponse, format: &OutputFormat) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::InferOutput;
+    use crate::api::NamedTensor;
 
     fn decode_json(json: &str) -> Result<InferRequest, ApiError> {
         decode_request(&Bytes::copy_from_slice(json.as_bytes()), None).map(|(request, _)| request)
@@ -537,7 +537,7 @@ mod tests {
                 model_name: "m".into(),
                 model_version: "1".into(),
                 id: None,
-                outputs: vec![InferOutput { name: "x".into(), tensor }],
+                outputs: vec![NamedTensor { name: "x".into(), tensor }],
                 variant: None,
             };
             let encoded = encode_response(&response, &OutputFormat::default()).unwrap();
@@ -621,7 +621,7 @@ mod tests {
             model_name: "m".into(),
             model_version: "1".into(),
             id: None,
-            outputs: request.inputs.into_iter().map(|i| InferOutput { name: i.name, tensor: i.tensor }).collect(),
+            outputs: request.inputs.into_iter().map(|i| NamedTensor { name: i.name, tensor: i.tensor }).collect(),
             variant: Some("b".into()),
         };
         let encoded = encode_response(&response, &format).unwrap();

@@ -4,105 +4,20 @@
 //! to disk so a restart resumes where it was and never re-promotes a rolled-back candidate.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
 
-use super::{Policy, WindowSummary, psi};
+use super::policy::Policy;
+use super::state::TrafficState;
+use super::window::WindowSummary;
 use crate::durable::write_atomically;
 use crate::repository::{RolloutConfig, TrafficConfig};
-use crate::telemetry::TrafficMetrics;
+use crate::telemetry::{TrafficMetrics, psi_of_counts};
 
 /// Decisions kept for the endpoint.
 const KEPT_DECISIONS: usize = 100;
-
-/// `model.toml`'s `[traffic]` and `[rollout]`, if any.
-type FileTraffic = Option<(TrafficConfig, Option<RolloutConfig>)>;
-
-/// A model's traffic: the policy in force, the rollout's status, and what `model.toml` said last.
-#[derive(Debug, Default)]
-pub struct TrafficState {
-    pub policy: ArcSwapOption<Policy>,
-    pub rollout: ArcSwapOption<RolloutStatus>,
-    /// `None` until the file is first applied.
-    file: Mutex<Option<FileTraffic>>,
-    /// The running rollout's task and generation; a rollout changes weights only while its generation is current,
-    /// checked under this lock, which `stop_rollout` takes too.
-    task: Mutex<(Option<tokio::task::AbortHandle>, u64)>,
-    /// Serialises policy changes (API calls, file applications) so that the saved policy is the one in force.
-    pub changes: Mutex<()>,
-}
-
-impl TrafficState {
-    /// Puts `policy` in force (or none) and publishes its weights.
-    pub fn store(&self, model: &str, policy: Option<Policy>, metrics: &TrafficMetrics) {
-        if let Some(old) = self.policy.load().as_ref() {
-            for v in &old.variants {
-                metrics.weight.with_label_values(&[model, &v.name]).set(0);
-            }
-        }
-        if let Some(policy) = &policy {
-            for v in &policy.variants {
-                metrics.weight.with_label_values(&[model, &v.name]).set(i64::from(v.weight));
-            }
-        }
-        self.policy.store(policy.map(Arc::new));
-    }
-
-    /// Whether `model.toml`'s traffic differs from what was applied from it last; records it as applied.
-    pub fn file_changed(&self, traffic: Option<&TrafficConfig>, rollout: Option<&RolloutConfig>) -> bool {
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Some(traffic.map(|t| (t.clone(), rollout.cloned())));
-        if *file == now {
-            return false;
-        }
-        *file = now;
-        true
-    }
-
-    /// What `model.toml` said when last applied, as text: the key under which an API change is saved.
-    pub fn file_fingerprint(&self) -> String {
-        let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        serde_json::to_string(&*file).unwrap_or_default()
-    }
-
-    /// Forgets what the file said, so that the next listing applies it again (after a refusal).
-    pub fn forget_file(&self) {
-        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    /// Stops the rollout that runs, if any (a new policy from the file or the API replaces it): from here on it
-    /// can change nothing, even if it is between two awaits.
-    pub fn stop_rollout(&self) {
-        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        task.1 += 1;
-        if let Some(handle) = task.0.take() {
-            handle.abort();
-        }
-        self.rollout.store(None);
-    }
-
-    /// Registers a new rollout's task; returns its generation.
-    fn set_task(&self, handle: tokio::task::AbortHandle) -> u64 {
-        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        task.1 += 1;
-        if let Some(old) = task.0.replace(handle) {
-            old.abort();
-        }
-        task.1
-    }
-
-    /// Runs `change` if `generation` is still the current rollout's.
-    fn if_current(&self, generation: u64, change: impl FnOnce()) -> bool {
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if task.1 == generation {
-            change();
-        }
-        task.1 == generation
-    }
-}
 
 /// What the rollout endpoint shows.
 #[derive(Debug, Clone, Serialize)]
@@ -266,7 +181,8 @@ impl Rollout {
 
     /// Compares the two windows: a breach as soon as both have enough answers; a pass once the step was held.
     fn judge(&self, baseline: &WindowSummary, candidate: &WindowSummary, held: bool) -> (Verdict, f64, f64) {
-        let psi = psi(&baseline.predictions, &candidate.predictions);
+        // NaN (no breach) until both sides have predictions enough to compare.
+        let psi = psi_of_counts(&baseline.predictions, &candidate.predictions);
         let ratio = if baseline.p99_ms > 0.0 { candidate.p99_ms / baseline.p99_ms } else { 1.0 };
         let c = &self.config;
         if baseline.requests < c.min_requests || candidate.requests < c.min_requests {

@@ -1,4 +1,9 @@
-//! The local folder source: `<repository>/<model>/[model.toml]` and `<repository>/<model>/<version>/model.onnx`.
+//! The local folder source: `<repository>/<model>/[model.toml]` and `<repository>/<model>/<version>/model.onnx`,
+//! scanned on demand and watched for changes (`watch`).
+
+mod watch;
+
+pub use watch::{FolderFollower, watch};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

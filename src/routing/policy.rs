@@ -1,17 +1,11 @@
-//! Traffic policies at run time: which variant answers a request (weighted rendezvous hashing of a routing key,
-//! or a random draw), which requests are copied to the shadow, and what each variant's answers looked like since
-//! the policy was set (the rollout compares those windows).
-
-pub mod rollout;
+//! A traffic policy at run time: which variant answers a request (weighted rendezvous hashing of a routing key,
+//! or a random draw) and which requests are copied to the shadow.
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
+use super::window::VariantWindow;
 use crate::repository::{Target, TrafficConfig};
-use crate::telemetry::{for_each_class, for_each_value};
-use crate::tensor::{DataType, Tensor};
 
 /// A validated policy with the windows of its variants; replaced whole (one `ArcSwap` store) on every change.
 #[derive(Debug)]
@@ -128,121 +122,6 @@ fn random_unit() -> f64 {
     })
 }
 
-/// Upper bounds of the latency buckets of a window, in microseconds (about 19 % apart, 50 µs to 100 s).
-fn latency_bucket(micros: u64) -> usize {
-    let micros = micros.max(50) as f64 / 50.0;
-    ((micros.ln() / 1.19f64.ln()).ceil() as usize).min(LATENCY_BUCKETS - 1)
-}
-
-fn bucket_upper_micros(bucket: usize) -> f64 {
-    50.0 * 1.19f64.powi(bucket as i32)
-}
-
-const LATENCY_BUCKETS: usize = 84;
-/// Prediction bins of a window: class indices (or integer labels) modulo this, or score bins.
-pub const PREDICTION_BINS: usize = 32;
-
-/// What a variant answered since its policy was set: counts, a latency histogram and a histogram of its
-/// predictions (first output: the class of each row, or its score binned).
-#[derive(Debug)]
-pub struct VariantWindow {
-    ok: AtomicU64,
-    errors: AtomicU64,
-    latency: [AtomicU64; LATENCY_BUCKETS],
-    predictions: [AtomicU64; PREDICTION_BINS],
-}
-
-impl Default for VariantWindow {
-    fn default() -> Self {
-        VariantWindow {
-            ok: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            latency: std::array::from_fn(|_| AtomicU64::new(0)),
-            predictions: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-}
-
-/// A window read at one moment.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct WindowSummary {
-    pub requests: u64,
-    pub errors: u64,
-    pub error_rate: f64,
-    pub p99_ms: f64,
-    #[serde(skip)]
-    pub predictions: Vec<u64>,
-}
-
-impl VariantWindow {
-    /// Counts an answer (`ok`) or a failure of the variant, with its latency.
-    pub fn observe(&self, elapsed: Duration, ok: bool) {
-        let counter = if ok { &self.ok } else { &self.errors };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.latency[latency_bucket(micros)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Bins the rows of the model's first output (whatever outputs the caller asked for).
-    pub fn observe_predictions(&self, first_output: &Tensor) {
-        for_each_bin(first_output, |bin| {
-            self.predictions[bin].fetch_add(1, Ordering::Relaxed);
-        });
-    }
-
-    pub fn summary(&self) -> WindowSummary {
-        let ok = self.ok.load(Ordering::Relaxed);
-        let errors = self.errors.load(Ordering::Relaxed);
-        let requests = ok + errors;
-        let latency: Vec<u64> = self.latency.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        let total: u64 = latency.iter().sum();
-        let rank = (total as f64 * 0.99).ceil() as u64;
-        let mut seen = 0;
-        let p99_bucket = latency.iter().position(|&c| {
-            seen += c;
-            seen >= rank.max(1)
-        });
-        WindowSummary {
-            requests,
-            errors,
-            error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
-            p99_ms: p99_bucket.filter(|_| total > 0).map_or(0.0, |b| bucket_upper_micros(b) / 1000.0),
-            predictions: self.predictions.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
-        }
-    }
-}
-
-/// Calls `f` with the bin of every row of a model's first output: the class of a float output of shape [N, K]
-/// (its highest column), a float score of shape [N] or [N, 1] binned over [0, 1] (clamped), or the value of an
-/// integer or boolean label, modulo the bins. BYTES outputs have nothing to bin.
-fn for_each_bin(tensor: &Tensor, mut f: impl FnMut(usize)) {
-    let bins = PREDICTION_BINS as f64;
-    let float = matches!(tensor.dtype(), DataType::Fp32 | DataType::Fp64);
-    let columns = tensor.shape().get(1).copied().unwrap_or(1);
-    match (float, columns > 1) {
-        (true, true) => for_each_class(tensor, true, |class| f(class as usize % PREDICTION_BINS)),
-        (true, false) => for_each_value(tensor, |score| f((score.clamp(0.0, 1.0) * (bins - 1.0)) as usize)),
-        (false, _) => for_each_value(tensor, |label| f(label.rem_euclid(bins) as usize)),
-    }
-}
-
-/// Population stability index of `actual` against `expected` (bin counts); empty bins count as a small share,
-/// so a class one side never predicts still weighs.
-pub fn psi(expected: &[u64], actual: &[u64]) -> f64 {
-    let (e_total, a_total) = (expected.iter().sum::<u64>() as f64, actual.iter().sum::<u64>() as f64);
-    if e_total == 0.0 || a_total == 0.0 {
-        return 0.0;
-    }
-    expected
-        .iter()
-        .zip(actual)
-        .map(|(&e, &a)| {
-            let (e, a) = ((e as f64 / e_total).max(1e-4), (a as f64 / a_total).max(1e-4));
-            (a - e) * (a / e).ln()
-        })
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,26 +168,5 @@ mod tests {
         assert!((share(b_before) - 0.10).abs() < 0.01, "{}", share(b_before));
         assert!((share(b_after) - 0.50).abs() < 0.015, "{}", share(b_after));
         assert_eq!(moved_back, 0);
-    }
-
-    #[test]
-    fn windows_count_and_bin_predictions() {
-        let window = VariantWindow::default();
-        let probabilities: Vec<u8> = [0.1f32, 0.9, 0.8, 0.2].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let tensor = Tensor::new(DataType::Fp32, vec![2, 2], bytes::Bytes::from(probabilities)).unwrap();
-        window.observe(Duration::from_millis(2), true);
-        window.observe_predictions(&tensor);
-        window.observe(Duration::from_millis(30), false);
-        let summary = window.summary();
-        assert_eq!((summary.requests, summary.errors, summary.error_rate), (2, 1, 0.5));
-        assert_eq!(&summary.predictions[..2], [1, 1]);
-        assert!(summary.p99_ms >= 30.0 && summary.p99_ms < 36.0, "{}", summary.p99_ms);
-    }
-
-    #[test]
-    fn psi_is_zero_for_equal_distributions_and_large_for_different_ones() {
-        assert!(psi(&[50, 50, 0], &[500, 500, 0]) < 1e-9);
-        assert!(psi(&[90, 10], &[10, 90]) > 1.0);
-        assert!(psi(&[100, 0], &[95, 5]) > 0.02);
     }
 }

@@ -1,0 +1,58 @@
+//! Health: liveness, readiness (with the detail of the model sources) and a model's readiness. Never keyed, so
+//! probes need no credentials.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use super::metadata::{RoutePath, route};
+use super::{AppState, json_body};
+use crate::api::{self, ApiError};
+use crate::lifecycle::MlflowStatus;
+
+pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
+}
+
+#[derive(Serialize)]
+struct Live {
+    live: bool,
+}
+
+#[derive(Serialize)]
+struct Ready {
+    ready: bool,
+}
+
+/// The server's readiness with the detail of its model sources.
+#[derive(Serialize)]
+struct ServerReady {
+    ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mlflow: Option<MlflowStatus>,
+}
+
+async fn live() -> Response {
+    json_body(&Live { live: true })
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let table = state.gateway.table();
+    let ready = table.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mlflow = table.mlflow_status().map(|status| (*status).clone());
+    (status, json_body(&ServerReady { ready, mlflow })).into_response()
+}
+
+async fn model_ready(State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
+    let r = route(path)?;
+    api::model_ready(state.gateway.table(), &r.model, r.version.as_deref())?;
+    Ok(json_body(&Ready { ready: true }))
+}

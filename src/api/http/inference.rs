@@ -1,0 +1,167 @@
+//! `POST /v2/models/{model}[/versions/{version}]/infer`, the hot path: the path is matched by hand, the body
+//! decoded (JSON, or JSON and binary tensors), the request run through the one pipeline and the answer encoded.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use percent_encoding::percent_decode_str;
+
+use super::body::{authorize, read_body};
+use super::{AppState, body_with_type, json, json_bytes};
+use crate::api::{self, ApiError, Call, InferRequest, Protocol, pipeline};
+
+/// Bodies larger than this are decoded on the blocking pool: parsing megabytes of JSON on an async worker
+/// would stall every other connection that worker serves.
+const INLINE_DECODE_LIMIT: usize = 256 * 1024;
+
+// Header names are built once: a name given as a string is parsed again at every lookup.
+static ROUTING_KEY_HEADER: HeaderName = HeaderName::from_static(api::ROUTING_KEY_HEADER);
+static VARIANT_HEADER: HeaderName = HeaderName::from_static(api::VARIANT_HEADER);
+/// The binary tensor extension's header: the body is this many bytes of JSON, then the tensors.
+static HEADER_LENGTH: HeaderName = HeaderName::from_static(json::HEADER_LENGTH);
+/// Header a caller may set to bound how long it waits, in milliseconds (like the `timeout` parameter).
+static TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-request-timeout-ms");
+
+/// The model and version segments of `/v2/models/{model}[/versions/{version}]/infer`, still percent-encoded.
+pub(super) type InferPath<'a> = (&'a str, Option<&'a str>);
+
+/// The model and version of an inference path; `None` for any other path.
+pub(super) fn path(path: &str) -> Option<InferPath<'_>> {
+    let names = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
+    let mut segments = names.split('/');
+    match (segments.next(), segments.next(), segments.next(), segments.next()) {
+        (Some(model), None, None, None) if !model.is_empty() => Some((model, None)),
+        (Some(model), Some("versions"), Some(version), None) if !model.is_empty() && !version.is_empty() => {
+            Some((model, Some(version)))
+        }
+        _ => None,
+    }
+}
+
+/// Answers one inference request (any error as its status).
+pub(super) async fn infer<B>(state: &AppState, (model, version): InferPath<'_>, parts: &Parts, body: B) -> Response
+where
+    B: axum::body::HttpBody<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    let answer = async {
+        if parts.method != Method::POST {
+            return Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", parts.method, parts.uri.path())));
+        }
+        authorize(state, &parts.headers)?;
+        let (model, version) = (decode_segment(model)?, version.map(decode_segment).transpose()?);
+        let body = read_body(body, state.limits).await;
+        run(state, &model, version.as_deref(), &parts.headers, body).await
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A path segment as a name: percent-decoded, and UTF-8.
+fn decode_segment(segment: &str) -> Result<Cow<'_, str>, ApiError> {
+    percent_decode_str(segment).decode_utf8().map_err(|e| {
+        ApiError::malformed(format!("invalid path: the segment '{segment}' is not UTF-8 once decoded: {e}"))
+    })
+}
+
+async fn run(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
+    let (request, format, deadline) = match decode(body, headers).await {
+        Ok((request, format, deadline)) => (Ok(request), format, deadline),
+        Err(e) => (Err(e), json::OutputFormat::default(), None),
+    };
+    let routing_key = headers.get(&ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
+    let call = Call { model, version, routing_key, deadline, protocol: Protocol::Rest };
+    let response = pipeline::infer(&state.gateway, call, request).await?;
+    let encoded = json::encode_response(&response, &format)?;
+    let mut reply = match encoded.header_length {
+        None => json_bytes(encoded.body),
+        Some(length) => {
+            let mut reply = body_with_type(encoded.body, "application/octet-stream");
+            reply.headers_mut().insert(HEADER_LENGTH.clone(), HeaderValue::from(length));
+            reply
+        }
+    };
+    if let Some(variant) = response.variant.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        reply.headers_mut().insert(VARIANT_HEADER.clone(), variant);
+    }
+    Ok(reply)
+}
+
+/// Reads and decodes the body (JSON, or JSON and binary tensors), with the deadline of the timeout header.
+async fn decode(
+    body: Result<Bytes, ApiError>,
+    headers: &HeaderMap,
+) -> Result<(InferRequest, json::OutputFormat, Option<Duration>), ApiError> {
+    let deadline = header_timeout(headers)?;
+    let header_length = match headers.get(&HEADER_LENGTH) {
+        None => None,
+        Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+            ApiError::malformed(format!("header {} must be a whole number of bytes", json::HEADER_LENGTH))
+        })?),
+    };
+    let body = body?;
+    let json_length = header_length.unwrap_or(body.len());
+    let (request, format) = if json_length > INLINE_DECODE_LIMIT {
+        tokio::task::spawn_blocking(move || json::decode_request(&body, header_length))
+            .await
+            .map_err(|e| ApiError::Inference(format!("the request decoder failed: {e}")))??
+    } else {
+        json::decode_request(&body, header_length)?
+    };
+    Ok((request, format, deadline))
+}
+
+fn header_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = headers.get(&TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    let millis: u64 = value.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
+        ApiError::malformed(format!("header {TIMEOUT_HEADER} must be a whole number of milliseconds"))
+    })?;
+    // 0 means no deadline, as for the `timeout` parameter and `default_timeout_ms`.
+    Ok((millis > 0).then(|| Duration::from_millis(millis)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inference_paths_are_matched_by_hand() {
+        assert_eq!(path("/v2/models/mlp/infer"), Some(("mlp", None)));
+        assert_eq!(path("/v2/models/mlp/versions/3/infer"), Some(("mlp", Some("3"))));
+        assert_eq!(path("/v2/models/versions/infer"), Some(("versions", None)));
+        assert_eq!(path("/v2/models/mlp.v2-b_c/infer"), Some(("mlp.v2-b_c", None)));
+        assert_eq!(path("/v2/models/my%20model/infer"), Some(("my%20model", None)));
+        for other in [
+            "/v2/models//infer",
+            "/v2/models/infer",
+            "/v2/models/mlp/infer/",
+            "/v2/models/mlp/versions//infer",
+            "/v2/models/mlp/versions/infer",
+            "/v2/models/mlp/other/3/infer",
+            "/v2/models/mlp/versions/3/extra/infer",
+            "/v2/models/a/b/infer",
+            "/v2/models/mlp/ready",
+            "/v2//models/mlp/infer",
+        ] {
+            assert_eq!(path(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn names_are_percent_decoded() {
+        assert_eq!(decode_segment("my%20model").unwrap(), "my model");
+        assert_eq!(decode_segment("mlp").unwrap(), "mlp");
+        assert!(matches!(decode_segment("bad%FF"), Err(ApiError::MalformedRequest(_))));
+    }
+}

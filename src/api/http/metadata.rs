@@ -1,0 +1,62 @@
+//! Metadata: the server's, a model's, its configuration (Triton's model configuration extension) and its
+//! statistics (Triton's statistics extension).
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::get;
+use serde::Deserialize;
+
+use super::body::Keyed;
+use super::{AppState, json_body};
+use crate::api::{self, ApiError};
+
+pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/stats", get(all_statistics))
+        .route("/v2/models/{model}/stats", get(model_statistics))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_statistics))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config))
+}
+
+/// `{model}` or `{model}/versions/{version}` of a model route.
+#[derive(Debug, Deserialize)]
+pub(super) struct ModelRoute {
+    pub model: String,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+pub(super) type RoutePath = Result<Path<ModelRoute>, PathRejection>;
+
+pub(super) fn route(path: RoutePath) -> Result<ModelRoute, ApiError> {
+    path.map(|Path(route)| route).map_err(|e| ApiError::malformed(format!("invalid path: {}", e.body_text())))
+}
+
+async fn server_metadata(_: Keyed) -> Response {
+    json_body(&api::server_metadata())
+}
+
+async fn model_metadata(_: Keyed, State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
+    let r = route(path)?;
+    Ok(json_body(&api::model_metadata(state.gateway.table(), &r.model, r.version.as_deref())?))
+}
+
+async fn model_config(_: Keyed, State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
+    let r = route(path)?;
+    Ok(json_body(&api::model_config(state.gateway.table(), &r.model, r.version.as_deref())?))
+}
+
+async fn all_statistics(_: Keyed, State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(json_body(&api::statistics(state.gateway.table(), None, None)?))
+}
+
+async fn model_statistics(_: Keyed, State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
+    let r = route(path)?;
+    Ok(json_body(&api::statistics(state.gateway.table(), Some(&r.model), r.version.as_deref())?))
+}

@@ -1,0 +1,258 @@
+//! The one inference pipeline. Both transports decode a request into [`InferRequest`], call [`infer`] with what
+//! they know besides the body ([`Call`]: model, pinned version, routing key, deadline, protocol) and encode what it
+//! returns. In order, and nowhere else: limits, routing (once, the transport's key and the body's `routing_key`
+//! together), the shadow copy, the scheduler (after the signature check), and the recording of the outcome
+//! (request metrics, the variant's metrics and window, statistics, predictions and drift).
+
+use std::time::{Duration, Instant};
+
+use super::inputs::{order_inputs, select_outputs};
+use super::limits::check_limits;
+use super::{ApiError, Gateway, scheduler_error};
+use crate::lifecycle::ServingVersion;
+use crate::routing::{Routed, Shadow, VariantWindow};
+use crate::telemetry::{Protocol, TrafficMetrics};
+use crate::tensor::Tensor;
+
+/// The header (REST) or metadata key (gRPC) a caller may set so that its requests go to the same traffic variant.
+pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
+/// The header (REST) or metadata key (gRPC) naming the traffic variant that answered.
+pub const VARIANT_HEADER: &str = "x-infergate-variant";
+
+/// A named input or output tensor.
+#[derive(Debug, Clone)]
+pub struct NamedTensor {
+    pub name: String,
+    pub tensor: Tensor,
+}
+
+/// A decoded inference request, whatever transport it came by.
+#[derive(Debug, Default, Clone)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<NamedTensor>,
+    /// Names of the outputs wanted; `None` asks for all of them.
+    pub outputs: Option<Vec<String>>,
+    /// The body's `timeout` parameter: how long the caller will wait.
+    pub timeout: Option<Duration>,
+    /// The body's `routing_key` parameter: requests with the same key go to the same traffic variant.
+    pub routing_key: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: Option<String>,
+    pub outputs: Vec<NamedTensor>,
+    /// The traffic variant that answered, when the model has a policy.
+    pub variant: Option<String>,
+}
+
+/// What a transport knows of a request besides its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub model: &'a str,
+    /// A pinned version (number or alias); `None` lets the traffic policy choose.
+    pub version: Option<&'a str>,
+    /// The routing key of the transport's header or metadata; it wins over the body's `routing_key`.
+    pub routing_key: Option<&'a str>,
+    /// How long the caller will wait, as the transport says (REST timeout header, gRPC `grpc-timeout`).
+    pub deadline: Option<Duration>,
+    pub protocol: Protocol,
+}
+
+/// Runs one inference. `decoded` is the transport's decoding of the body: a body that could not be decoded is
+/// answered as an unknown model when the model is unknown, and is counted against the version it was meant for.
+#[tracing::instrument(name = "infer", skip_all, fields(model = call.model, protocol = call.protocol.as_str()))]
+pub async fn infer(
+    gateway: &Gateway,
+    call: Call<'_>,
+    decoded: Result<InferRequest, ApiError>,
+) -> Result<InferResponse, ApiError> {
+    let arrived = Instant::now();
+    let mut request = match decoded {
+        Ok(request) => request,
+        Err(e) => return Err(undecodable(gateway, &call, e, arrived)),
+    };
+    check_limits(&gateway.limits, &request.inputs)?;
+    let key = call.routing_key.or(request.routing_key.as_deref());
+    let routed = gateway.traffic.route(&gateway.table, call.model, call.version, key)?;
+    request.timeout = shorter(request.timeout, call.deadline);
+    if let Some(shadow) = gateway.traffic.shadow(&gateway.table, call.model, &routed) {
+        send_shadow(gateway.traffic.metrics(), call.model, shadow, request.clone(), call.protocol);
+    }
+    let window = routed.window();
+    let result = run(&routed.serving, request, window, arrived).await;
+    record(&routed, call.protocol, &result, arrived);
+    if let Some(variant) = routed.variant.as_deref() {
+        record_variant(gateway.traffic.metrics(), call.model, variant, &routed.serving, window, &result, arrived);
+    }
+    let (response, _) = result?;
+    Ok(InferResponse { variant: routed.variant.as_deref().map(str::to_owned), ..response })
+}
+
+/// The error for a body that could not be decoded: the model's lookup error when the model cannot answer,
+/// else the decoding error, counted against the version the request was meant for.
+fn undecodable(gateway: &Gateway, call: &Call<'_>, error: ApiError, arrived: Instant) -> ApiError {
+    match gateway.traffic.route(&gateway.table, call.model, call.version, call.routing_key) {
+        Err(lookup) => lookup.into(),
+        Ok(routed) => {
+            routed.serving.metrics.observe_error(call.protocol, error.error_type(), arrived.elapsed());
+            error
+        }
+    }
+}
+
+/// The answer of one version, and the rows it counted as inferences. The caller holds the version's `Arc` until
+/// it is answered, so a version replaced meanwhile finishes its work before it is freed.
+async fn run(
+    serving: &ServingVersion,
+    request: InferRequest,
+    window: Option<&VariantWindow>,
+    arrived: Instant,
+) -> Result<(InferResponse, usize), ApiError> {
+    let output_indices = select_outputs(&serving.signature, &serving.name, request.outputs.as_deref())?;
+    let inputs = order_inputs(&serving.signature, &serving.name, request.inputs)?;
+    // Input drift counts answered requests only, like prediction drift; the copy shares the tensors' bytes.
+    let drift_inputs: Option<Vec<Tensor>> = serving.metrics.drift.tracks_inputs().then(|| inputs.clone());
+    let deadline = deadline(arrived, request.timeout, serving);
+    let (outputs, rows) = serving
+        .scheduler
+        .infer(inputs, deadline)
+        .await
+        .map_err(|e| scheduler_error(e, &serving.name, serving.version))?;
+    serving.metrics.predictions.observe(&outputs);
+    serving.metrics.drift.observe_outputs(&outputs);
+    if let (Some(window), Some(first)) = (window, outputs.first()) {
+        window.observe_predictions(first);
+    }
+    if let Some(inputs) = drift_inputs {
+        serving.metrics.drift.observe_inputs(&inputs);
+    }
+    let mut outputs = outputs.into_iter().map(Some).collect::<Vec<_>>();
+    let outputs = output_indices
+        .into_iter()
+        .map(|ix| {
+            let tensor = outputs
+                .get_mut(ix)
+                .and_then(Option::take)
+                .ok_or_else(|| ApiError::Inference(format!("the model returned no value for output {ix}")))?;
+            Ok(NamedTensor { name: serving.signature.outputs[ix].name.clone(), tensor })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let response = InferResponse {
+        model_name: serving.name.clone(),
+        model_version: serving.version.to_string(),
+        id: request.id,
+        outputs,
+        variant: None,
+    };
+    Ok((response, rows))
+}
+
+/// The one place timeouts meet: the caller's (body parameter or transport, already the shorter of the two) and
+/// the version's default; the shorter wins, counted from the request's arrival.
+fn deadline(arrived: Instant, requested: Option<Duration>, serving: &ServingVersion) -> Option<Instant> {
+    shorter(requested, serving.scheduler.config().default_timeout).map(|timeout| arrived + timeout)
+}
+
+/// The shorter of two optional timeouts; `None` is no limit.
+fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The request metrics and statistics of the version that answered (or failed).
+fn record(routed: &Routed, protocol: Protocol, result: &Result<(InferResponse, usize), ApiError>, arrived: Instant) {
+    let metrics = &routed.serving.metrics;
+    match result {
+        Ok((_, rows)) => metrics.observe_ok(protocol, *rows, arrived.elapsed()),
+        Err(e) => metrics.observe_error(protocol, e.error_type(), arrived.elapsed()),
+    }
+}
+
+/// The metrics and window of the traffic variant that answered.
+fn record_variant(
+    metrics: &TrafficMetrics,
+    model: &str,
+    variant: &str,
+    serving: &ServingVersion,
+    window: Option<&VariantWindow>,
+    result: &Result<(InferResponse, usize), ApiError>,
+    arrived: Instant,
+) {
+    let labels = [model, variant, &serving.version.to_string(), outcome(result)];
+    metrics.variant_requests.with_label_values(&labels).inc();
+    metrics.variant_duration.with_label_values(&[model, variant]).observe(arrived.elapsed().as_secs_f64());
+    record_in_window(window, result, arrived.elapsed());
+}
+
+/// A copy of the request for the shadow: never waited for, and shed when the shadow's queue is half full.
+fn send_shadow(metrics: &TrafficMetrics, model: &str, shadow: Shadow, request: InferRequest, protocol: Protocol) {
+    let limit = shadow.serving.scheduler.config().policy.max_queue_size / 2;
+    if shadow.serving.scheduler.queue_len() >= limit.max(1) {
+        metrics.shadow_requests.with_label_values(&[model, &shadow.name, "shed"]).inc();
+        return;
+    }
+    let (metrics, model) = (metrics.clone(), model.to_owned());
+    tokio::spawn(async move {
+        let arrived = Instant::now();
+        let window = shadow.window();
+        let result = run(&shadow.serving, request, window, arrived).await;
+        match &result {
+            Ok((_, rows)) => shadow.serving.metrics.observe_ok(protocol, *rows, arrived.elapsed()),
+            Err(e) => shadow.serving.metrics.observe_error(protocol, e.error_type(), arrived.elapsed()),
+        }
+        metrics.shadow_requests.with_label_values(&[model.as_str(), &shadow.name, outcome(&result)]).inc();
+        metrics
+            .shadow_duration
+            .with_label_values(&[model.as_str(), &shadow.name])
+            .observe(arrived.elapsed().as_secs_f64());
+        record_in_window(window, &result, arrived.elapsed());
+    });
+}
+
+/// `ok`, or the error type: the outcome label of the variant and shadow metrics.
+fn outcome<T>(result: &Result<T, ApiError>) -> &'static str {
+    result.as_ref().map_or_else(ApiError::error_type, |_| "ok")
+}
+
+/// Counts an answer, or a failure of the server's, in a variant's window (the caller's mistakes do not count).
+fn record_in_window<T>(window: Option<&VariantWindow>, result: &Result<T, ApiError>, elapsed: Duration) {
+    if let Some(window) = window
+        && result.as_ref().map_or_else(ApiError::is_server_fault, |_| true)
+    {
+        window.observe(elapsed, result.is_ok());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shorter_timeout_wins_and_none_is_no_limit() {
+        let ms = Duration::from_millis;
+        assert_eq!(shorter(Some(ms(5)), Some(ms(3))), Some(ms(3)));
+        assert_eq!(shorter(Some(ms(5)), None), Some(ms(5)));
+        assert_eq!(shorter(None, Some(ms(7))), Some(ms(7)));
+        assert_eq!(shorter(None, None), None);
+    }
+
+    #[test]
+    fn only_the_servers_failures_count_in_a_window() {
+        let window = VariantWindow::default();
+        let failed: Result<(), ApiError> = Err(ApiError::DeadlineExceeded);
+        let mistaken: Result<(), ApiError> = Err(ApiError::invalid_input("wrong shape"));
+        record_in_window(Some(&window), &Ok::<(), ApiError>(()), Duration::from_millis(1));
+        record_in_window(Some(&window), &failed, Duration::from_millis(1));
+        record_in_window(Some(&window), &mistaken, Duration::from_millis(1));
+        let summary = window.summary();
+        assert_eq!((summary.requests, summary.errors), (2, 1));
+        assert_eq!(outcome(&failed), "deadline_exceeded");
+        assert_eq!(outcome(&Ok::<(), ApiError>(())), "ok");
+    }
+}
