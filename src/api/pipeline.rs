@@ -64,7 +64,13 @@ pub struct Call<'a> {
 
 /// Runs one inference. `decoded` is the transport's decoding of the body: a body that could not be decoded is
 /// answered as an unknown model when the model is unknown, and is counted against the version it was meant for.
-#[tracing::instrument(name = "infer", skip_all, fields(model = call.model, protocol = call.protocol.as_str()))]
+/// The request's span is at debug level: free when the log level is info, and the parent of the queue wait.
+#[tracing::instrument(
+    name = "infer",
+    level = "debug",
+    skip_all,
+    fields(model = call.model, protocol = call.protocol.as_str())
+)]
 pub async fn infer(
     gateway: &Gateway,
     call: Call<'_>,

@@ -260,7 +260,8 @@ impl Rollout {
         let step = step.min(self.config.steps.len() - 1);
         let candidate_percent = if decision == "rollback" { 0 } else { self.percent(step) };
         let (baseline, candidate, psi, ratio) = match numbers {
-            Some((b, c, psi, ratio)) => (Some(b), Some(c), Some(psi), Some(ratio)),
+            // A PSI without predictions enough to compare (NaN) is shown as none.
+            Some((b, c, psi, ratio)) => (Some(b), Some(c), Some(psi).filter(|p| p.is_finite()), Some(ratio)),
             None => (None, None, None, None),
         };
         tracing::info!(
