@@ -1,6 +1,9 @@
 use std::time::{Duration, UNIX_EPOCH};
 
+use super::client::proxied_path;
 use super::*;
+use crate::repository::DeclaredTensor;
+use crate::tensor::DataType;
 
 /// An `MLmodel` as MLflow 3 writes it for `mlflow.onnx.log_model(..., signature=...)`: PyYAML folds the long
 /// signature strings over several lines.

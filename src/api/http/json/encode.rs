@@ -1,0 +1,133 @@
+//! Response encoding: KServe v2 JSON, with the outputs asked for in binary after it.
+
+use serde::Serialize;
+use serde::ser::{SerializeSeq, Serializer};
+
+use super::OutputFormat;
+use crate::api::{ApiError, InferResponse};
+use crate::tensor::{DataType, Tensor};
+
+#[derive(Serialize)]
+struct ResponseBody<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<ResponseParameters<'a>>,
+    outputs: Vec<OutputTensor<'a>>,
+}
+
+#[derive(Serialize)]
+struct ResponseParameters<'a> {
+    /// The traffic variant that answered.
+    variant: &'a str,
+}
+
+#[derive(Serialize)]
+struct OutputTensor<'a> {
+    name: &'a str,
+    datatype: DataType,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParameters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<TensorData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinaryParameters {
+    binary_data_size: usize,
+}
+
+/// Serialises a tensor's elements as a flat JSON array without building an intermediate vector.
+struct TensorData<'a>(&'a Tensor);
+
+macro_rules! serialize_le {
+    ($seq:ident, $data:expr, $ty:ty) => {
+        for chunk in $data.chunks_exact(std::mem::size_of::<$ty>()) {
+            let mut raw = [0u8; std::mem::size_of::<$ty>()];
+            raw.copy_from_slice(chunk);
+            $seq.serialize_element(&<$ty>::from_le_bytes(raw))?;
+        }
+    };
+}
+
+impl Serialize for TensorData<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let tensor = self.0;
+        let data = tensor.data();
+        let mut seq = serializer.serialize_seq(Some(tensor.element_count()))?;
+        match tensor.dtype() {
+            DataType::Bool => {
+                for &b in data.iter() {
+                    seq.serialize_element(&(b != 0))?;
+                }
+            }
+            DataType::Uint8 => serialize_le!(seq, data, u8),
+            DataType::Uint16 => serialize_le!(seq, data, u16),
+            DataType::Uint32 => serialize_le!(seq, data, u32),
+            DataType::Uint64 => serialize_le!(seq, data, u64),
+            DataType::Int8 => serialize_le!(seq, data, i8),
+            DataType::Int16 => serialize_le!(seq, data, i16),
+            DataType::Int32 => serialize_le!(seq, data, i32),
+            DataType::Int64 => serialize_le!(seq, data, i64),
+            DataType::Fp32 => serialize_le!(seq, data, f32),
+            DataType::Fp64 => serialize_le!(seq, data, f64),
+            DataType::Bytes => {
+                for element in tensor.bytes_elements() {
+                    seq.serialize_element(&String::from_utf8_lossy(element))?;
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+/// Bytes reserved for a response's JSON before it is written (it grows if needed).
+const RESPONSE_HEADER_ROOM: usize = 512;
+
+/// An encoded response body; `header_length` is set when binary outputs follow the JSON.
+#[derive(Debug)]
+pub struct EncodedResponse {
+    pub body: Vec<u8>,
+    pub header_length: Option<usize>,
+}
+
+/// Encodes an inference response as KServe v2 JSON, with the outputs `format` asks for in binary after it.
+pub fn encode_response(response: &InferResponse, format: &OutputFormat) -> Result<EncodedResponse, ApiError> {
+    let binary: Vec<bool> = response.outputs.iter().map(|o| format.binary(&o.name)).collect();
+    let body = ResponseBody {
+        model_name: &response.model_name,
+        model_version: &response.model_version,
+        id: response.id.as_deref(),
+        parameters: response.variant.as_deref().map(|variant| ResponseParameters { variant }),
+        outputs: response
+            .outputs
+            .iter()
+            .zip(&binary)
+            .map(|(o, &binary)| OutputTensor {
+                name: &o.name,
+                datatype: o.tensor.dtype(),
+                shape: o.tensor.shape(),
+                parameters: binary.then(|| BinaryParameters { binary_data_size: o.tensor.data().len() }),
+                data: (!binary).then_some(TensorData(&o.tensor)),
+            })
+            .collect(),
+    };
+    let tail: usize =
+        response.outputs.iter().zip(&binary).filter(|(_, b)| **b).map(|(o, _)| o.tensor.data().len()).sum();
+    // Room for a typical JSON header and the binary tensors, so that the body is allocated once.
+    let mut bytes = Vec::with_capacity(RESPONSE_HEADER_ROOM + tail);
+    serde_json::to_writer(&mut bytes, &body)
+        .map_err(|e| ApiError::Inference(format!("cannot encode the response: {e}")))?;
+    if !binary.contains(&true) {
+        return Ok(EncodedResponse { body: bytes, header_length: None });
+    }
+    let header_length = bytes.len();
+    bytes.reserve_exact(tail);
+    for (output, _) in response.outputs.iter().zip(&binary).filter(|(_, b)| **b) {
+        bytes.extend_from_slice(output.tensor.data());
+    }
+    Ok(EncodedResponse { body: bytes, header_length: Some(header_length) })
+}
