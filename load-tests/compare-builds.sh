@@ -139,7 +139,7 @@ start() {
     if kill -0 "$p" 2>/dev/null; then
       kill "$p" 2>/dev/null || true
       wait "$p" 2>/dev/null || true
-      echo "compare-builds: the $side server ($side binary) was not ready after 30 s" >&2
+      echo "compare-builds: the $side server was not ready after 30 s" >&2
       server_log "$side"
       exit 1
     fi
@@ -184,7 +184,10 @@ measure() {
   if ! python3 - "$report" "$what" "$run" "$round" >>"$results" <<'EOF'; then
 import json, sys
 report, what, run, round_ = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-runs = [json.loads(line) for line in report.splitlines() if line.strip()]
+try:
+    runs = [json.loads(line) for line in report.splitlines() if line.strip()]
+except ValueError:
+    sys.exit(f"compare-builds: {what}: loadgen printed something other than JSON lines:\n{report}")
 expected = 2 if run == "side-by-side" else 1
 problems = [] if len(runs) == expected else [f"{len(runs)} result lines from loadgen, not {expected}"]
 for r in runs:
@@ -198,7 +201,7 @@ for problem in problems:
     print(f"compare-builds: {what}: {problem}", file=sys.stderr)
 sys.exit(1 if problems else 0)
 EOF
-    echo "compare-builds: requests failed; see $log and the server logs in $out" >&2
+    echo "compare-builds: stopped; see $log and the server logs in $out" >&2
     exit 1
   fi
 }
