@@ -1,0 +1,173 @@
+//! From the layers to a `Config`: flags and environment over the file, then the defaults for what neither sets.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file::read_file;
+use super::layering::Layer;
+use super::{
+    Config, ConfigError, ConnectionLimits, MlflowArgs, MlflowSettings, RequestLimits, Secret, ServeArgs, TlsSettings,
+};
+use crate::repository::ModelConfig;
+use crate::repository::mlflow::{MlflowAuth, MlflowModel};
+
+/// Bounds of the repository and registry poll intervals, in seconds.
+const MIN_POLL_SECS: f64 = 0.05;
+const MAX_POLL_SECS: f64 = 3600.0;
+
+impl Config {
+    /// Layers defaults, the config file and the flags/environment, then validates the result.
+    pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => ServeArgs::default(),
+        };
+        let set = args.over(file);
+        let defaults = Config::default();
+        let mlflow = mlflow_settings(set.mlflow)?;
+        let config = Config {
+            model_repository: set.model_repository.unwrap_or(defaults.model_repository),
+            host: set.host.unwrap_or(defaults.host),
+            http_port: set.http_port.unwrap_or(defaults.http_port),
+            grpc_port: set.grpc_port.unwrap_or(defaults.grpc_port),
+            metrics_port: set.metrics_port.unwrap_or(defaults.metrics_port),
+            max_request_bytes: set.max_request_bytes.unwrap_or(defaults.max_request_bytes),
+            shutdown_grace: set.shutdown_grace_seconds.map(Duration::from_secs).unwrap_or(defaults.shutdown_grace),
+            metrics_window: set.metrics_window_seconds.map(Duration::from_secs).unwrap_or(defaults.metrics_window),
+            ort_library: set.ort_library,
+            admin_token: set.admin_token.map(Secret),
+            state_dir: Some(set.state_dir.unwrap_or_else(|| std::env::temp_dir().join("infergate-state"))),
+            model_control_mode: set.model_control_mode.unwrap_or(defaults.model_control_mode),
+            repository_poll: seconds("--repository-poll-secs", set.repository_poll_secs)?
+                .unwrap_or(defaults.repository_poll),
+            repository_settle: seconds("--repository-settle-secs", set.repository_settle_secs)?
+                .unwrap_or(defaults.repository_settle),
+            load_models: set.load_models,
+            api_keys: set.api_keys.into_iter().map(Secret).collect(),
+            tls: tls_settings(set.tls_cert, set.tls_key, set.tls_client_ca)?,
+            connections: ConnectionLimits {
+                max_connections: set.max_connections.unwrap_or(defaults.connections.max_connections),
+                header_read_timeout: timeout("--header-read-timeout-secs", set.header_read_timeout_secs)?
+                    .unwrap_or(defaults.connections.header_read_timeout),
+                body_read_timeout: timeout("--body-read-timeout-secs", set.body_read_timeout_secs)?
+                    .unwrap_or(defaults.connections.body_read_timeout),
+                max_concurrent_streams: set
+                    .max_concurrent_streams
+                    .unwrap_or(defaults.connections.max_concurrent_streams),
+            },
+            request_limits: RequestLimits {
+                max_tensor_elements: set.max_tensor_elements.unwrap_or(defaults.request_limits.max_tensor_elements),
+                max_request_elements: set.max_request_elements.unwrap_or(defaults.request_limits.max_request_elements),
+                max_request_rows: set.max_request_rows.unwrap_or(defaults.request_limits.max_request_rows),
+                max_bytes_element: set.max_bytes_element.unwrap_or(defaults.request_limits.max_bytes_element),
+            },
+            max_model_bytes: set.max_model_bytes.unwrap_or(defaults.max_model_bytes),
+            log_format: set.log_format.unwrap_or(defaults.log_format),
+            log_level: set.log_level.unwrap_or(defaults.log_level),
+            mlflow,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// The MLflow settings; `None` when no layer names a tracking server. Models come from `--mlflow-model` when it
+/// lists any, else from the file's `[[mlflow.models]]`.
+fn mlflow_settings(set: MlflowArgs) -> Result<Option<MlflowSettings>, ConfigError> {
+    let models = if set.mlflow_models.is_empty() {
+        set.registry_models
+            .into_iter()
+            .map(|m| {
+                let config = m.config.unwrap_or_default();
+                config.validate().map_err(|e| ConfigError::Invalid(format!("[mlflow.models] '{}': {e}", m.name)))?;
+                Ok(MlflowModel {
+                    serve_as: m.serve_as.unwrap_or_else(|| m.name.clone()),
+                    registered: m.name,
+                    aliases: m.aliases,
+                    config: std::sync::Arc::new(config),
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?
+    } else {
+        flag_models(&set.mlflow_models)?
+    };
+    let webhook_secret = set.mlflow_webhook_secret.map(Secret);
+    let Some(uri) = set.mlflow_uri else {
+        if !models.is_empty() || webhook_secret.is_some() {
+            return Err(ConfigError::Invalid("MLflow models or a webhook secret are set, but no --mlflow-uri".into()));
+        }
+        return Ok(None);
+    };
+    if models.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "--mlflow-uri {uri} is set, but no --mlflow-model NAME@ALIAS says what to serve from it"
+        )));
+    }
+    Ok(Some(MlflowSettings {
+        uri,
+        auth: MlflowAuth::from_env(),
+        models,
+        poll: seconds("--mlflow-poll-secs", set.mlflow_poll_secs)?.unwrap_or(Duration::from_secs(5)),
+        cache: set.mlflow_cache.unwrap_or_else(|| std::env::temp_dir().join("infergate-mlflow")),
+        webhook_secret,
+    }))
+}
+
+/// `--mlflow-model NAME@ALIAS` entries, one model per name with its aliases in the order given.
+fn flag_models(entries: &[String]) -> Result<Vec<MlflowModel>, ConfigError> {
+    let mut models: Vec<MlflowModel> = Vec::new();
+    for entry in entries {
+        let Some((name, alias)) = entry.rsplit_once('@') else {
+            return Err(ConfigError::Invalid(format!(
+                "--mlflow-model '{entry}' must be NAME@ALIAS, e.g. iris@champion or iris@latest"
+            )));
+        };
+        match models.iter_mut().find(|m| m.registered == name) {
+            Some(model) if model.aliases.iter().any(|a| a == alias) => {}
+            Some(model) => model.aliases.push(alias.to_owned()),
+            None => models.push(MlflowModel {
+                registered: name.to_owned(),
+                serve_as: name.to_owned(),
+                aliases: vec![alias.to_owned()],
+                config: std::sync::Arc::new(ModelConfig::default()),
+            }),
+        }
+    }
+    Ok(models)
+}
+
+/// TLS needs a certificate and its key together; a client CA only makes sense with them.
+fn tls_settings(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsSettings { cert, key, client_ca })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => Err(ConfigError::Invalid("--tls-client-ca needs --tls-cert and --tls-key".into())),
+        _ => Err(ConfigError::Invalid("--tls-cert and --tls-key go together".into())),
+    }
+}
+
+/// A client timeout in seconds, between 0.1 s and an hour.
+fn timeout(flag: &str, value: Option<f64>) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(secs) if secs.is_finite() && (0.1..=3600.0).contains(&secs) => Ok(Some(Duration::from_secs_f64(secs))),
+        Some(secs) => Err(ConfigError::Invalid(format!("{flag} must be between 0.1 and 3600, got {secs}"))),
+    }
+}
+
+/// A watcher duration in seconds, within bounds.
+fn seconds(flag: &str, value: Option<f64>) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(secs) if secs.is_finite() && (MIN_POLL_SECS..=MAX_POLL_SECS).contains(&secs) => {
+            Ok(Some(Duration::from_secs_f64(secs)))
+        }
+        Some(secs) => {
+            Err(ConfigError::Invalid(format!("{flag} must be between {MIN_POLL_SECS} and {MAX_POLL_SECS}, got {secs}")))
+        }
+    }
+}

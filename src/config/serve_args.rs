@@ -1,0 +1,164 @@
+//! Every `serve` setting, declared once: its flag, environment variable, config file key, default and `--help`.
+//!
+//! The same structs are parsed from the command line and environment (clap) and from the TOML file (serde), then
+//! merged field by field (flags over file, see `layering`), so no setting can be known to one layer only.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Deserialize;
+
+use super::file::MlflowModelFile;
+use super::layering::layered_settings;
+use super::{LogFormat, ModelControlMode};
+
+layered_settings! {
+    /// Flags of `infergate serve`, and the keys of its `--config` file (the field names). Every one is optional here
+    /// so that an unset flag falls back to the config file, and an unset key to the default.
+    #[derive(Debug, Clone, Default, Args, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct ServeArgs {
+        /// Server configuration file (TOML); flags and environment variables override it.
+        #[arg(long, env = "INFERGATE_CONFIG")]
+        #[serde(skip)] // Not a file key: a config file does not name another one.
+        pub config: Option<PathBuf>,
+        /// Folder holding the models: <repository>/<model>/<version>/model.onnx [default: ./models]
+        #[arg(long, env = "INFERGATE_MODEL_REPOSITORY")]
+        pub model_repository: Option<PathBuf>,
+        /// Address the servers listen on [default: 0.0.0.0]
+        #[arg(long, env = "INFERGATE_HOST")]
+        pub host: Option<IpAddr>,
+        /// Port of the KServe v2 REST API [default: 8000]
+        #[arg(long, env = "INFERGATE_HTTP_PORT")]
+        pub http_port: Option<u16>,
+        /// Port of the KServe v2 gRPC API [default: 8001]
+        #[arg(long, env = "INFERGATE_GRPC_PORT")]
+        pub grpc_port: Option<u16>,
+        /// Port of the Prometheus metrics endpoint (/metrics) [default: 8002]
+        #[arg(long, env = "INFERGATE_METRICS_PORT")]
+        pub metrics_port: Option<u16>,
+        /// Largest accepted request body in bytes; larger ones are answered 413 [default: 67108864]
+        #[arg(long, env = "INFERGATE_MAX_REQUEST_BYTES")]
+        pub max_request_bytes: Option<usize>,
+        /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the server exits [default: 30]
+        #[arg(long, env = "INFERGATE_SHUTDOWN_GRACE_SECONDS")]
+        pub shutdown_grace_seconds: Option<u64>,
+        /// Span of the sliding windows behind the p50/p90/p99 latency and the drift gauges, in seconds [default: 60]
+        #[arg(long, env = "INFERGATE_METRICS_WINDOW_SECONDS")]
+        pub metrics_window_seconds: Option<u64>,
+        /// The ONNX Runtime library (libonnxruntime.so*) [default: ORT_DYLIB_PATH, next to the binary, the onnxruntime
+        /// Python package, the system library path]
+        #[arg(long, env = "INFERGATE_ORT_LIBRARY")]
+        pub ort_library: Option<PathBuf>,
+        /// Enables model load/unload over the repository API, for callers presenting this bearer token (16 characters
+        /// or more); prefer the environment variable, which `ps` does not show [default: load/unload disabled]
+        #[arg(long, env = "INFERGATE_ADMIN_TOKEN", hide_env_values = true)]
+        pub admin_token: Option<String>,
+        /// Folder keeping rollout states across restarts (a restart resumes a rollout where it was, and never
+        /// promotes again a rolled-back candidate) [default: <temp>/infergate-state]
+        #[arg(long, env = "INFERGATE_STATE_DIR")]
+        pub state_dir: Option<PathBuf>,
+        /// How the served models follow the repository: poll (watch it and load new versions), explicit (only the
+        /// load/unload API and --load-model), none (load once at start) [default: poll]
+        #[arg(long, env = "INFERGATE_MODEL_CONTROL_MODE", value_enum)]
+        pub model_control_mode: Option<ModelControlMode>,
+        /// Seconds between two looks at the repository in poll mode [default: 5]
+        #[arg(long, env = "INFERGATE_REPOSITORY_POLL_SECS")]
+        pub repository_poll_secs: Option<f64>,
+        /// Seconds a changed model file must be left alone before it is loaded, so a copy in progress is never loaded
+        /// [default: 2]
+        #[arg(long, env = "INFERGATE_REPOSITORY_SETTLE_SECS")]
+        pub repository_settle_secs: Option<f64>,
+        /// With --model-control-mode explicit: a model to load at start (repeatable).
+        #[arg(long = "load-model", env = "INFERGATE_LOAD_MODELS", value_delimiter = ',')]
+        pub load_models: Vec<String>,
+        /// The `--mlflow-*` flags, and the `[mlflow]` table of the file.
+        #[command(flatten)]
+        pub mlflow: MlflowArgs,
+        /// Inference and metadata routes need one of these keys (`Authorization: Bearer <key>` or `x-api-key`;
+        /// gRPC metadata alike); health routes never do [default: open]
+        #[arg(long = "api-key", env = "INFERGATE_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+        pub api_keys: Vec<String>,
+        /// Serve REST and gRPC over TLS with this certificate chain (PEM); needs --tls-key
+        #[arg(long, env = "INFERGATE_TLS_CERT")]
+        pub tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM)
+        #[arg(long, env = "INFERGATE_TLS_KEY")]
+        pub tls_key: Option<PathBuf>,
+        /// Require client certificates signed by these CAs (PEM) on REST and gRPC [default: no client certificates]
+        #[arg(long, env = "INFERGATE_TLS_CLIENT_CA")]
+        pub tls_client_ca: Option<PathBuf>,
+        /// Open connections per listener; more wait to be accepted [default: 4096]
+        #[arg(long, env = "INFERGATE_MAX_CONNECTIONS")]
+        pub max_connections: Option<usize>,
+        /// Seconds a client gets to send a request's headers (and a TLS handshake) before the connection is closed
+        /// [default: 30]
+        #[arg(long, env = "INFERGATE_HEADER_READ_TIMEOUT_SECS")]
+        pub header_read_timeout_secs: Option<f64>,
+        /// Seconds a client gets to send a request's body before it is answered 408 [default: 60]
+        #[arg(long, env = "INFERGATE_BODY_READ_TIMEOUT_SECS")]
+        pub body_read_timeout_secs: Option<f64>,
+        /// Concurrent HTTP/2 streams (gRPC calls) per connection [default: 1024]
+        #[arg(long, env = "INFERGATE_MAX_CONCURRENT_STREAMS")]
+        pub max_concurrent_streams: Option<u32>,
+        /// Most elements in one input tensor [default: 16777216]
+        #[arg(long, env = "INFERGATE_MAX_TENSOR_ELEMENTS")]
+        pub max_tensor_elements: Option<usize>,
+        /// Most elements in all the inputs of one request [default: 33554432]
+        #[arg(long, env = "INFERGATE_MAX_REQUEST_ELEMENTS")]
+        pub max_request_elements: Option<usize>,
+        /// Most rows (first dimension) in one request's inputs [default: 65536]
+        #[arg(long, env = "INFERGATE_MAX_REQUEST_ROWS")]
+        pub max_request_rows: Option<usize>,
+        /// Longest element of a BYTES input, in bytes [default: 16777216]
+        #[arg(long, env = "INFERGATE_MAX_BYTES_ELEMENT")]
+        pub max_bytes_element: Option<usize>,
+        /// Most bytes a model version's weights may need (declared initializers); larger models are refused at load.
+        /// A model.toml may set a lower or higher `max_model_bytes` [default: 8589934592]
+        #[arg(long, env = "INFERGATE_MAX_MODEL_BYTES")]
+        pub max_model_bytes: Option<u64>,
+        /// Log format [default: text]
+        #[arg(long, env = "INFERGATE_LOG_FORMAT", value_enum)]
+        pub log_format: Option<LogFormat>,
+        /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `infergate=debug`) [default: info]
+        #[arg(long, env = "INFERGATE_LOG_LEVEL")]
+        pub log_level: Option<String>,
+    }
+}
+
+layered_settings! {
+    /// The `--mlflow-*` flags, and the `[mlflow]` table of the config file (the field names without `mlflow_`).
+    #[derive(Debug, Clone, Default, Args, Deserialize)]
+    // Type errors in `[mlflow]` still say "expected struct MlflowFile", as before this struct also took the flags.
+    #[serde(deny_unknown_fields, default, expecting = "struct MlflowFile")]
+    pub struct MlflowArgs {
+        /// The MLflow tracking server whose Model Registry to follow, e.g. http://mlflow:5000 (credentials from
+        /// MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)
+        #[arg(long, env = "INFERGATE_MLFLOW_URI")]
+        #[serde(rename = "uri")]
+        pub mlflow_uri: Option<String>,
+        /// A registered model and an alias to serve, as NAME@ALIAS (repeatable; `latest` is the newest version). The
+        /// first alias of a model answers requests that name no version.
+        #[arg(long = "mlflow-model", env = "INFERGATE_MLFLOW_MODELS", value_delimiter = ',')]
+        #[serde(skip)] // The file says more about a model, in `registry_models`.
+        pub mlflow_models: Vec<String>,
+        /// Seconds between two looks at the registry's aliases [default: 5]
+        #[arg(long, env = "INFERGATE_MLFLOW_POLL_SECS")]
+        #[serde(rename = "poll_secs")]
+        pub mlflow_poll_secs: Option<f64>,
+        /// Folder the model versions fetched from MLflow are kept in [default: infergate-mlflow in the temp folder]
+        #[arg(long, env = "INFERGATE_MLFLOW_CACHE")]
+        #[serde(rename = "cache")]
+        pub mlflow_cache: Option<PathBuf>,
+        /// Accept MLflow webhook deliveries at POST /v2/mlflow/webhook signed with this secret [default: off]
+        #[arg(long, env = "INFERGATE_MLFLOW_WEBHOOK_SECRET", hide_env_values = true)]
+        #[serde(rename = "webhook_secret")]
+        pub mlflow_webhook_secret: Option<String>,
+        /// `[[mlflow.models]]`, the file's form of `--mlflow-model` (a non-empty flag list replaces it, see
+        /// `resolve`): a model's settings do not fit in a flag.
+        #[arg(skip)]
+        #[serde(rename = "models")]
+        pub(super) registry_models: Vec<MlflowModelFile>,
+    }
+}
