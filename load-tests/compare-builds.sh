@@ -5,18 +5,22 @@
 #   LOADGEN=path      the load generator (default target/release/loadgen)
 #   MODELS="iris"     the models to drive (default iris, and mlp when models/ has it)
 #   WARMUP=seconds    loadgen's unrecorded warm-up before each run (default 2)
+#   ALONE=0           side-by-side runs only (no throughput of each build alone; a third of the time)
+#   PROTOCOLS="grpc" CONCURRENCIES="64"   fewer workloads (default rest-json rest-binary grpc, and 8 64)
 # Both builds run with the same flags (models/, loopback, free ports, --metrics-port 0, --log-level warn), from copies
 # taken at the start (a rebuild of target/ during the runs changes nothing), pinned to core 0; loadgen is pinned to
 # core 1. Each round starts both servers afresh and measures REST with JSON tensors, REST with binary tensors and
 # gRPC, at concurrency 8 and 64, on each model:
-#   - each build alone, back to back (base first in odd rounds, new first in even ones): the throughput;
 #   - both builds at once, each caller alternating between them (loadgen --compare-url; the build that the callers
-#     start on swaps each round): the latencies, under the same conditions for both. The req/s of such a run is the
-#     same for both builds by construction, which is why the throughput comes from the runs alone.
+#     start on swaps each round), with each server's CPU time (user + system, /proc) read around the run: the CPU
+#     time per request and the latencies, under the same conditions for both. With the server on one core, its CPU
+#     time per request is the inverse of the throughput it can reach;
+#   - unless ALONE=0, each build alone, back to back (base first in odd rounds, new first in even ones): the
+#     throughput. Side by side both builds get the same req/s by construction, which is why it comes from these.
 # load-tests/compare_builds.py then prints, per model, workload and concurrency, the medians over the rounds and the
-# median of the per-round ratios new / base, and flags where new is more than 5% slower (throughput ratio < 0.95 or
-# p99 ratio > 1.05); it reports and exits 0, a human judges. This script stops with an error when loadgen fails, a
-# server does not start or exits, or any request fails.
+# median of the per-round ratios new / base, and flags where new is more than 5% slower side by side (CPU time per
+# request or p99 ratio > 1.05); it reports and exits 0, a human judges. This script stops with an error when loadgen
+# fails, a server does not start or exits, or any request fails.
 # Runs ONNX Runtime when ORT_DYLIB_PATH is set or the test environment (.venv) has it, tract otherwise.
 # Results go to target/perf/compare-builds.jsonl (one JSON line per build and run), loadgen's output to
 # target/perf/compare-builds.log, each server's to target/perf/compare-builds-base.log and -new.log.
@@ -64,8 +68,8 @@ fi
 for model in "${models[@]}"; do
   [ -d "models/$model" ] || { echo "compare-builds: models/ has no model '$model'" >&2; exit 2; }
 done
-protocols=(rest-json rest-binary grpc)
-concurrencies=(8 64)
+read -r -a protocols <<<"${PROTOCOLS:-rest-json rest-binary grpc}"
+read -r -a concurrencies <<<"${CONCURRENCIES:-8 64}"
 if [ -z "${ORT_DYLIB_PATH:-}" ]; then
   for lib in .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*; do
     if [ -f "$lib" ]; then export ORT_DYLIB_PATH=$PWD/$lib; fi
@@ -165,13 +169,21 @@ check_servers() {
     fi
   done
 }
+# The CPU time (user + system, clock ticks) both servers have used so far: "base new".
+cpu_ticks() {
+  local side
+  for side in base new; do
+    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/${pid[$side]}/stat"
+  done | paste -sd' '
+}
 # One loadgen run on core 1 for round $1: $2 is `alone` or `side-by-side`, then the model, the protocol, the
 # concurrency, and the loadgen flags naming the server(s) and their labels. Appends its figures, one JSON line per
 # build, to the results; stops the script when loadgen fails, a server exits or a request fails.
 measure() {
-  local round=$1 run=$2 model=$3 protocol=$4 concurrency=$5 what report
+  local round=$1 run=$2 model=$3 protocol=$4 concurrency=$5 what report before after
   shift 5
   what="round $round, $model $protocol c=$concurrency, $run"
+  before=$(cpu_ticks)
   if ! report=$(taskset -c 1 "$root/loadgen" --model "$model" --protocol "$protocol" --concurrency "$concurrency" \
     --duration "$seconds" --warmup "$warmup" --json "$@" 2>>"$log"); then
     echo "compare-builds: loadgen failed ($what); $log ends:" >&2
@@ -180,10 +192,14 @@ measure() {
     exit 1
   fi
   check_servers "$what"
+  after=$(cpu_ticks)
   # loadgen exits 0 however many requests failed: every request must have been answered.
-  if ! python3 - "$report" "$what" "$run" "$round" >>"$results" <<'EOF'; then
+  if ! python3 - "$report" "$what" "$run" "$round" "$before" "$after" "$(getconf CLK_TCK)" >>"$results" <<'EOF'; then
 import json, sys
 report, what, run, round_ = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+# Each server's CPU time over the run (both run on core 0, so in a side-by-side run they share it alike).
+ticks = dict(zip(["base", "new"], (int(a) - int(b) for a, b in zip(sys.argv[6].split(), sys.argv[5].split()))))
+tick_us = 1e6 / int(sys.argv[7])
 try:
     runs = [json.loads(line) for line in report.splitlines() if line.strip()]
 except ValueError:
@@ -191,11 +207,14 @@ except ValueError:
 expected = 2 if run == "side-by-side" else 1
 problems = [] if len(runs) == expected else [f"{len(runs)} result lines from loadgen, not {expected}"]
 for r in runs:
-    print(json.dumps({"round": round_, "run": run, **r}))
+    cpu = {"server_cpu_us_per_request": ticks[r["label"]] * tick_us / r["ok"]} if r["ok"] else {}
+    print(json.dumps({"round": round_, "run": run, **r, **cpu}))
     if r["errors"] or not r["ok"]:
         kinds = ", ".join(f"{kind}: {n}" for kind, n in r["errors_by_kind"].items())
         problems.append(f"{r['label']}: {r['ok']} answered, {r['errors']} not ({kinds})")
-figures = ", ".join(f"{r['label']} {r['requests_per_second']:,.0f} req/s p99 {r['p99_us']:,} µs" for r in runs)
+figures = ", ".join(
+    f"{r['label']} {r['requests_per_second']:,.0f} req/s p99 {r['p99_us']:,} µs "
+    f"cpu {ticks[r['label']] * tick_us / max(r['ok'], 1):.1f} µs/req" for r in runs)
 print(f"  {what}: {figures}", file=sys.stderr)
 for problem in problems:
     print(f"compare-builds: {what}: {problem}", file=sys.stderr)
@@ -206,7 +225,8 @@ EOF
   fi
 }
 
-runs=$((rounds * ${#models[@]} * ${#protocols[@]} * ${#concurrencies[@]} * 3))
+alone=${ALONE:-1}
+runs=$((rounds * ${#models[@]} * ${#protocols[@]} * ${#concurrencies[@]} * (1 + 2 * alone)))
 echo "compare-builds: base $base_binary ($(sha256sum "$root/base" | cut -c1-12))" >&2
 echo "compare-builds: new  $new_binary ($(sha256sum "$root/new" | cut -c1-12))" >&2
 backend="tract (no ONNX Runtime found)"
@@ -227,6 +247,7 @@ for round in $(seq "$rounds"); do
     for protocol in "${protocols[@]}"; do
       for concurrency in "${concurrencies[@]}"; do
         for side in "${order[@]}"; do
+          [ "$alone" = 1 ] || continue
           measure "$round" alone "$model" "$protocol" "$concurrency" --url "http://127.0.0.1:${http[$side]}" \
             --grpc-url "http://127.0.0.1:${grpc[$side]}" --label "$side"
         done

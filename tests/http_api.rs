@@ -132,6 +132,22 @@ async fn errors_name_the_problem() {
     }
 }
 
+/// Inference paths are read like every other route: percent-encoded names decoded, other methods refused.
+#[tokio::test]
+async fn inference_paths_decode_names_and_refuse_other_methods() {
+    let server = TestServer::bundled().await;
+    let body = iris_input(json!([1, 4]), "FP32", json!([5.1, 3.5, 1.4, 0.2]));
+    let (status, reply) = server.post_json("/v2/models/ir%69s/versions/%31/infer", &body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!((reply["model_name"].as_str(), reply["model_version"].as_str()), (Some("iris"), Some("1")));
+    let (status, reply) = server.get("/v2/models/iris/infer").await;
+    assert_eq!(status, 405, "{reply}");
+    assert_eq!(reply["error"], "GET is not allowed on /v2/models/iris/infer");
+    let (status, reply) = server.post_raw("/v2/models/bad%FFname/infer", b"{}".to_vec()).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["error"].as_str().unwrap_or_default().contains("invalid path"), "{reply}");
+}
+
 #[tokio::test]
 async fn oversized_bodies_get_413() {
     let mut config = common::config(&common::bundled_models());

@@ -78,9 +78,9 @@ fn list_specs(signature: &Signature) -> String {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
 
     use super::*;
+    use crate::api::pipeline::zeros as input;
 
     use crate::backend::TensorSpec;
     use crate::tensor::DataType;
@@ -96,14 +96,6 @@ mod tests {
             inputs: vec![spec("a", vec![-1, 2]), spec("b", vec![1])],
             outputs: vec![spec("y", vec![-1])],
             notes: vec![],
-        }
-    }
-
-    fn input(name: &str, shape: Vec<usize>) -> NamedTensor {
-        let bytes = shape.iter().product::<usize>() * 4;
-        NamedTensor {
-            name: name.into(),
-            tensor: Tensor::new(DataType::Fp32, shape, Bytes::from(vec![0; bytes])).unwrap(),
         }
     }
 

@@ -49,15 +49,8 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::api::pipeline::zeros as input;
     use crate::tensor::{DataType, Tensor};
-
-    fn input(name: &str, shape: Vec<usize>) -> NamedTensor {
-        let bytes = shape.iter().product::<usize>() * 4;
-        NamedTensor {
-            name: name.into(),
-            tensor: Tensor::new(DataType::Fp32, shape, Bytes::from(vec![0; bytes])).unwrap(),
-        }
-    }
 
     #[test]
     fn limits_name_the_limit() {

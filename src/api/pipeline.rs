@@ -235,6 +235,14 @@ fn record_in_window<T>(window: Option<&VariantWindow>, result: &Result<T, ApiErr
     }
 }
 
+/// An FP32 input of zeros, for the tests of the request checks.
+#[cfg(test)]
+pub(super) fn zeros(name: &str, shape: Vec<usize>) -> NamedTensor {
+    let bytes = shape.iter().product::<usize>() * 4;
+    let tensor = Tensor::new(crate::tensor::DataType::Fp32, shape, bytes::Bytes::from(vec![0; bytes]));
+    NamedTensor { name: name.into(), tensor: tensor.expect("the shape fits the bytes") }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
