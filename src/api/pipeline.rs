@@ -10,7 +10,7 @@ use super::inputs::{order_inputs, select_outputs};
 use super::limits::check_limits;
 use super::{ApiError, Gateway, scheduler_error};
 use crate::lifecycle::ServingVersion;
-use crate::routing::{Routed, Shadow, VariantWindow};
+use crate::routing::{Shadow, VariantWindow};
 use crate::telemetry::{Protocol, TrafficMetrics};
 use crate::tensor::Tensor;
 
@@ -90,7 +90,7 @@ pub async fn infer(
     }
     let window = routed.window();
     let result = run(&routed.serving, request, window, arrived).await;
-    record(&routed, call.protocol, &result, arrived);
+    record(&routed.serving, call.protocol, &result, arrived);
     if let Some(variant) = routed.variant.as_deref() {
         record_variant(gateway.traffic.metrics(), call.model, variant, &routed.serving, window, &result, arrived);
     }
@@ -172,8 +172,13 @@ fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 }
 
 /// The request metrics and statistics of the version that answered (or failed).
-fn record(routed: &Routed, protocol: Protocol, result: &Result<(InferResponse, usize), ApiError>, arrived: Instant) {
-    let metrics = &routed.serving.metrics;
+fn record(
+    serving: &ServingVersion,
+    protocol: Protocol,
+    result: &Result<(InferResponse, usize), ApiError>,
+    arrived: Instant,
+) {
+    let metrics = &serving.metrics;
     match result {
         Ok((_, rows)) => metrics.observe_ok(protocol, *rows, arrived.elapsed()),
         Err(e) => metrics.observe_error(protocol, e.error_type(), arrived.elapsed()),
@@ -208,10 +213,7 @@ fn send_shadow(metrics: &TrafficMetrics, model: &str, shadow: Shadow, request: I
         let arrived = Instant::now();
         let window = shadow.window();
         let result = run(&shadow.serving, request, window, arrived).await;
-        match &result {
-            Ok((_, rows)) => shadow.serving.metrics.observe_ok(protocol, *rows, arrived.elapsed()),
-            Err(e) => shadow.serving.metrics.observe_error(protocol, e.error_type(), arrived.elapsed()),
-        }
+        record(&shadow.serving, protocol, &result, arrived);
         metrics.shadow_requests.with_label_values(&[model.as_str(), &shadow.name, outcome(&result)]).inc();
         metrics
             .shadow_duration

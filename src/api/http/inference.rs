@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
 use super::body::{authorize, read_body};
-use super::{AppState, body_with_type, json, json_bytes};
+use super::{AppState, body_with_type, json, json_bytes, wrong_method};
 use crate::api::{self, ApiError, Call, InferRequest, Protocol, pipeline};
 
 /// Bodies larger than this are decoded on the blocking pool: parsing megabytes of JSON on an async worker
@@ -50,7 +50,7 @@ where
 {
     let answer = async {
         if parts.method != Method::POST {
-            return Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", parts.method, parts.uri.path())));
+            return Err(wrong_method(&parts.method, parts.uri.path()));
         }
         authorize(state, &parts.headers)?;
         let (model, version) = (decode_segment(model)?, version.map(decode_segment).transpose()?);

@@ -145,7 +145,12 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+    wrong_method(&method, uri.path())
+}
+
+/// A route that exists, asked with a method it does not take.
+fn wrong_method(method: &Method, path: &str) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {path}"))
 }
 
 /// A JSON response body with its content type.
