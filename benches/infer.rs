@@ -48,7 +48,8 @@ fn end_to_end(c: &mut Criterion) {
     let gateway = gateway(&runtime);
     let limits = api::http::Limits { max_request_bytes: 64 << 20, body_timeout: Duration::from_secs(60) };
     let rest = api::http::router(Arc::clone(&gateway), limits);
-    let grpc = api::grpc::router(gateway, 64 << 20);
+    let (_running, stop) = tokio::sync::watch::channel(false);
+    let grpc = api::grpc::router(gateway, 64 << 20, stop);
 
     let json = Bytes::from(
         serde_json::to_vec(

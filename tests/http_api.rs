@@ -4,6 +4,7 @@
 mod common;
 
 use common::{TOLERANCE, TestServer, assert_outputs_match, golden};
+use infergate::config::Config;
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -56,6 +57,33 @@ async fn nested_data_and_output_selection() {
     for (got, want) in outputs[0]["data"].as_array().unwrap().iter().zip(want) {
         assert!((got.as_f64().unwrap() - want.as_f64().unwrap()).abs() <= TOLERANCE);
     }
+}
+
+/// A sidecar's layout: inference on one address, metrics and probes on another. The metrics port answers the
+/// server's health routes, never inference, and the REST port is not bound on the metrics address.
+#[tokio::test]
+async fn each_listener_binds_its_own_address_and_probes_reach_the_metrics_port() {
+    let config = Config {
+        http_host: "127.0.0.1".parse().unwrap(),
+        grpc_host: "127.0.0.1".parse().unwrap(),
+        metrics_host: "127.0.0.2".parse().unwrap(),
+        ..common::config(&common::bundled_models())
+    };
+    let server = TestServer::start(config).await;
+    let metrics = server.server.metrics_addr();
+    assert_eq!(metrics.ip().to_string(), "127.0.0.2");
+    assert_eq!(server.server.http_addr().ip().to_string(), "127.0.0.1");
+    for (path, want) in [("/v2/health/live", json!({"live": true})), ("/v2/health/ready", json!({"ready": true}))] {
+        let response = server.client.get(format!("http://{metrics}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.json::<Value>().await.unwrap(), want);
+    }
+    let scrape = server.client.get(format!("http://{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(scrape.status(), 200);
+    let inference = server.client.post(format!("http://{metrics}/v2/models/iris/infer")).body("{}").send().await;
+    assert_eq!(inference.unwrap().status(), 404, "the metrics port serves no inference");
+    let rest_on_metrics_address = format!("http://127.0.0.2:{}/v2/health/live", server.server.http_addr().port());
+    assert!(server.client.get(rest_on_metrics_address).send().await.is_err(), "REST must not listen on 127.0.0.2");
 }
 
 #[tokio::test]

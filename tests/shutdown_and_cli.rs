@@ -11,6 +11,48 @@ use common::TestServer;
 use infergate::server::Stopped;
 use serde_json::json;
 
+/// A state directory that cannot be written (here below a file; in a pod, a read-only root with no volume there)
+/// stops the start with the path and the cause, before any listener is bound.
+#[tokio::test]
+async fn an_unwritable_state_directory_fails_the_start() {
+    let root = common::temp_dir("unwritable-state");
+    let file = root.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let config = infergate::config::Config {
+        state_dir: Some(file.join("state")),
+        ..common::config(&common::bundled_models())
+    };
+    let error = infergate::server::Server::start(config).await.unwrap_err().to_string();
+    assert!(error.contains("state directory") && error.contains("a-file/state"), "{error}");
+    assert!(error.contains("give it a writable volume"), "{error}");
+}
+
+/// A request still arriving when shutdown begins (its body half sent) keeps the server waiting, and is answered.
+/// The idle gRPC listener ends at once on shutdown: that must not end the wait. Repeated, as which listener's end
+/// is seen first is a race.
+#[tokio::test]
+async fn the_wait_outlasts_an_idle_listener_while_a_request_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = br#"{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
+    let head = format!("POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", body.len());
+    for round in 0..8 {
+        let server = TestServer::bundled().await;
+        let mut stream = tokio::net::TcpStream::connect(server.server.http_addr()).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body[..body.len() / 2]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.server.shutdown();
+        let wait = tokio::spawn(server.server.wait());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!wait.is_finished(), "round {round}: the server stopped with a request still arriving");
+        stream.write_all(&body[body.len() / 2..]).await.unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.unwrap();
+        assert!(reply.starts_with(b"HTTP/1.1 200"), "round {round}: {}", String::from_utf8_lossy(&reply));
+        assert_eq!(wait.await.unwrap().unwrap(), Stopped::Drained);
+    }
+}
+
 #[tokio::test]
 async fn shutdown_drains_an_in_flight_request() {
     let root = common::temp_dir("shutdown-drain");

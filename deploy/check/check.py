@@ -44,8 +44,9 @@ def check_kubernetes(paths: list) -> list:
     return failures
 
 
-def as_pod(containers: list) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": {"containers": containers}}
+def as_pod(containers: list, volumes: list) -> dict:
+    spec = {"containers": containers, "volumes": volumes}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": spec}
 
 
 def check_kserve(paths: list) -> list:
@@ -66,7 +67,8 @@ def check_kserve(paths: list) -> list:
                 if not spec.get("containers"):
                     failures.append(f"{where}: no containers")
                 try:
-                    kubernetes_validate.validate(as_pod(spec.get("containers", [])), KUBERNETES_VERSION, strict=True)
+                    pod = as_pod(spec.get("containers", []), spec.get("volumes", []))
+                    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
                 except kubernetes_validate.ValidationError as e:
                     failures.append(f"{where}: containers: {e.message}")
                 runtimes[doc.get("metadata", {}).get("name")] = formats

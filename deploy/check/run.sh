@@ -54,7 +54,7 @@ echo "== kubectl kustomize"
 echo "== Kubernetes schemas (strict)"
 for file in "$rendered"/*.yaml; do check kubernetes "$file"; done
 echo "== Prometheus-operator schemas"
-monitoring "$rendered/helm.yaml" "$rendered/standalone.yaml"
+monitoring "$rendered/helm.yaml" "$rendered/standalone.yaml" "$rendered/sidecar.yaml"
 check alerts "$rendered/helm.yaml" deploy/prometheus/alerts.yaml
 check alerts "$rendered/standalone.yaml" deploy/prometheus/alerts.yaml
 echo "== KServe"

@@ -63,7 +63,10 @@ pub struct MlflowSettings {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub model_repository: PathBuf,
-    pub host: IpAddr,
+    /// Where each listener binds (`--http-host`, `--grpc-host`, `--metrics-host`, each `--host` when unset).
+    pub http_host: IpAddr,
+    pub grpc_host: IpAddr,
+    pub metrics_host: IpAddr,
     pub http_port: u16,
     pub grpc_port: u16,
     pub metrics_port: u16,
@@ -178,7 +181,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             model_repository: PathBuf::from("./models"),
-            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            http_host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            grpc_host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            metrics_host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             http_port: 8000,
             grpc_port: 8001,
             metrics_port: 8002,

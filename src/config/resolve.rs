@@ -25,9 +25,12 @@ impl Config {
         let set = args.over(file);
         let defaults = Config::default();
         let mlflow = mlflow_settings(set.mlflow)?;
+        let host = set.host.unwrap_or(defaults.http_host);
         let config = Config {
             model_repository: set.model_repository.unwrap_or(defaults.model_repository),
-            host: set.host.unwrap_or(defaults.host),
+            http_host: set.http_host.unwrap_or(host),
+            grpc_host: set.grpc_host.unwrap_or(host),
+            metrics_host: set.metrics_host.unwrap_or(host),
             http_port: set.http_port.unwrap_or(defaults.http_port),
             grpc_port: set.grpc_port.unwrap_or(defaults.grpc_port),
             metrics_port: set.metrics_port.unwrap_or(defaults.metrics_port),

@@ -26,9 +26,19 @@ layered_settings! {
         /// Folder holding the models: <repository>/<model>/<version>/model.onnx [default: ./models]
         #[arg(long, env = "INFERGATE_MODEL_REPOSITORY")]
         pub model_repository: Option<PathBuf>,
-        /// Address the servers listen on [default: 0.0.0.0]
+        /// Address every listener binds unless its own address is set [default: 0.0.0.0]
         #[arg(long, env = "INFERGATE_HOST")]
         pub host: Option<IpAddr>,
+        /// Address of the REST listener, e.g. 127.0.0.1 for a sidecar only its pod calls [default: --host]
+        #[arg(long, env = "INFERGATE_HTTP_HOST")]
+        pub http_host: Option<IpAddr>,
+        /// Address of the gRPC listener [default: --host]
+        #[arg(long, env = "INFERGATE_GRPC_HOST")]
+        pub grpc_host: Option<IpAddr>,
+        /// Address of the metrics listener, which also answers /v2/health/live and /v2/health/ready for probes
+        /// [default: --host]
+        #[arg(long, env = "INFERGATE_METRICS_HOST")]
+        pub metrics_host: Option<IpAddr>,
         /// Port of the KServe v2 REST API [default: 8000]
         #[arg(long, env = "INFERGATE_HTTP_PORT")]
         pub http_port: Option<u16>,

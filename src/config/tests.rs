@@ -249,7 +249,8 @@ fn every_file_key_is_read() {
         std::fs::write(dir.join(pem), "").unwrap();
     }
     let text = format!(
-        "model_repository = \"models\"\nhost = \"127.0.0.1\"\nhttp_port = 1\ngrpc_port = 2\nmetrics_port = 3\n\
+        "model_repository = \"models\"\nhost = \"127.0.0.1\"\nhttp_host = \"127.0.0.2\"\ngrpc_host = \"::1\"\n\
+         metrics_host = \"0.0.0.0\"\nhttp_port = 1\ngrpc_port = 2\nmetrics_port = 3\n\
          max_request_bytes = 4\nshutdown_grace_seconds = 5\nmetrics_window_seconds = 6\nort_library = \"ort.so\"\n\
          admin_token = \"admin-token-0123456789\"\nstate_dir = \"state\"\nmodel_control_mode = \"explicit\"\n\
          repository_poll_secs = 7\nrepository_settle_secs = 8\nload_models = [\"iris\"]\n\
@@ -266,7 +267,8 @@ fn every_file_key_is_read() {
     std::fs::write(dir.join("server.toml"), text).unwrap();
     let config = Config::resolve(ServeArgs { config: Some(dir.join("server.toml")), ..ServeArgs::default() }).unwrap();
     assert_eq!(config.model_repository, Path::new("models"));
-    assert_eq!(config.host.to_string(), "127.0.0.1");
+    let hosts = [config.http_host, config.grpc_host, config.metrics_host].map(|host| host.to_string());
+    assert_eq!(hosts, ["127.0.0.2", "::1", "0.0.0.0"]);
     assert_eq!((config.http_port, config.grpc_port, config.metrics_port), (1, 2, 3));
     assert_eq!(config.max_request_bytes, 4);
     assert_eq!((config.shutdown_grace, config.metrics_window), (Duration::from_secs(5), Duration::from_secs(6)));
@@ -299,6 +301,23 @@ fn every_file_key_is_read() {
     assert_eq!(mlflow.webhook_secret, Some(Secret("webhook-secret-0123456789".into())));
     assert_eq!((mlflow.models[0].registered.as_str(), mlflow.models[0].serve_as.as_str()), ("Fraud Model", "fraud"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `infergate serve --model-repository models <flags>`, parsed.
+fn serve_flags(flags: &[&str]) -> ServeArgs {
+    let line = ["infergate", "serve", "--model-repository", "models"].iter().chain(flags);
+    let Command::Serve(serve) = Cli::try_parse_from(line).unwrap().into_command() else { panic!("not serve") };
+    serve
+}
+
+#[test]
+fn each_listener_binds_host_unless_its_own_address_is_set() {
+    let config = Config::resolve(serve_flags(&["--host", "127.0.0.1", "--metrics-host", "0.0.0.0"])).unwrap();
+    let hosts = [config.http_host, config.grpc_host, config.metrics_host].map(|host| host.to_string());
+    assert_eq!(hosts, ["127.0.0.1", "127.0.0.1", "0.0.0.0"]);
+    let config = Config::resolve(serve_flags(&["--grpc-host", "::1"])).unwrap();
+    let hosts = [config.http_host, config.grpc_host, config.metrics_host].map(|host| host.to_string());
+    assert_eq!(hosts, ["0.0.0.0", "::1", "0.0.0.0"]);
 }
 
 #[test]

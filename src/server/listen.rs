@@ -8,6 +8,10 @@
 //!   is closed when it runs out);
 //! - bodies are read whole within the body timeout by the REST router (`api::http`).
 //!
+//! At shutdown the listener stops accepting, but connections the kernel already completed are still taken; each
+//! connection finishes the request it is on and closes (one with no request yet gets `FIRST_REQUEST_AT_SHUTDOWN`
+//! for its first), so a request already sent is answered, never reset.
+//!
 //! At most `max_connections` connections are open per listener; further clients wait in the kernel's accept
 //! backlog until one closes, so a flood of idle connections delays new clients but cannot exhaust memory.
 
@@ -22,7 +26,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use futures_util::FutureExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
@@ -31,6 +36,10 @@ use crate::config::ConnectionLimits;
 
 /// How long to wait before accepting again after the process ran out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// At shutdown, a connection that has not yet delivered its first request (its bytes may be on the way, or not yet
+/// read) gets this long to do so; that request is then answered, and the connection closed.
+const FIRST_REQUEST_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// One listener's settings.
 #[derive(Clone)]
@@ -78,27 +87,44 @@ where
                 },
                 () = stopped(&mut stop) => break,
             };
-            if let Err(e) = tcp.set_nodelay(true) {
-                // Small responses (a gRPC answer is several small frames) would wait for the peer's delayed ACK.
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-            let connection = Connection {
-                app: app.clone(),
-                builder: Arc::clone(&builder),
-                header_timeout: listen.limits.header_read_timeout,
-                stop: stop.clone(),
-            };
-            let tls = listen.tls.clone();
-            tokio::spawn(async move {
-                connection.run(tcp, tls).await;
-                drop(permit);
-            });
+            spawn_connection(tcp, permit, &app, &builder, &listen, &stop);
+        }
+        // Connections the kernel completed before the stop are clients already sending: serve them too (each gets
+        // its first request answered, see FIRST_REQUEST_AT_SHUTDOWN) rather than resetting them with the listener.
+        while let Some(Ok((tcp, _))) = listener.accept().now_or_never() {
+            let Ok(permit) = Arc::clone(&open).try_acquire_owned() else { break };
+            spawn_connection(tcp, permit, &app, &builder, &listen, &stop);
         }
         drop(listener);
         // Every connection holds a slot until it closes: all slots back means all connections are done.
         let _ = open.acquire_many(slots).await;
         Ok(())
     })
+}
+
+fn spawn_connection<S: App>(
+    tcp: TcpStream,
+    permit: OwnedSemaphorePermit,
+    app: &S,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    listen: &Listen,
+    stop: &watch::Receiver<bool>,
+) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        // Small responses (a gRPC answer is several small frames) would wait for the peer's delayed ACK.
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let connection = Connection {
+        app: app.clone(),
+        builder: Arc::clone(builder),
+        header_timeout: listen.limits.header_read_timeout,
+        stop: stop.clone(),
+    };
+    let tls = listen.tls.clone();
+    tokio::spawn(async move {
+        connection.run(tcp, tls).await;
+        drop(permit);
+    });
 }
 
 /// Returns once `stop` is true.
@@ -160,16 +186,23 @@ impl<S: App> Connection<S> {
     {
         let Connection { app, builder, header_timeout, mut stop } = self;
         let seen_request = Arc::new(AtomicBool::new(false));
-        let seen = Arc::clone(&seen_request);
+        let first_seen = Arc::new(Notify::new());
+        let (seen, notify) = (Arc::clone(&seen_request), Arc::clone(&first_seen));
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            seen.store(true, Ordering::Relaxed);
+            if !seen.swap(true, Ordering::Relaxed) {
+                notify.notify_one();
+            }
             app.clone().oneshot(request)
         });
         let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         let first_request = tokio::time::sleep(header_timeout);
         tokio::pin!(first_request);
-        let (mut waiting_first, mut stopping) = (true, false);
+        // Armed at shutdown for a connection with no request yet.
+        let linger = tokio::time::sleep(header_timeout);
+        tokio::pin!(linger);
+        // Stopping: the server is stopping; shut: this connection was told to finish (graceful_shutdown).
+        let (mut waiting_first, mut stopping, mut shut) = (true, false, false);
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -186,8 +219,22 @@ impl<S: App> Connection<S> {
                     waiting_first = false;
                 }
                 () = stopped(&mut stop), if !stopping => {
-                    connection.as_mut().graceful_shutdown();
                     stopping = true;
+                    if seen_request.load(Ordering::Relaxed) {
+                        connection.as_mut().graceful_shutdown();
+                        shut = true;
+                    } else {
+                        linger.as_mut().reset(tokio::time::Instant::now() + FIRST_REQUEST_AT_SHUTDOWN);
+                    }
+                }
+                // Told to finish once its first request is in: hyper then answers it and closes.
+                () = first_seen.notified(), if stopping && !shut => {
+                    connection.as_mut().graceful_shutdown();
+                    shut = true;
+                }
+                () = &mut linger, if stopping && !shut => {
+                    connection.as_mut().graceful_shutdown();
+                    shut = true;
                 }
             }
         }

@@ -32,6 +32,18 @@ pub enum ServerError {
     Mlflow(String),
     #[error("{0}")]
     Tls(String),
+    #[error("the {what} {} is not writable ({source}): give it a writable volume", path.display())]
+    NotWritable { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Fails the start when a folder the server writes to cannot be written (a read-only root filesystem with no
+/// volume there), rather than failing the first rollout or MLflow download much later.
+fn check_writable(what: &'static str, path: &std::path::Path) -> Result<(), ServerError> {
+    let fail = |source| ServerError::NotWritable { what, path: path.to_owned(), source };
+    std::fs::create_dir_all(path).map_err(fail)?;
+    let probe = path.join(format!(".infergate-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)
 }
 
 /// Starts following the MLflow Model Registry; returns where webhook deliveries go.
@@ -97,12 +109,18 @@ impl Server {
     /// Binds the REST and metrics listeners, starts loading the model repository in the background and serves. The server is
     /// live at once and ready (`/v2/health/ready`) once every model has loaded or failed.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
+        if let Some(dir) = &config.state_dir {
+            check_writable("state directory", dir)?;
+        }
+        if let Some(mlflow) = &config.mlflow {
+            check_writable("MLflow cache", &mlflow.cache)?;
+        }
         let tls = config.tls.as_ref().map(tls::acceptor).transpose().map_err(ServerError::Tls)?;
         let listen = listen::Listen { limits: config.connections, tls };
-        let (listener, http_addr) = bind("HTTP", SocketAddr::new(config.host, config.http_port)).await?;
-        let (grpc_listener, grpc_addr) = bind("gRPC", SocketAddr::new(config.host, config.grpc_port)).await?;
+        let (listener, http_addr) = bind("HTTP", SocketAddr::new(config.http_host, config.http_port)).await?;
+        let (grpc_listener, grpc_addr) = bind("gRPC", SocketAddr::new(config.grpc_host, config.grpc_port)).await?;
         let (metrics_listener, metrics_addr) =
-            bind("metrics", SocketAddr::new(config.host, config.metrics_port)).await?;
+            bind("metrics", SocketAddr::new(config.metrics_host, config.metrics_port)).await?;
 
         let ort_library = config.ort_library.clone();
         let backends = tokio::task::spawn_blocking(move || Backends::discover(ort_library.as_deref()))
@@ -152,7 +170,7 @@ impl Server {
         };
         let rest = api::http::router(Arc::clone(&gateway), limits);
         let http = listen::serve(listener, rest, listen.clone(), stop.clone());
-        let grpc_api = api::grpc::router(gateway, config.max_request_bytes);
+        let grpc_api = api::grpc::router(gateway, config.max_request_bytes, stop.clone());
         let grpc = listen::serve(grpc_listener, grpc_api, listen, stop.clone());
         // Prometheus scrapes in plain HTTP from inside the cluster; the metrics port never carries TLS.
         let metrics_listen = listen::Listen { limits: config.connections, tls: None };
@@ -202,10 +220,13 @@ impl Server {
     pub async fn wait(self) -> Result<Stopped, ServerError> {
         let Server { mut http, mut grpc, metrics, shutdown, grace, .. } = self;
         let mut stopping = shutdown.subscribe();
+        // Biased: once shutdown is asked, an idle listener's task ends at once; if that ending were taken for the
+        // server's, the process would exit with the other listener's requests still in flight.
         tokio::select! {
+            biased;
+            _ = stopping.wait_for(|&stop| stop) => {}
             result = &mut http => return finished(result),
             result = &mut grpc => return finished(result),
-            _ = stopping.wait_for(|&stop| stop) => {}
         }
         tracing::info!(grace_seconds = grace.as_secs(), "shutting down: draining in-flight requests");
         // Scrapes are quick; the metrics server gets no grace of its own.

@@ -18,7 +18,9 @@ pub fn bundled_models() -> PathBuf {
 pub fn config(repository: &Path) -> Config {
     Config {
         model_repository: repository.to_owned(),
-        host: "127.0.0.1".parse().unwrap(),
+        http_host: "127.0.0.1".parse().unwrap(),
+        grpc_host: "127.0.0.1".parse().unwrap(),
+        metrics_host: "127.0.0.1".parse().unwrap(),
         http_port: 0,
         grpc_port: 0,
         metrics_port: 0,

@@ -17,6 +17,7 @@ import sysconfig
 import tempfile
 import urllib.request
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -134,11 +135,47 @@ def grpc_checks(url, goldens, token, http_url):
     auth = {"authorization": f"Bearer {token}"}
     client.unload_model("mlp", headers=auth)
     assert not client.is_model_ready("mlp")
+    assert health_check(url, "mlp") == NOT_SERVING
     client.load_model("mlp", headers=auth)
     assert client.is_model_ready("mlp")
+    health_checks(url)
     stream_order(client)
     traffic_over_grpc(client, http_url, token)
     print("tritonclient gRPC: ok")
+
+
+# grpc.health.v1 answers, encoded (HealthCheckResponse.status is field 1; SERVING = 1, NOT_SERVING = 2,
+# SERVICE_UNKNOWN = 3), and the request for a service name.
+SERVING, NOT_SERVING, SERVICE_UNKNOWN = b"\x08\x01", b"\x08\x02", b"\x08\x03"
+
+
+def health_request(service):
+    return b"\x0a" + bytes([len(service)]) + service.encode() if service else b""
+
+
+def health_check(url, service):
+    with grpc.insecure_channel(url) as channel:
+        return channel.unary_unary("/grpc.health.v1.Health/Check")(health_request(service), timeout=5)
+
+
+def health_checks(url):
+    """The standard health service on the gRPC port, as Kubernetes' grpc probes call it: the server and each model
+    as readiness says, NOT_FOUND for an unknown name; Watch answers the status at once (SERVICE_UNKNOWN for an
+    unknown name, without ending)."""
+    assert health_check(url, "") == SERVING
+    assert health_check(url, "iris") == SERVING
+    try:
+        health_check(url, "nope")
+        raise AssertionError("grpc health of an unknown model: expected NOT_FOUND")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND, e
+    with grpc.insecure_channel(url) as channel:
+        watch = channel.unary_stream("/grpc.health.v1.Health/Watch")
+        for service, first in (("", SERVING), ("mlp", SERVING), ("nope", SERVICE_UNKNOWN)):
+            answers = watch(health_request(service), timeout=10)
+            assert next(answers) == first, service
+            answers.cancel()
+    print("grpc.health.v1: ok")
 
 
 def traffic_over_grpc(client, http_url, token):

@@ -3,6 +3,7 @@
 //! encode; [`ApiError`] becomes a gRPC status here and nowhere else.
 
 pub mod convert;
+pub mod health;
 
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
@@ -25,12 +26,14 @@ use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceSe
 /// Requests of one `ModelStreamInfer` stream computed at once; responses still go back in request order.
 const STREAM_IN_FLIGHT: usize = 64;
 
-/// The gRPC API of a gateway as an axum router, served next to (not on) the REST port.
-pub fn router(gateway: Arc<Gateway>, max_request_bytes: usize) -> axum::Router {
+/// The gRPC API of a gateway as an axum router, served next to (not on) the REST port, with the standard health
+/// service beside it; `stop` turning true ends the health watches.
+pub fn router(gateway: Arc<Gateway>, max_request_bytes: usize, stop: tokio::sync::watch::Receiver<bool>) -> axum::Router {
+    let health = health::service(Arc::clone(&gateway), stop);
     let service = GrpcInferenceServiceServer::new(GrpcApi { gateway })
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(usize::MAX);
-    tonic::service::Routes::new(service).prepare().into_axum_router()
+    tonic::service::Routes::new(service).add_service(health).prepare().into_axum_router()
 }
 
 // Metadata keys are built once: a key given as a string is parsed again at every lookup.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::metadata::{RoutePath, route};
 use super::{AppState, json_body};
 use crate::api::{self, ApiError};
-use crate::lifecycle::MlflowStatus;
+use crate::lifecycle::{MlflowStatus, ModelTable};
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     router
@@ -39,12 +39,17 @@ struct ServerReady {
     mlflow: Option<MlflowStatus>,
 }
 
-async fn live() -> Response {
+/// Liveness: the process answers.
+pub(super) async fn live() -> Response {
     json_body(&Live { live: true })
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    let table = state.gateway.table();
+    server_ready(state.gateway.table())
+}
+
+/// Readiness: 200 once every model has loaded or failed, 503 before; the same answer on the REST and metrics ports.
+pub(super) fn server_ready(table: &ModelTable) -> Response {
     let ready = table.is_ready();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let mlflow = table.mlflow_status().map(|status| (*status).clone());

@@ -1,4 +1,5 @@
-//! `GET /metrics` on the metrics port, for Prometheus.
+//! The metrics port: `GET /metrics` for Prometheus, and the server's liveness and readiness for probes, so a
+//! sidecar can keep its inference ports on loopback while the kubelet and Prometheus reach this one.
 
 use std::sync::Arc;
 
@@ -8,11 +9,20 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::not_found;
+use super::{health, not_found};
 use crate::lifecycle::ModelTable;
 
 pub fn metrics_router(table: Arc<ModelTable>) -> Router {
-    Router::new().route("/metrics", get(metrics)).fallback(not_found).with_state(table)
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v2/health/live", get(health::live))
+        .route("/v2/health/ready", get(ready))
+        .fallback(not_found)
+        .with_state(table)
+}
+
+async fn ready(State(table): State<Arc<ModelTable>>) -> Response {
+    health::server_ready(&table)
 }
 
 async fn metrics(State(table): State<Arc<ModelTable>>) -> Response {
