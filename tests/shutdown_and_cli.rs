@@ -18,10 +18,8 @@ async fn an_unwritable_state_directory_fails_the_start() {
     let root = common::temp_dir("unwritable-state");
     let file = root.join("a-file");
     std::fs::write(&file, b"").unwrap();
-    let config = infergate::config::Config {
-        state_dir: Some(file.join("state")),
-        ..common::config(&common::bundled_models())
-    };
+    let config =
+        infergate::config::Config { state_dir: Some(file.join("state")), ..common::config(&common::bundled_models()) };
     let error = infergate::server::Server::start(config).await.unwrap_err().to_string();
     assert!(error.contains("state directory") && error.contains("a-file/state"), "{error}");
     assert!(error.contains("give it a writable volume"), "{error}");

@@ -37,7 +37,9 @@ async fn start_on(repository: &Path) -> Server {
     let state = std::env::temp_dir().join(format!("infergate-load-tests-{}-{number}", std::process::id()));
     let config = Config {
         model_repository: repository.to_owned(),
-        host: "127.0.0.1".parse().unwrap(),
+        http_host: "127.0.0.1".parse().unwrap(),
+        grpc_host: "127.0.0.1".parse().unwrap(),
+        metrics_host: "127.0.0.1".parse().unwrap(),
         http_port: 0,
         grpc_port: 0,
         metrics_port: 0,

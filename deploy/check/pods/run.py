@@ -10,6 +10,7 @@ import copy
 import os
 import re
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -124,7 +125,7 @@ def run_case(case, pod, ip):
             raise PodFailed(f"exit status {code} after SIGTERM: {running.logs(server)}")
         lines.append(f"exited 0, {took:.1f} s after termination began (grace {grace} s)")
         return lines
-    except (PodFailed, ValueError) as e:  # ValueError: the manifests name something that is not there
+    except (PodFailed, ValueError, subprocess.TimeoutExpired) as e:  # ValueError: the manifests name something absent
         raise PodFailed(f"{e}\n" + "\n".join(lines)) from None
     finally:
         running.remove()
@@ -230,6 +231,9 @@ def main():
         except PodFailed as e:
             failed = True
             print(f"FAIL: {case.name}: {e}", flush=True)
+        except Exception:
+            failed = True
+            print(f"FAIL: {case.name}: {traceback.format_exc()}", flush=True)
     print("== planted faults (each must fail for its reason)", flush=True)
     for thread in background:
         thread.join()

@@ -41,7 +41,11 @@ pub struct HealthApi {
 fn status(gateway: &Gateway, service: &str, stopping: bool) -> Result<Option<ServingStatus>, Status> {
     let table = gateway.table();
     if service.is_empty() {
-        return Ok(Some(if table.is_ready() && !stopping { ServingStatus::Serving } else { ServingStatus::NotServing }));
+        return Ok(Some(if table.is_ready() && !stopping {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }));
     }
     match api::model_ready(table, service, None) {
         Ok(()) if !stopping => Ok(Some(ServingStatus::Serving)),

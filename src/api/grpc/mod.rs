@@ -28,7 +28,11 @@ const STREAM_IN_FLIGHT: usize = 64;
 
 /// The gRPC API of a gateway as an axum router, served next to (not on) the REST port, with the standard health
 /// service beside it; `stop` turning true ends the health watches.
-pub fn router(gateway: Arc<Gateway>, max_request_bytes: usize, stop: tokio::sync::watch::Receiver<bool>) -> axum::Router {
+pub fn router(
+    gateway: Arc<Gateway>,
+    max_request_bytes: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> axum::Router {
     let health = health::service(Arc::clone(&gateway), stop);
     let service = GrpcInferenceServiceServer::new(GrpcApi { gateway })
         .max_decoding_message_size(max_request_bytes)
