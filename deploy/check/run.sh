@@ -46,6 +46,9 @@ rm -rf "$rendered" && mkdir -p "$rendered"
 "$helm" template infergate deploy/helm/infergate --namespace infergate \
   --set autoscaling.p99Metric=infergate_request_latency_p99_seconds --set serviceMonitor.enabled=false \
   --set prometheusRule.enabled=false --set podDisruptionBudget.enabled=false >"$rendered/helm-options.yaml"
+"$helm" lint --strict deploy/helm/infergate -f deploy/check/helm-sidecar-values.yaml
+"$helm" template infergate deploy/helm/infergate --namespace infergate -f deploy/check/helm-sidecar-values.yaml \
+  >"$rendered/helm-sidecar.yaml"
 
 echo "== kubectl kustomize"
 "$kubectl" kustomize deploy/k8s/overlays/standalone >"$rendered/standalone.yaml"
@@ -54,7 +57,7 @@ echo "== kubectl kustomize"
 echo "== Kubernetes schemas (strict)"
 for file in "$rendered"/*.yaml; do check kubernetes "$file"; done
 echo "== Prometheus-operator schemas"
-monitoring "$rendered/helm.yaml" "$rendered/standalone.yaml" "$rendered/sidecar.yaml"
+monitoring "$rendered/helm.yaml" "$rendered/helm-sidecar.yaml" "$rendered/standalone.yaml" "$rendered/sidecar.yaml"
 check alerts "$rendered/helm.yaml" deploy/prometheus/alerts.yaml
 check alerts "$rendered/standalone.yaml" deploy/prometheus/alerts.yaml
 echo "== KServe"
@@ -80,6 +83,8 @@ broken=deploy/check/broken
 must_fail "hadolint" "DL3007" "$venv_bin/hadolint" --no-color $broken/Dockerfile
 must_fail "helm lint (values.schema.json)" "Additional property replicas is not allowed" \
   "$helm" lint --strict deploy/helm/infergate -f $broken/values.yaml
+must_fail "helm lint (sidecar mode without its application)" "sidecar.application: name is required" \
+  "$helm" lint --strict deploy/helm/infergate --set sidecar.enabled=true
 must_fail "Kubernetes schemas (types)" "'two' is not of type 'integer'" check kubernetes $broken/deployment-type.yaml
 must_fail "Kubernetes schemas (unknown fields)" "imagePolicy" check kubernetes $broken/deployment-field.yaml
 must_fail "Prometheus-operator schemas" "interval must be string" monitoring $broken/servicemonitor.yaml

@@ -190,9 +190,10 @@ class RunningPod:
             if run.returncode != 0:
                 raise PodFailed(f"preStop {command} failed: {run.stderr.strip()}")
             self.log(f"preStop {command} done after {time.monotonic() - started:.1f} s")
-        podman("kill", "--signal", "TERM", self.ctr(container))
+        # The checks learn of SIGTERM before it is sent: a refusal after this point is the drain's, not an error.
         if during:
             during("SIGTERM")
+        podman("kill", "--signal", "TERM", self.ctr(container))
         left = max(grace - (time.monotonic() - started), 0.1)
         try:
             code = podman("wait", self.ctr(container), timeout=left)

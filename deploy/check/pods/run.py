@@ -4,7 +4,7 @@ again with a planted fault, which must fail for the planted reason.
     run.py RENDERED_DIR KSERVE_DIR    (RENDERED_DIR: helm template / kustomize output of deploy/check/run.sh)
 
 Cases: the standalone overlay's Deployment, the sidecar overlay (an application calling infergate on localhost),
-the Helm chart's Deployment, and the KServe runtimes (REST v2, gRPC v2) with the models in /mnt/models."""
+the Helm chart's Deployment, the chart in sidecar mode, and the KServe runtimes (REST v2, gRPC v2) with the models in /mnt/models."""
 
 import copy
 import os
@@ -90,6 +90,7 @@ CASES = [
     Case("standalone", "standalone.yaml", lambda d: manifests.deployment(d, "infergate"), check=through_service),
     Case("sidecar", "sidecar.yaml", lambda d: manifests.deployment(d, "infergate"), check=sidecar),
     Case("helm", "helm.yaml", lambda d: manifests.deployment(d, "infergate"), check=through_service),
+    Case("helm-sidecar", "helm-sidecar.yaml", lambda d: manifests.deployment(d, "infergate"), check=sidecar),
     Case("kserve-v2", "kserve.yaml", runtime("kserve-infergate"), server="kserve-container",
          fill={manifests.KSERVE_MODELS: copy_models}, check=kserve("v2")),
     Case("kserve-grpc-v2", "kserve.yaml", runtime("kserve-infergate-grpc"), server="kserve-container",
@@ -119,7 +120,11 @@ def run_case(case, pod, ip):
             lines.append(f"probes of {p.container['name']}: {p.summary()}")
         drain = checks.Drain(host, port, netns or None)
         took, code = running.terminate(server, during=drain.phase)
-        lines.append(drain.result())
+        try:
+            lines.append(drain.result())
+        except PodFailed as e:
+            raise PodFailed(f"{e}\n(exit status {code}, {took:.1f} s after termination began)\n"
+                            f"--- {case.server}'s log:\n{running.logs(server, 15)}") from None
         grace = pod.spec.get("terminationGracePeriodSeconds", 30)
         if code != 0:
             raise PodFailed(f"exit status {code} after SIGTERM: {running.logs(server)}")
@@ -134,7 +139,9 @@ def run_case(case, pod, ip):
 # Planted faults: (case, what, change to the pod, the failure it must cause).
 def probe_port(container, kind, port):
     def plant(pod):
-        pod.container(container)[f"{kind}Probe"]["httpGet"]["port"] = port
+        probe = pod.container(container)[f"{kind}Probe"]
+        handler = next(h for h in ("httpGet", "grpc", "tcpSocket") if h in probe)
+        probe[handler]["port"] = port
     return plant
 
 
@@ -177,16 +184,22 @@ PLANTS = [
     ("sidecar", "the metrics port on loopback too (where probes look)", config_line(
         "infergate-sidecar-config", "infergate.toml", r"^metrics_host = .*$", 'metrics_host = "127.0.0.1"'),
      r"startup probe failed 150 times"),
+    ("sidecar", "no volume at the state directory", without_mount("infergate", "state"),
+     r"state directory /var/lib/infergate is not writable"),
     ("sidecar", "the API on the pod's address", config_line(
         "infergate-sidecar-config", "infergate.toml", r"^http_host = .*$", 'http_host = "0.0.0.0"'),
      r":8000 answers from outside the pod"),
     ("helm", "startup probe on a closed port", probe_port("infergate", "startup", 8009),
      r"startup probe failed 60 times"),
     ("helm", "a mounted volume missing from the pod", without_volume("tmp"), r"volumeMount 'tmp' names no volume"),
+    ("helm-sidecar", "liveness probe on the loopback-only REST port", probe_port("infergate", "liveness", 8000),
+     r"liveness probe failed 3 times"),
     ("kserve-v2", "readiness probe on a closed port", probe_port("kserve-container", "readiness", 8009),
      r"readiness probe never passed"),
     ("kserve-v2", "no volume at the state directory", without_mount("kserve-container", "state"),
      r"state directory /var/lib/infergate is not writable"),
+    ("kserve-grpc-v2", "gRPC readiness probe on the REST port", probe_port("kserve-container", "readiness", 8080),
+     r"readiness probe never passed"),
 ]
 
 
