@@ -37,12 +37,12 @@ pub enum ServerError {
 }
 
 /// Fails the start when a folder the server writes to cannot be written (a read-only root filesystem with no
-/// volume there), rather than failing the first rollout or MLflow download much later.
+/// volume there), rather than failing the first rollout or MLflow download much later. The check writes a file
+/// the way the server's state is written (`durable::write_atomically`), then removes it.
 fn check_writable(what: &'static str, path: &std::path::Path) -> Result<(), ServerError> {
     let fail = |source| ServerError::NotWritable { what, path: path.to_owned(), source };
-    std::fs::create_dir_all(path).map_err(fail)?;
     let probe = path.join(format!(".infergate-write-check-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(fail)?;
+    crate::durable::write_atomically(&probe, b"").map_err(fail)?;
     std::fs::remove_file(&probe).map_err(fail)
 }
 

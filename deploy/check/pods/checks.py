@@ -4,6 +4,7 @@ is closed to the network, and termination with requests in flight."""
 import ctypes
 import http.client
 import json
+import os
 import socket
 import threading
 import time
@@ -14,9 +15,18 @@ import tritonclient.http as triton_http
 
 from probes import PodFailed
 
-ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
-# The bundled iris model's classes for ROWS (tests/golden).
-LABELS = [0, 2]
+
+def golden_rows(count):
+    """The first rows of the bundled iris model's golden request and its labels for them (tests/golden: an
+    unversioned request is answered by the highest version, 2)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "tests", "golden", "iris_v2.json")
+    with open(path) as f:
+        golden = json.load(f)
+    data = golden["request"]["inputs"][0]["data"][: 4 * count]
+    return np.array(data, dtype=np.float32).reshape(count, 4), golden["outputs"]["label"]["data"][:count]
+
+
+ROWS, LABELS = golden_rows(2)
 REQUEST = json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
 
 
@@ -48,29 +58,28 @@ def scrape(ip, targets):
         yield f"scraped :{port}{path}: {len(samples)} samples, iris requests counted"
 
 
-def triton_http_infer(address):
-    client = triton_http.InferenceServerClient(address, connection_timeout=10, network_timeout=10)
-    if not (client.is_server_live() and client.is_server_ready() and client.is_model_ready("iris")):
-        raise PodFailed(f"tritonclient HTTP {address}: server or iris not ready")
-    tensor = triton_http.InferInput("X", list(ROWS.shape), "FP32")
-    tensor.set_data_from_numpy(ROWS)
-    labels = client.infer("iris", [tensor]).as_numpy("label").tolist()
-    if labels != LABELS:
-        raise PodFailed(f"tritonclient HTTP {address}: labels {labels}, want {LABELS}")
-    return f"tritonclient HTTP {address}: iris labels {labels}"
+CLIENTS = {
+    "HTTP": (triton_http, lambda address: triton_http.InferenceServerClient(
+        address, connection_timeout=10, network_timeout=10), {}),
+    "gRPC": (triton_grpc, triton_grpc.InferenceServerClient, {"client_timeout": 10}),
+}
 
 
-def triton_grpc_infer(address):
-    client = triton_grpc.InferenceServerClient(address)
-    if not (client.is_server_live() and client.is_server_ready() and client.is_model_ready("iris")):
-        raise PodFailed(f"tritonclient gRPC {address}: server or iris not ready")
-    tensor = triton_grpc.InferInput("X", list(ROWS.shape), "FP32")
-    tensor.set_data_from_numpy(ROWS)
-    labels = client.infer("iris", [tensor], client_timeout=10).as_numpy("label").tolist()
-    client.close()
+def triton_infer(protocol, address):
+    """Triton's client over `protocol` ("HTTP" or "gRPC"): the server and iris ready, and iris's golden labels."""
+    module, connect, infer_options = CLIENTS[protocol]
+    client = connect(address)
+    try:
+        if not (client.is_server_live() and client.is_server_ready() and client.is_model_ready("iris")):
+            raise PodFailed(f"tritonclient {protocol} {address}: server or iris not ready")
+        tensor = module.InferInput("X", list(ROWS.shape), "FP32")
+        tensor.set_data_from_numpy(ROWS)
+        labels = client.infer("iris", [tensor], **infer_options).as_numpy("label").tolist()
+    finally:
+        client.close()
     if labels != LABELS:
-        raise PodFailed(f"tritonclient gRPC {address}: labels {labels}, want {LABELS}")
-    return f"tritonclient gRPC {address}: iris labels {labels}"
+        raise PodFailed(f"tritonclient {protocol} {address}: labels {labels}, want {LABELS}")
+    return f"tritonclient {protocol} {address}: iris labels {labels}"
 
 
 def closed(ip, port):

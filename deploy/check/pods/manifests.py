@@ -15,13 +15,13 @@ def load(path):
 class Pod:
     """A pod as the kubelet gets it: its spec, labels and the objects around it in the same rendered output."""
 
-    def __init__(self, name, spec, labels, docs):
+    def __init__(self, name, spec, labels, docs, annotations=None):
         self.name = name
         self.spec = copy.deepcopy(spec)
         self.labels = dict(labels)
         self.docs = docs
         # KServe's scrape annotations (prometheus.kserve.io/port, /path), on serving runtimes.
-        self.annotations = {}
+        self.annotations = dict(annotations or {})
 
     def containers(self, init=True):
         listed = (self.spec.get("initContainers") or []) if init else []
@@ -127,9 +127,8 @@ def serving_runtime(docs, name):
                 "volumes": copy.deepcopy(spec.get("volumes") or []) + [{"name": KSERVE_MODELS, "emptyDir": {}}],
                 "securityContext": copy.deepcopy(spec.get("securityContext") or {}),
             }
-            running = Pod(name, pod, {"serving.kserve.io/inferenceservice": "iris"}, docs)
-            running.annotations = spec.get("annotations") or {}
-            return running
+            labels = {"serving.kserve.io/inferenceservice": "iris"}
+            return Pod(name, pod, labels, docs, spec.get("annotations"))
     raise ValueError(f"no serving runtime {name!r}")
 
 

@@ -46,8 +46,8 @@ class Case:
 
 def through_service(running, lines):
     pod, ip = running.pod, running.ip
-    lines.append(checks.triton_http_infer(f"{ip}:{pod.service_port('http')}"))
-    lines.append(checks.triton_grpc_infer(f"{ip}:{pod.service_port('grpc')}"))
+    lines.append(checks.triton_infer("HTTP", f"{ip}:{pod.service_port('http')}"))
+    lines.append(checks.triton_infer("gRPC", f"{ip}:{pod.service_port('grpc')}"))
     return pod.scrape_targets(), ("", ip, pod.service_port("http"))
 
 
@@ -70,10 +70,10 @@ def kserve(protocol):
     def check(running, lines):
         port, name = manifests.kserve_port(running.pod)
         if name == "h2c":
-            lines.append(checks.triton_grpc_infer(f"{running.ip}:{port}"))
+            lines.append(checks.triton_infer("gRPC", f"{running.ip}:{port}"))
             rest = 8080
         else:
-            lines.append(checks.triton_http_infer(f"{running.ip}:{port}"))
+            lines.append(checks.triton_infer("HTTP", f"{running.ip}:{port}"))
             rest = port
         if (name == "h2c") != (protocol == "grpc-v2"):
             raise PodFailed(f"the runtime for {protocol} declares port {name}:{port}")
