@@ -169,9 +169,11 @@ impl Server {
             body_timeout: config.connections.body_read_timeout,
         };
         let rest = api::http::router(Arc::clone(&gateway), limits);
-        let http = listen::serve(listener, rest, listen.clone(), stop.clone());
+        let http =
+            stop_on_failure("HTTP", listen::serve(listener, rest, listen.clone(), stop.clone()), shutdown.clone());
         let grpc_api = api::grpc::router(gateway, config.max_request_bytes, stop.clone());
-        let grpc = listen::serve(grpc_listener, grpc_api, listen, stop.clone());
+        let grpc =
+            stop_on_failure("gRPC", listen::serve(grpc_listener, grpc_api, listen, stop.clone()), shutdown.clone());
         // Prometheus scrapes in plain HTTP from inside the cluster; the metrics port never carries TLS.
         let metrics_listen = listen::Listen { limits: config.connections, tls: None };
         let metrics =
@@ -215,22 +217,17 @@ impl Server {
         self.shutdown.send_replace(true);
     }
 
-    /// Waits until the server has stopped: after a shutdown request, until in-flight requests are answered or
-    /// the grace period runs out.
+    /// Waits until the server has stopped: after a shutdown request (or a listener's failure, which asks for one),
+    /// until in-flight requests are answered or the grace period runs out.
     pub async fn wait(self) -> Result<Stopped, ServerError> {
-        let Server { mut http, mut grpc, metrics, shutdown, grace, .. } = self;
-        let mut stopping = shutdown.subscribe();
-        // Biased: once shutdown is asked, an idle listener's task ends at once; if that ending were taken for the
-        // server's, the process would exit with the other listener's requests still in flight.
-        tokio::select! {
-            biased;
-            _ = stopping.wait_for(|&stop| stop) => {}
-            result = &mut http => return finished(result),
-            result = &mut grpc => return finished(result),
-        }
+        let Server { http, grpc, metrics, shutdown, grace, .. } = self;
+        // Only the stop is awaited here, never a listener's end: at shutdown an idle listener's task ends at once,
+        // and taking that for the server's end would exit with the other listener's requests in flight.
+        let _ = shutdown.subscribe().wait_for(|&stop| stop).await;
         tracing::info!(grace_seconds = grace.as_secs(), "shutting down: draining in-flight requests");
         // Scrapes are quick; the metrics server gets no grace of its own.
         metrics.abort();
+        let (mut http, mut grpc) = (http, grpc);
         match tokio::time::timeout(grace, async { tokio::join!(&mut http, &mut grpc) }).await {
             Ok((http, grpc)) => finished(http).and(finished(grpc)),
             Err(_) => {
@@ -241,6 +238,23 @@ impl Server {
             }
         }
     }
+}
+
+/// A listener's task ends at the stop, or on an error; an error stops the whole server, so the other listeners
+/// drain and [`Server::wait`] returns it.
+fn stop_on_failure(
+    what: &'static str,
+    task: JoinHandle<std::io::Result<()>>,
+    shutdown: watch::Sender<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        let result = task.await.map_err(std::io::Error::other).and_then(|served| served);
+        if let Err(e) = &result {
+            tracing::error!(listener = what, error = %e, "a listener failed; stopping the server");
+            shutdown.send_replace(true);
+        }
+        result
+    })
 }
 
 /// Binds a listener; returns it with the address it got (port 0 asks for any free port).
