@@ -59,7 +59,7 @@ fn trickle(mut stream: TcpStream, bytes: &'static [u8], every: Duration) -> toki
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_trickling_clients_are_cut_off_while_others_are_served() {
     let server = TestServer::start(infergate::Config { connections: limits(256), ..config(&bundled_models()) }).await;
-    let (http, grpc) = (server.server.http_addr(), server.server.grpc_addr());
+    let (http, grpc) = (server.server.http_addr().unwrap(), server.server.grpc_addr().unwrap());
     let started = Instant::now();
     let mut silent = Vec::new();
     let mut trickling = Vec::new();
@@ -103,7 +103,7 @@ async fn silent_and_trickling_clients_are_cut_off_while_others_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait_instead_of_failing() {
     let server = TestServer::start(infergate::Config { connections: limits(4), ..config(&bundled_models()) }).await;
-    let http = server.server.http_addr();
+    let http = server.server.http_addr().unwrap();
     // The ready check's keep-alive connection holds a slot until its idle deadline; let it go first.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let started = Instant::now();
@@ -261,7 +261,7 @@ async fn tls_with_client_certificates_on_rest() {
     };
     let server =
         infergate::Server::start(infergate::Config { tls: Some(tls), ..config(&bundled_models()) }).await.unwrap();
-    let url = format!("https://{}/v2/models/iris/infer", server.http_addr());
+    let url = format!("https://{}/v2/models/iris/infer", server.http_addr().unwrap());
     let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap()).unwrap();
     let identity =
         [std::fs::read(dir.join("client.pem")).unwrap(), std::fs::read(dir.join("client.key")).unwrap()].concat();
@@ -284,7 +284,7 @@ async fn tls_with_client_certificates_on_rest() {
     // No client certificate: the handshake fails. Plain HTTP on the TLS port: no answer.
     let anonymous = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
     assert!(anonymous.post(&url).json(&iris_rows(1)).send().await.is_err());
-    let plain = format!("http://{}/v2/health/live", server.http_addr());
+    let plain = format!("http://{}/v2/health/live", server.http_addr().unwrap());
     assert!(reqwest::Client::new().get(plain).send().await.is_err());
     server.shutdown();
     server.wait().await.unwrap();

@@ -72,7 +72,7 @@ async fn each_listener_binds_its_own_address_and_probes_reach_the_metrics_port()
     let server = TestServer::start(config).await;
     let metrics = server.server.metrics_addr();
     assert_eq!(metrics.ip().to_string(), "127.0.0.2");
-    assert_eq!(server.server.http_addr().ip().to_string(), "127.0.0.1");
+    assert_eq!(server.server.http_addr().unwrap().ip().to_string(), "127.0.0.1");
     for (path, want) in [("/v2/health/live", json!({"live": true})), ("/v2/health/ready", json!({"ready": true}))] {
         let response = server.client.get(format!("http://{metrics}{path}")).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
@@ -82,7 +82,8 @@ async fn each_listener_binds_its_own_address_and_probes_reach_the_metrics_port()
     assert_eq!(scrape.status(), 200);
     let inference = server.client.post(format!("http://{metrics}/v2/models/iris/infer")).body("{}").send().await;
     assert_eq!(inference.unwrap().status(), 404, "the metrics port serves no inference");
-    let rest_on_metrics_address = format!("http://127.0.0.2:{}/v2/health/live", server.server.http_addr().port());
+    let rest_on_metrics_address =
+        format!("http://127.0.0.2:{}/v2/health/live", server.server.http_addr().unwrap().port());
     assert!(server.client.get(rest_on_metrics_address).send().await.is_err(), "REST must not listen on 127.0.0.2");
 }
 

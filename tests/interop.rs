@@ -20,7 +20,7 @@ async fn triton_clients_and_perf_analyzer_work_unchanged() {
     let mut config = config_with_ort(&bundled_models());
     config.admin_token = Some(Secret(TOKEN.to_owned()));
     let server = TestServer::start(config).await;
-    let (http, grpc) = (server.server.http_addr().to_string(), server.server.grpc_addr().to_string());
+    let (http, grpc) = (server.server.http_addr().unwrap().to_string(), server.server.grpc_addr().unwrap().to_string());
     let golden = root.join("tests/golden");
     let args = ["--http", &http, "--grpc", &grpc, "--golden", golden.to_str().unwrap(), "--token", TOKEN];
     run_python("triton_clients.py", &args, "interoperability: all checks passed").await;
@@ -73,8 +73,10 @@ async fn triton_clients_over_tls_with_client_certificates_and_api_keys() {
         assert!(std::time::Instant::now() < deadline, "the models did not load");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let (http, grpc) =
-        (format!("localhost:{}", server.http_addr().port()), format!("localhost:{}", server.grpc_addr().port()));
+    let (http, grpc) = (
+        format!("localhost:{}", server.http_addr().unwrap().port()),
+        format!("localhost:{}", server.grpc_addr().unwrap().port()),
+    );
     let args = ["--http", &http, "--grpc", &grpc, "--certs", certs.to_str().unwrap(), "--key", KEY, "--token", TOKEN];
     run_python("secure_clients.py", &args, "secure clients: all checks passed").await;
     server.shutdown();

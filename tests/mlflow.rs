@@ -174,7 +174,7 @@ async fn infergate_follows_aliases_in_a_real_mlflow_registry() {
 
     // Three versions, logged and registered as ML teams do; MLflow calls infergate's webhook on alias changes.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let webhook = format!("http://{}/v2/mlflow/webhook", server.server.http_addr());
+    let webhook = format!("http://{}/v2/mlflow/webhook", server.server.http_addr().unwrap());
     let output = tokio::process::Command::new(root.join(".venv-mlflow/bin/python"))
         .arg(root.join("tests/mlflow/register.py"))
         .args([&mlflow.uri, REGISTERED, "--webhook", &webhook, "--secret", SECRET])

@@ -35,7 +35,7 @@ async fn the_wait_outlasts_an_idle_listener_while_a_request_arrives() {
     let head = format!("POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", body.len());
     for round in 0..8 {
         let server = TestServer::bundled().await;
-        let mut stream = tokio::net::TcpStream::connect(server.server.http_addr()).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(server.server.http_addr().unwrap()).await.unwrap();
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&body[..body.len() / 2]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -69,7 +69,7 @@ async fn shutdown_drains_an_in_flight_request() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!in_flight.is_finished(), "the slow request finished before shutdown; make it slower");
 
-    let addr = server.server.http_addr();
+    let addr = server.server.http_addr().unwrap();
     server.server.shutdown();
     // New connections are refused while the in-flight request finishes.
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -10,6 +10,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::ROUTING_KEY;
+use crate::endpoint::Endpoint;
 use crate::grpc_unary::{self, Answer};
 use crate::http1::{self, Connection};
 use crate::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -19,10 +20,10 @@ use crate::workload::{Protocol, Workload};
 /// Where and how to call.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `host:port` of the REST endpoint.
-    pub http_addr: String,
-    /// `http://host:port` of the gRPC endpoint.
-    pub grpc_url: String,
+    /// The REST endpoint: `host:port`, or a Unix socket.
+    pub http: Endpoint,
+    /// The gRPC endpoint: `http://host:port`, or a Unix socket.
+    pub grpc: Endpoint,
     pub protocol: Protocol,
     /// Requests cycle through this many routing keys (`key-0`, `key-1`, ...); 0 sends none.
     pub routing_keys: usize,
@@ -101,7 +102,7 @@ impl Requests {
                         if let Some(key) = key {
                             headers.push((ROUTING_KEY, key.clone()));
                         }
-                        http1::request("POST", &target.http_addr, &path, &headers, body)
+                        http1::request("POST", target.http.host(), &path, &headers, body)
                     })
                     .collect(),
             ),
@@ -131,11 +132,11 @@ impl Caller {
         let prepared = Arc::clone(&requests.0);
         let link = match target.protocol {
             Protocol::RestJson | Protocol::RestBinary => Link::Rest(None),
-            Protocol::Grpc => Link::Grpc(Some(grpc_unary::Connection::connect(&target.grpc_url).await?)),
+            Protocol::Grpc => Link::Grpc(Some(grpc_unary::Connection::connect(&target.grpc).await?)),
             Protocol::GrpcStream => {
                 let Prepared::Stream(requests) = prepared.as_ref() else { unreachable!("prepared for streams") };
                 let (request, key) = requests[index % requests.len()].clone();
-                let mut client = connect(&target.grpc_url).await?;
+                let mut client = connect(&target.grpc).await?;
                 let (sender, mut outbound) = tokio::sync::mpsc::channel::<ModelInferRequest>(1);
                 let stream = futures_util::stream::poll_fn(move |cx| outbound.poll_recv(cx));
                 let mut call = tonic::Request::new(stream);
@@ -179,7 +180,7 @@ impl Caller {
                 let mut reused = connection.is_some();
                 loop {
                     if connection.is_none() {
-                        match Connection::connect(&self.target.http_addr).await {
+                        match Connection::connect(&self.target.http).await {
                             Ok(c) => *connection = Some(c),
                             Err(failure) => return Outcome::Failed(failure.kind.to_owned()),
                         }
@@ -206,7 +207,7 @@ impl Caller {
                 let mut reused = connection.is_some();
                 loop {
                     if connection.is_none() {
-                        match grpc_unary::Connection::connect(&self.target.grpc_url).await {
+                        match grpc_unary::Connection::connect(&self.target.grpc).await {
                             Ok(c) => *connection = Some(c),
                             Err(_) => return Outcome::Failed("connect".to_owned()),
                         }
@@ -258,9 +259,18 @@ impl Caller {
     }
 }
 
-async fn connect(url: &str) -> Result<GrpcInferenceServiceClient<Channel>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| format!("{url}: {e}"))?;
-    let channel = endpoint.tcp_nodelay(true).connect().await.map_err(|e| format!("cannot connect to {url}: {e}"))?;
+/// A tonic client for streams. tonic connects to Unix sockets itself, given a `unix:` URL.
+async fn connect(endpoint: &Endpoint) -> Result<GrpcInferenceServiceClient<Channel>, String> {
+    let url = match endpoint {
+        Endpoint::Tcp(url) => url.clone(),
+        Endpoint::Unix(path) => format!("unix:{}", path.to_str().ok_or_else(|| format!("{endpoint}: not UTF-8"))?),
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| format!("{endpoint}: {e}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
     let client = GrpcInferenceServiceClient::new(channel);
     Ok(client.max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
 }

@@ -1,12 +1,16 @@
-//! A lean gRPC unary client for load generation: one HTTP/2 connection (h2, no tower stack, no buffer task), each
-//! request's message framed once in advance, and the answer judged by its status and the length of its message
-//! without decoding it. tonic's client spends about as much CPU per request as the server under test; this one
-//! leaves the generator's core free, so a one-core server is what a run measures.
+//! A lean gRPC unary client for load generation: one HTTP/2 connection (h2, no tower stack, no buffer task) over
+//! TCP or a Unix domain socket, each request's message framed once in advance, and the answer judged by its status
+//! and the length of its message without decoding it. tonic's client spends about as much CPU per request as the
+//! server under test; this one leaves the generator's core free, so a one-core server is what a run measures.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use prost::Message;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::endpoint::{Endpoint, SOCKET_HOST};
 
 /// Receive windows large enough that the answers of big models flow without waiting for window updates.
 const STREAM_WINDOW: u32 = 4 << 20;
@@ -42,32 +46,29 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to `url` (`http://host:port`) and completes the HTTP/2 handshake (cleartext, prior knowledge).
-    pub async fn connect(url: &str) -> Result<Connection, String> {
-        let base: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        if base.scheme_str() != Some("http") {
-            return Err(format!("{url}: only http:// URLs (cleartext HTTP/2) are supported"));
-        }
-        let authority =
-            base.authority().filter(|a| a.port().is_some()).ok_or_else(|| format!("{url}: name the port"))?;
+    /// Connects to the endpoint (`http://host:port`, or a Unix socket) and completes the HTTP/2 handshake
+    /// (cleartext, prior knowledge).
+    pub async fn connect(endpoint: &Endpoint) -> Result<Connection, String> {
+        let (authority, sender) = match endpoint {
+            Endpoint::Tcp(url) => {
+                let authority = tcp_authority(url)?;
+                let tcp = TcpStream::connect(authority.as_str())
+                    .await
+                    .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+                tcp.set_nodelay(true).map_err(|e| format!("{url}: {e}"))?;
+                (authority, handshake(tcp, endpoint).await?)
+            }
+            Endpoint::Unix(path) => {
+                let unix = UnixStream::connect(path).await.map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+                (Authority::from_static(SOCKET_HOST), handshake(unix, endpoint).await?)
+            }
+        };
         let uri = Uri::builder()
             .scheme("http")
-            .authority(authority.clone())
+            .authority(authority)
             .path_and_query(MODEL_INFER)
             .build()
-            .map_err(|e| format!("{url}: {e}"))?;
-        let tcp = TcpStream::connect(authority.as_str()).await.map_err(|e| format!("cannot connect to {url}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| format!("{url}: {e}"))?;
-        let (sender, connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .map_err(|e| format!("HTTP/2 handshake with {url}: {e}"))?;
-        tokio::spawn(async move {
-            // Ends when the server closes the connection or the client's handles are dropped.
-            let _ = connection.await;
-        });
+            .map_err(|e| format!("{endpoint}: {e}"))?;
         Ok(Connection { sender, uri })
     }
 
@@ -123,6 +124,33 @@ impl Connection {
             Err(e) => failure(&e, true),
         }
     }
+}
+
+/// The `host:port` of an `http://host:port` URL.
+fn tcp_authority(url: &str) -> Result<Authority, String> {
+    let base: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    if base.scheme_str() != Some("http") {
+        return Err(format!("{url}: only http:// URLs (cleartext HTTP/2) are supported"));
+    }
+    base.authority().filter(|a| a.port().is_some()).cloned().ok_or_else(|| format!("{url}: name the port"))
+}
+
+/// The HTTP/2 handshake on a connected transport; the connection is then driven by a task of its own.
+async fn handshake<T>(io: T, endpoint: &Endpoint) -> Result<h2::client::SendRequest<Bytes>, String>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with {endpoint}: {e}"))?;
+    tokio::spawn(async move {
+        // Ends when the server closes the connection or the client's handles are dropped.
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
 /// The request as gRPC sends it: a flag byte (not compressed), the length, the encoded message.
@@ -194,6 +222,42 @@ mod tests {
         assert_eq!(framed[0], 0);
         assert_eq!(u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize, framed.len() - 5);
         assert_eq!(ModelInferRequest::decode(&framed[5..]).unwrap(), request);
+    }
+
+    /// Answers one call with an empty `ModelInferResponse`; gives the `:authority` the call came with.
+    async fn answer_one_call(stream: UnixStream) -> Option<String> {
+        let mut connection = h2::server::handshake(stream).await.unwrap();
+        let (request, mut respond) = connection.accept().await.unwrap().unwrap();
+        let authority = request.uri().authority().map(ToString::to_string);
+        let mut body = request.into_body();
+        while let Some(chunk) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.unwrap().len());
+        }
+        let head = http::Response::builder().status(200).header("content-type", "application/grpc").body(()).unwrap();
+        let mut send = respond.send_response(head, false).unwrap();
+        send.send_data(frame(&crate::proto::ModelInferResponse::default()).unwrap(), false).unwrap();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        send.send_trailers(trailers).unwrap();
+        // Drives the connection, so the answer goes out, until the client hangs up.
+        while connection.accept().await.is_some() {}
+        authority
+    }
+
+    #[tokio::test]
+    async fn calls_go_over_a_unix_socket() {
+        let dir = std::env::temp_dir().join(format!("loadgen-grpc-unary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("grpc.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move { answer_one_call(listener.accept().await.unwrap().0).await });
+        let mut connection = Connection::connect(&Endpoint::Unix(path)).await.unwrap();
+        let request = frame(&ModelInferRequest { model_name: "mlp".to_owned(), ..Default::default() }).unwrap();
+        assert_eq!(connection.call(&request, None).await, Answer::Ok { variant: None });
+        drop(connection);
+        assert_eq!(server.await.unwrap().as_deref(), Some(SOCKET_HOST));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

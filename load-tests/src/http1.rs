@@ -1,10 +1,14 @@
 //! A lean HTTP/1.1 client for load generation: one keep-alive connection, requests written as prepared bytes,
-//! answers read by `Content-Length` (or chunked). A general-purpose client spends more CPU per request than the
-//! server under test does on a small model, so the generator would measure itself.
+//! answers read by `Content-Length` (or chunked), over TCP or a Unix domain socket. A general-purpose client spends
+//! more CPU per request than the server under test does on a small model, so the generator would measure itself.
+
+use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::endpoint::Endpoint;
 
 /// Headers an answer may carry that the generator looks at.
 const MAX_HEADERS: usize = 32;
@@ -52,17 +56,52 @@ pub fn request(method: &str, host: &str, path: &str, headers: &[(&str, String)],
     Bytes::from(bytes)
 }
 
+/// The connection's transport. An enum rather than a boxed trait object: a request costs one branch, no dynamic
+/// dispatch, and the caller's type stays the same for both transports.
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    async fn connect(endpoint: &Endpoint) -> io::Result<Stream> {
+        match endpoint {
+            Endpoint::Tcp(addr) => {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                Ok(Stream::Tcp(stream))
+            }
+            Endpoint::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Tcp(stream) => stream.write_all(bytes).await,
+            Stream::Unix(stream) => stream.write_all(bytes).await,
+        }
+    }
+
+    async fn read_buf(&mut self, buffer: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(stream) => stream.read_buf(buffer).await,
+            Stream::Unix(stream) => stream.read_buf(buffer).await,
+        }
+    }
+}
+
 /// One keep-alive connection.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buffer: BytesMut,
 }
 
 impl Connection {
-    pub async fn connect(addr: &str) -> Result<Connection, Failure> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| Failure::new("connect", format!("{addr}: {e}")))?;
-        stream.set_nodelay(true).map_err(|e| Failure::new("connect", e.to_string()))?;
+    pub async fn connect(endpoint: &Endpoint) -> Result<Connection, Failure> {
+        let stream =
+            Stream::connect(endpoint).await.map_err(|e| Failure::new("connect", format!("{endpoint}: {e}")))?;
         Ok(Connection { stream, buffer: BytesMut::with_capacity(16 * 1024) })
     }
 
@@ -175,15 +214,15 @@ const ONCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One request on a fresh connection, for set-up calls and scenario actions.
 pub async fn once(
-    addr: &str,
+    endpoint: &Endpoint,
     method: &str,
     path: &str,
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Result<Answer, String> {
     let exchange = async {
-        let mut connection = Connection::connect(addr).await.map_err(|f| f.message)?;
-        let request = request(method, addr, path, headers, body);
+        let mut connection = Connection::connect(endpoint).await.map_err(|f| f.message)?;
+        let request = request(method, endpoint.host(), path, headers, body);
         connection.exchange(&request).await.map_err(|f| format!("{method} {path}: {}", f.message))
     };
     tokio::time::timeout(ONCE_TIMEOUT, exchange)
@@ -204,6 +243,47 @@ mod tests {
         assert!(matches!(length, BodyLength::Exact(2)));
         assert_eq!(&text[head..], b"{}");
         assert!(parse_head(b"NOT HTTP\r\n\r\n").is_err());
+    }
+
+    /// Reads one request head (the tests' requests have no body) from `stream`.
+    async fn read_head(stream: &mut UnixStream) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.unwrap());
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_kept_alive_over_a_unix_socket() {
+        let dir = std::env::temp_dir().join(format!("loadgen-http1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("http.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        // One connection, two answers: one sized, one chunked.
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut heads = Vec::new();
+            for answer in [
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+                b"HTTP/1.1 429 Too Many Requests\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            ] {
+                heads.push(read_head(&mut stream).await);
+                stream.write_all(answer).await.unwrap();
+            }
+            heads
+        });
+        let endpoint = Endpoint::Unix(path);
+        let mut connection = Connection::connect(&endpoint).await.unwrap();
+        let request = request("GET", endpoint.host(), "/v2/health/ready", &[], b"");
+        let first = connection.exchange(&request).await.unwrap();
+        assert_eq!((first.status, &first.body[..]), (200, &b"ok"[..]));
+        let second = connection.exchange(&request).await.unwrap();
+        assert_eq!((second.status, &second.body[..]), (429, &b"hi"[..]));
+        let heads = server.await.unwrap();
+        assert!(heads.iter().all(|h| h.contains("\r\nhost: localhost\r\n")), "{heads:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

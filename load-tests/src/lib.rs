@@ -1,12 +1,13 @@
-//! The load generator's parts: what to send ([`workload`]), how to send it ([`caller`]: REST with JSON or binary
-//! tensors over a lean HTTP/1.1 client ([`http1`]), gRPC unary over a lean HTTP/2 client ([`grpc_unary`]), gRPC
-//! streaming), when to send it ([`drive`]: closed loop, or open loop at a constant or ramping arrival rate with
-//! latencies measured from the intended send time), scenario files with assertions ([`scenario`]), two servers
-//! compared side by side ([`paired`]), the server process's resources over time ([`process`]) and the report
-//! ([`report`]).
+//! The load generator's parts: what to send ([`workload`]), where ([`endpoint`]: TCP or a Unix domain socket), how
+//! to send it ([`caller`]: REST with JSON or binary tensors over a lean HTTP/1.1 client ([`http1`]), gRPC unary over
+//! a lean HTTP/2 client ([`grpc_unary`]), gRPC streaming), when to send it ([`drive`]: closed loop, or open loop at
+//! a constant or ramping arrival rate with latencies measured from the intended send time), scenario files with
+//! assertions ([`scenario`]), two servers compared side by side ([`paired`]), the server process's resources over
+//! time ([`process`]) and the report ([`report`]).
 
 pub mod caller;
 pub mod drive;
+pub mod endpoint;
 pub mod grpc_unary;
 pub mod http1;
 pub mod paired;

@@ -4,6 +4,9 @@
 //! One run from flags:
 //!   loadgen --model iris --protocol grpc --concurrency 8 --duration 10
 //!   loadgen --model iris --rate 2000 --duration 10          (open loop: latency from the intended send time)
+//! Over Unix domain sockets (as a sidecar's application reaches the server), by flag or by `unix:` URL:
+//!   loadgen --model iris --http-socket /run/infergate/http.sock --grpc-socket /run/infergate/grpc.sock
+//!   loadgen --model iris --protocol grpc --grpc-url unix:///run/infergate/grpc.sock
 //! A scenario file (phases, actions, expectations; see load-tests/scenarios/):
 //!   loadgen --scenario load-tests/scenarios/overload.toml --model iris --server-pid 1234
 //! Two servers side by side, each caller alternating between them (closed loop), to compare their latencies under
@@ -17,6 +20,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use infergate_load_tests::caller::Target;
+use infergate_load_tests::endpoint::Endpoint;
 use infergate_load_tests::paired::{self, Side};
 use infergate_load_tests::scenario::{self, Expect, Options, Phase, Scenario};
 use infergate_load_tests::workload::{Protocol, Workload};
@@ -24,12 +28,18 @@ use infergate_load_tests::workload::{Protocol, Workload};
 #[derive(Debug, Parser)]
 #[command(about = "Load generator for KServe v2 servers: closed and open loop, REST and gRPC, scenario files")]
 struct Args {
-    /// REST base URL.
+    /// REST base URL: `http://host:port`, or `unix:/path` (`unix:///path`) for a Unix domain socket.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     url: String,
-    /// gRPC URL.
+    /// gRPC URL: `http://host:port`, or `unix:/path` (`unix:///path`) for a Unix domain socket.
     #[arg(long, default_value = "http://127.0.0.1:8001")]
     grpc_url: String,
+    /// REST over this Unix domain socket instead of `--url`'s TCP address.
+    #[arg(long, value_name = "PATH", conflicts_with = "url")]
+    http_socket: Option<PathBuf>,
+    /// gRPC over this Unix domain socket instead of `--grpc-url`'s TCP address.
+    #[arg(long, value_name = "PATH", conflicts_with = "grpc_url")]
+    grpc_socket: Option<PathBuf>,
     /// Model to call (a scenario may name it).
     #[arg(long)]
     model: Option<String>,
@@ -77,11 +87,11 @@ struct Args {
     /// Admin token for scenario actions that change the server.
     #[arg(long, env = "INFERGATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// A second server's REST base URL: each caller alternates between `--url` and this one, and both are
-    /// reported (closed loop, no scenario).
+    /// A second server's REST base URL (or `unix:/path`): each caller alternates between the first server and
+    /// this one, and both are reported (closed loop, no scenario).
     #[arg(long, conflicts_with_all = ["scenario", "rate", "server_pid"])]
     compare_url: Option<String>,
-    /// The second server's gRPC URL (needed for the gRPC protocols).
+    /// The second server's gRPC URL, or `unix:/path` (needed for the gRPC protocols).
     #[arg(long, requires = "compare_url")]
     compare_grpc_url: Option<String>,
     /// The label of the second server's figures.
@@ -117,14 +127,21 @@ async fn run(args: Args) -> Result<bool, String> {
         (false, Some(protocol)) => protocol,
         (false, None) => scenario.protocol.unwrap_or(Protocol::RestJson),
     };
-    let http_addr = rest_addr(&args.url);
+    let http = match &args.http_socket {
+        Some(path) => Endpoint::Unix(path.clone()),
+        None => Endpoint::rest(&args.url)?,
+    };
+    let grpc = match &args.grpc_socket {
+        Some(path) => Endpoint::Unix(path.clone()),
+        None => Endpoint::grpc(&args.grpc_url)?,
+    };
     let workload = match &args.body {
         Some(path) => Workload::from_body_file(&model, path)?,
-        None => Workload::from_metadata(&http_addr, &model, scenario.rows).await?,
+        None => Workload::from_metadata(&http, &model, scenario.rows).await?,
     };
     let target = Target {
-        http_addr,
-        grpc_url: args.grpc_url.clone(),
+        http,
+        grpc,
         protocol,
         routing_keys: scenario.routing_keys,
         timeout: Duration::from_millis(scenario.timeout_ms),
@@ -152,14 +169,15 @@ async fn run(args: Args) -> Result<bool, String> {
     Ok(report.passed)
 }
 
-/// Both servers' figures, each caller alternating between `--url` and `--compare-url`.
+/// Both servers' figures, each caller alternating between the first server and `--compare-url`.
 async fn side_by_side(args: &Args, url: &str, target: Target, workload: &Workload) -> Result<bool, String> {
-    let grpc_url = match (&args.compare_grpc_url, target.protocol.is_grpc()) {
-        (Some(grpc_url), _) => grpc_url.clone(),
-        (None, false) => String::new(),
+    let grpc = match (&args.compare_grpc_url, target.protocol.is_grpc()) {
+        (Some(grpc_url), _) => Endpoint::grpc(grpc_url)?,
+        // Never called: the REST protocols leave gRPC alone.
+        (None, false) => Endpoint::Tcp(String::new()),
         (None, true) => return Err("name the second server's gRPC endpoint: --compare-grpc-url".to_owned()),
     };
-    let other = Target { http_addr: rest_addr(url), grpc_url, ..target.clone() };
+    let other = Target { http: Endpoint::rest(url)?, grpc, ..target.clone() };
     let sides = [Side { label: args.label.clone(), target }, Side { label: args.compare_label.clone(), target: other }];
     let summaries = paired::compare(sides, workload, args.concurrency, args.warmup, args.duration).await?;
     for summary in &summaries {
@@ -169,11 +187,6 @@ async fn side_by_side(args: &Args, url: &str, target: Target, workload: &Workloa
         }
     }
     Ok(true)
-}
-
-/// `host:port` of a REST base URL.
-fn rest_addr(url: &str) -> String {
-    url.trim_start_matches("http://").trim_end_matches('/').to_owned()
 }
 
 /// One measurement from the flags: a warm-up phase (not recorded), then the measured one.

@@ -318,8 +318,7 @@ async fn run_action(action: &Action, phase: &str, seconds: f64, options: &Option
     while at < seconds {
         tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
         let request = format!("{} {}", action.method, action.path);
-        let answer =
-            http1::once(&options.target.http_addr, &action.method, &action.path, &headers, body.as_bytes()).await;
+        let answer = http1::once(&options.target.http, &action.method, &action.path, &headers, body.as_bytes()).await;
         results.push(match answer {
             Ok(answer) => {
                 let ok = match action.status {

@@ -8,6 +8,7 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::endpoint::Endpoint;
 use crate::http1;
 use crate::proto::{ModelInferRequest, model_infer_request};
 
@@ -89,9 +90,9 @@ pub fn sample_values(count: usize) -> Vec<f32> {
 
 impl Workload {
     /// `rows` rows of generated FP32 data for every input the model's metadata lists.
-    pub async fn from_metadata(http_addr: &str, model: &str, rows: usize) -> Result<Workload, String> {
+    pub async fn from_metadata(http: &Endpoint, model: &str, rows: usize) -> Result<Workload, String> {
         let path = format!("/v2/models/{model}");
-        let answer = http1::once(http_addr, "GET", &path, &[], b"").await?;
+        let answer = http1::once(http, "GET", &path, &[], b"").await?;
         if answer.status != 200 {
             return Err(format!("GET {path} answered {}: {}", answer.status, String::from_utf8_lossy(&answer.body)));
         }

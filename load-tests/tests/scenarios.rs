@@ -1,8 +1,9 @@
 //! The CI scenario (`scenarios/ci.toml`) against a real infergate on port 0 serving the bundled models, over REST
 //! (JSON and binary) and gRPC (unary and streaming): `loadgen` must exit 0 (every expectation held), and its JSON
-//! report must hold what it claims. The server runs in this process, so `--server-pid` samples it. Also the
-//! overload scenario (shedding with a bounded p99, then recovery) and the one-minute soak. The tests run one at a
-//! time: each measures latency or the process's growth, which a neighbour's load would distort.
+//! report must hold what it claims. The server runs in this process, so `--server-pid` samples it. Also every
+//! protocol over Unix sockets, the overload scenario (shedding with a bounded p99, then recovery) and the one-minute
+//! soak. The tests run one at a time: each measures latency or the process's growth, which a neighbour's load would
+//! distort.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use infergate::config::{ModelControlMode, Secret};
 use infergate::{Config, Server};
+use infergate_load_tests::endpoint::Endpoint;
+use infergate_load_tests::http1;
 use serde_json::Value;
 
 const TOKEN: &str = "load-test-admin-token-0123456789";
@@ -31,11 +34,25 @@ async fn start() -> Server {
 }
 
 async fn start_on(repository: &Path) -> Server {
+    let config = config(repository);
+    config.validate().unwrap();
+    let server = Server::start(config).await.unwrap();
+    let ready = format!("{}/v2/health/ready", rest_url(&server));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server
+}
+
+/// A server on port 0 serving `repository`, with the admin token.
+fn config(repository: &Path) -> Config {
     // Each server its own state folder: the comparison test runs two at once.
     static STARTED: AtomicUsize = AtomicUsize::new(0);
     let number = STARTED.fetch_add(1, Ordering::Relaxed);
     let state = std::env::temp_dir().join(format!("infergate-load-tests-{}-{number}", std::process::id()));
-    let config = Config {
+    Config {
         model_repository: repository.to_owned(),
         http_host: "127.0.0.1".parse().unwrap(),
         grpc_host: "127.0.0.1".parse().unwrap(),
@@ -47,24 +64,25 @@ async fn start_on(repository: &Path) -> Server {
         admin_token: Some(Secret(TOKEN.to_owned())),
         state_dir: Some(state),
         ..Config::default()
-    };
-    config.validate().unwrap();
-    let server = Server::start(config).await.unwrap();
-    let ready = format!("http://{}/v2/health/ready", server.http_addr());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    server
+}
+
+/// The REST base URL of a server listening on TCP.
+fn rest_url(server: &Server) -> String {
+    format!("http://{}", server.http_addr().unwrap())
+}
+
+/// The gRPC URL of a server listening on TCP.
+fn grpc_url(server: &Server) -> String {
+    format!("http://{}", server.grpc_addr().unwrap())
 }
 
 /// Runs loadgen with `--json` against the server: whether it exited 0, its JSON figures, its stderr.
 async fn loadgen(server: &Server, args: &[&str]) -> (bool, Value, String) {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"));
     command
-        .args(["--url", &format!("http://{}", server.http_addr())])
-        .args(["--grpc-url", &format!("http://{}", server.grpc_addr())])
+        .args(["--url", &rest_url(server)])
+        .args(["--grpc-url", &grpc_url(server)])
         .args(args)
         .arg("--json")
         .env("INFERGATE_ADMIN_TOKEN", TOKEN);
@@ -161,10 +179,10 @@ async fn two_servers_compared_side_by_side_share_the_requests() {
     let (first, second) = (start().await, start().await);
     for protocol in ["rest-binary", "grpc"] {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-            .args(["--url", &format!("http://{}", first.http_addr())])
-            .args(["--grpc-url", &format!("http://{}", first.grpc_addr())])
-            .args(["--compare-url", &format!("http://{}", second.http_addr())])
-            .args(["--compare-grpc-url", &format!("http://{}", second.grpc_addr())])
+            .args(["--url", &rest_url(&first)])
+            .args(["--grpc-url", &grpc_url(&first)])
+            .args(["--compare-url", &rest_url(&second)])
+            .args(["--compare-grpc-url", &grpc_url(&second)])
             .args(["--label", "first", "--compare-label", "second", "--model", "iris", "--protocol", protocol])
             .args(["--concurrency", "2", "--duration", "1", "--warmup", "0.2", "--json"])
             .output()
@@ -186,8 +204,8 @@ async fn two_servers_compared_side_by_side_share_the_requests() {
     }
     // gRPC needs the second server's gRPC endpoint named: without it, loadgen refuses to start.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--url", &format!("http://{}", first.http_addr())])
-        .args(["--compare-url", &format!("http://{}", second.http_addr())])
+        .args(["--url", &rest_url(&first)])
+        .args(["--compare-url", &rest_url(&second)])
         .args(["--model", "iris", "--protocol", "grpc", "--duration", "1"])
         .output()
         .await
@@ -196,6 +214,66 @@ async fn two_servers_compared_side_by_side_share_the_requests() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--compare-grpc-url"));
     first.shutdown();
     second.shutdown();
+}
+
+/// A server serving REST and gRPC on Unix sockets in `dir` only, once it is ready.
+async fn start_on_sockets(dir: &Path) -> Server {
+    let (http, grpc) = (dir.join("http.sock"), dir.join("grpc.sock"));
+    let config = Config {
+        http_socket: Some(http.clone()),
+        grpc_socket: Some(grpc),
+        sockets_only: true,
+        ..config(&bundled_models())
+    };
+    config.validate().unwrap();
+    let server = Server::start(config).await.unwrap();
+    let rest = Endpoint::Unix(http);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !http1::once(&rest, "GET", "/v2/health/ready", &[], b"").await.is_ok_and(|a| a.status == 200) {
+        assert!(Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_protocol_reaches_a_server_on_unix_sockets_only() {
+    let _serial = SERIAL.lock().await;
+    let dir = std::env::temp_dir().join(format!("infergate-load-tests-sockets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // No TCP listener for REST or gRPC: an answer can only have come over a socket.
+    let server = start_on_sockets(&dir).await;
+    let (http, grpc) = (dir.join("http.sock"), dir.join("grpc.sock"));
+    let by_flag = ["--http-socket", http.to_str().unwrap(), "--grpc-socket", grpc.to_str().unwrap()];
+    let (http_url, grpc_url) = (format!("unix://{}", http.display()), format!("unix:{}", grpc.display()));
+    let by_url = ["--url", &http_url, "--grpc-url", &grpc_url];
+    for (protocol, endpoints) in
+        [("rest-json", by_flag), ("rest-binary", by_url), ("grpc", by_flag), ("grpc-stream", by_url)]
+    {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(endpoints)
+            .args(["--model", "iris", "--protocol", protocol, "--concurrency", "2", "--duration", "1"])
+            .args(["--warmup", "0.2", "--json"])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{protocol}: {stderr}");
+        let run: Value =
+            serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{protocol} ({e}): {stderr}"));
+        assert_eq!(run["protocol"], protocol);
+        assert!(run["requests"].as_u64().unwrap() > 0, "{protocol}: {run}");
+        assert_eq!((run["ok"].as_u64(), run["errors"].as_u64()), (run["requests"].as_u64(), Some(0)), "{run}");
+    }
+    // A socket and a TCP address for the same API are refused.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--url", "http://127.0.0.1:1", "--http-socket", http.to_str().unwrap(), "--model", "iris"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Prints a report's per-phase figures and process samples, for the test log.

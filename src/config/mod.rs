@@ -70,6 +70,13 @@ pub struct Config {
     pub http_port: u16,
     pub grpc_port: u16,
     pub metrics_port: u16,
+    /// Unix sockets the REST and gRPC APIs are also (or, with `sockets_only`, only) served on.
+    pub http_socket: Option<PathBuf>,
+    pub grpc_socket: Option<PathBuf>,
+    /// The sockets' file mode.
+    pub socket_mode: u32,
+    /// REST and gRPC listen on their sockets only.
+    pub sockets_only: bool,
     pub max_request_bytes: usize,
     pub shutdown_grace: Duration,
     pub metrics_window: Duration,
@@ -187,6 +194,10 @@ impl Default for Config {
             http_port: 8000,
             grpc_port: 8001,
             metrics_port: 8002,
+            http_socket: None,
+            grpc_socket: None,
+            socket_mode: 0o660,
+            sockets_only: false,
             max_request_bytes: 64 << 20,
             shutdown_grace: Duration::from_secs(30),
             metrics_window: Duration::from_secs(60),

@@ -34,6 +34,10 @@ impl Config {
             http_port: set.http_port.unwrap_or(defaults.http_port),
             grpc_port: set.grpc_port.unwrap_or(defaults.grpc_port),
             metrics_port: set.metrics_port.unwrap_or(defaults.metrics_port),
+            http_socket: set.http_socket,
+            grpc_socket: set.grpc_socket,
+            socket_mode: socket_mode(set.socket_mode)?.unwrap_or(defaults.socket_mode),
+            sockets_only: set.sockets_only.unwrap_or(defaults.sockets_only),
             max_request_bytes: set.max_request_bytes.unwrap_or(defaults.max_request_bytes),
             shutdown_grace: set.shutdown_grace_seconds.map(Duration::from_secs).unwrap_or(defaults.shutdown_grace),
             metrics_window: set.metrics_window_seconds.map(Duration::from_secs).unwrap_or(defaults.metrics_window),
@@ -172,5 +176,18 @@ fn seconds(flag: &str, value: Option<f64>) -> Result<Option<Duration>, ConfigErr
         Some(secs) => {
             Err(ConfigError::Invalid(format!("{flag} must be between {MIN_POLL_SECS} and {MAX_POLL_SECS}, got {secs}")))
         }
+    }
+}
+
+/// `--socket-mode`: octal permission bits, and the owner must be able to connect.
+fn socket_mode(value: Option<String>) -> Result<Option<u32>, ConfigError> {
+    let Some(text) = value else { return Ok(None) };
+    let digits = text.trim_start_matches("0o");
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 && mode & 0o600 == 0o600 => Ok(Some(mode)),
+        Ok(_) => Err(ConfigError::Invalid(format!(
+            "--socket-mode {text}: permission bits up to 777, with read and write for the owner (e.g. 660)"
+        ))),
+        Err(_) => Err(ConfigError::Invalid(format!("--socket-mode {text} is not an octal file mode (e.g. 660)"))),
     }
 }

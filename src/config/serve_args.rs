@@ -48,6 +48,20 @@ layered_settings! {
         /// Port of the Prometheus metrics endpoint (/metrics) [default: 8002]
         #[arg(long, env = "INFERGATE_METRICS_PORT")]
         pub metrics_port: Option<u16>,
+        /// Also serve the REST API on this Unix socket, for clients on the same host or in the same pod
+        /// (`curl --unix-socket PATH`) [default: none]
+        #[arg(long, env = "INFERGATE_HTTP_SOCKET")]
+        pub http_socket: Option<PathBuf>,
+        /// Also serve the gRPC API on this Unix socket (clients dial `unix:///PATH`) [default: none]
+        #[arg(long, env = "INFERGATE_GRPC_SOCKET")]
+        pub grpc_socket: Option<PathBuf>,
+        /// File mode of the sockets, in octal: who may connect [default: 660, owner and group]
+        #[arg(long, env = "INFERGATE_SOCKET_MODE")]
+        pub socket_mode: Option<String>,
+        /// Serve REST and gRPC on their sockets only, not on TCP (needs --http-socket and --grpc-socket); the
+        /// metrics port stays on TCP for probes and scrapes [default: false]
+        #[arg(long, env = "INFERGATE_SOCKETS_ONLY", num_args = 0..=1, default_missing_value = "true")]
+        pub sockets_only: Option<bool>,
         /// Largest accepted request body in bytes; larger ones are answered 413 [default: 67108864]
         #[arg(long, env = "INFERGATE_MAX_REQUEST_BYTES")]
         pub max_request_bytes: Option<usize>,

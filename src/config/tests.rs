@@ -251,6 +251,8 @@ fn every_file_key_is_read() {
     let text = format!(
         "model_repository = \"models\"\nhost = \"127.0.0.1\"\nhttp_host = \"127.0.0.2\"\ngrpc_host = \"::1\"\n\
          metrics_host = \"0.0.0.0\"\nhttp_port = 1\ngrpc_port = 2\nmetrics_port = 3\n\
+         http_socket = \"run/http.sock\"\ngrpc_socket = \"run/grpc.sock\"\nsocket_mode = \"600\"\n\
+         sockets_only = false\n\
          max_request_bytes = 4\nshutdown_grace_seconds = 5\nmetrics_window_seconds = 6\nort_library = \"ort.so\"\n\
          admin_token = \"admin-token-0123456789\"\nstate_dir = \"state\"\nmodel_control_mode = \"explicit\"\n\
          repository_poll_secs = 7\nrepository_settle_secs = 8\nload_models = [\"iris\"]\n\
@@ -270,6 +272,9 @@ fn every_file_key_is_read() {
     let hosts = [config.http_host, config.grpc_host, config.metrics_host].map(|host| host.to_string());
     assert_eq!(hosts, ["127.0.0.2", "::1", "0.0.0.0"]);
     assert_eq!((config.http_port, config.grpc_port, config.metrics_port), (1, 2, 3));
+    assert_eq!(config.http_socket.as_deref(), Some(Path::new("run/http.sock")));
+    assert_eq!(config.grpc_socket.as_deref(), Some(Path::new("run/grpc.sock")));
+    assert_eq!((config.socket_mode, config.sockets_only), (0o600, false));
     assert_eq!(config.max_request_bytes, 4);
     assert_eq!((config.shutdown_grace, config.metrics_window), (Duration::from_secs(5), Duration::from_secs(6)));
     assert_eq!(config.ort_library.as_deref(), Some(Path::new("ort.so")));
@@ -351,4 +356,24 @@ fn flags_keep_their_names() {
     assert_eq!((mlflow.mlflow_poll_secs, mlflow.mlflow_cache), (Some(3.0), Some(PathBuf::from("cache"))));
     assert_eq!(mlflow.mlflow_webhook_secret.as_deref(), Some("secret"));
     assert!(mlflow.registry_models.is_empty(), "[[mlflow.models]] is a file table, never a flag");
+}
+
+#[test]
+fn sockets_are_checked_at_start() {
+    let config =
+        Config::resolve(serve_flags(&["--http-socket", "h.sock", "--grpc-socket", "g.sock", "--sockets-only"]));
+    let config = config.unwrap();
+    assert!(config.sockets_only && config.socket_mode == 0o660, "{config:?}");
+    let refused = |flags: &[&str], fragment: &str| {
+        let error = Config::resolve(serve_flags(flags)).unwrap_err().to_string();
+        assert!(error.contains(fragment), "{flags:?}: {error}");
+    };
+    refused(&["--http-socket", "h.sock", "--sockets-only"], "needs both --http-socket and --grpc-socket");
+    refused(&["--http-socket", "same.sock", "--grpc-socket", "same.sock"], "different paths");
+    refused(&["--http-socket", &"x".repeat(108)], "the kernel's limit");
+    refused(&["--socket-mode", "8"], "not an octal file mode");
+    refused(&["--socket-mode", "1777"], "up to 777");
+    refused(&["--socket-mode", "060"], "read and write for the owner");
+    let config = Config::resolve(serve_flags(&["--socket-mode", "0o640"])).unwrap();
+    assert_eq!(config.socket_mode, 0o640);
 }

@@ -18,6 +18,9 @@ const MAX_METRICS_WINDOW_SECONDS: u64 = 3600;
 /// Longest shutdown grace period; Kubernetes' own default is 30 s.
 const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 3600;
 
+/// Longest Unix socket path the kernel accepts (`sun_path` holds 108 bytes with its terminating zero).
+const MAX_SOCKET_PATH_BYTES: usize = 107;
+
 impl Config {
     /// Cross-field checks, run once at start.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -31,6 +34,7 @@ impl Config {
                 }
             }
         }
+        self.validate_sockets()?;
         if self.max_request_bytes == 0 || self.max_request_bytes > MAX_REQUEST_BYTES_CEILING {
             return Err(ConfigError::Invalid(format!(
                 "--max-request-bytes must be between 1 and {MAX_REQUEST_BYTES_CEILING}, got {}",
@@ -153,4 +157,32 @@ fn check_repository(path: &Path) -> Result<(), ConfigError> {
         Err(e) => e.to_string(),
     };
     Err(ConfigError::Repository { path: path.to_owned(), reason })
+}
+
+impl Config {
+    fn validate_sockets(&self) -> Result<(), ConfigError> {
+        let sockets = [("--http-socket", &self.http_socket), ("--grpc-socket", &self.grpc_socket)];
+        for (flag, path) in sockets.iter().filter_map(|(flag, path)| path.as_ref().map(|path| (flag, path))) {
+            let bytes = path.as_os_str().len();
+            if bytes == 0 || bytes > MAX_SOCKET_PATH_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "{flag} must be a path of 1 to {MAX_SOCKET_PATH_BYTES} bytes (the kernel's limit), got {bytes}"
+                )));
+            }
+        }
+        if self.http_socket.is_some() && self.http_socket == self.grpc_socket {
+            return Err(ConfigError::Invalid("--http-socket and --grpc-socket must be different paths".to_owned()));
+        }
+        if self.sockets_only && (self.http_socket.is_none() || self.grpc_socket.is_none()) {
+            return Err(ConfigError::Invalid(
+                "--sockets-only needs both --http-socket and --grpc-socket, or an API would not be served".to_owned(),
+            ));
+        }
+        if self.sockets_only && self.tls.is_some() {
+            return Err(ConfigError::Invalid(
+                "--sockets-only with TLS: TLS applies to TCP listeners only, and none would be left".to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }

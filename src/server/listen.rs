@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -55,15 +55,51 @@ impl std::fmt::Debug for Listen {
     }
 }
 
+/// A listening socket: TCP, or a Unix domain socket for clients on the same host or in the same pod.
+pub trait Acceptor: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+    /// Per-connection socket options.
+    fn prepare(_io: &Self::Io) {}
+    /// TLS applies to TCP only: a Unix socket's file mode is its access control.
+    const TLS: bool;
+}
+
+impl Acceptor for TcpListener {
+    type Io = TcpStream;
+    const TLS: bool = true;
+
+    async fn accept(&self) -> std::io::Result<TcpStream> {
+        TcpListener::accept(self).await.map(|(tcp, _)| tcp)
+    }
+
+    fn prepare(tcp: &TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            // Small responses (a gRPC answer is several small frames) would wait for the peer's delayed ACK.
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    }
+}
+
+impl Acceptor for UnixListener {
+    type Io = UnixStream;
+    const TLS: bool = false;
+
+    async fn accept(&self) -> std::io::Result<UnixStream> {
+        UnixListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
 /// Serves `app` on `listener` until `stop` turns true; then stops accepting, lets each connection finish its
 /// open requests, and returns once every connection has closed.
-pub fn serve<S>(
-    listener: TcpListener,
+pub fn serve<L, S>(
+    listener: L,
     app: S,
     listen: Listen,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<std::io::Result<()>>
 where
+    L: Acceptor,
     S: App,
 {
     tokio::spawn(async move {
@@ -75,9 +111,9 @@ where
                 permit = Arc::clone(&open).acquire_owned() => permit.map_err(std::io::Error::other)?,
                 () = stopped(&mut stop) => break,
             };
-            let tcp = tokio::select! {
+            let io = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
+                    Ok(io) => io,
                     Err(e) => {
                         // Out of descriptors or a connection reset before it was accepted: neither stops the server.
                         tracing::warn!(error = %e, "cannot accept a connection");
@@ -87,13 +123,13 @@ where
                 },
                 () = stopped(&mut stop) => break,
             };
-            spawn_connection(tcp, permit, &app, &builder, &listen, &stop);
+            spawn_connection::<L, S>(io, permit, &app, &builder, &listen, &stop);
         }
         // Connections the kernel completed before the stop are clients already sending: serve them too (each gets
         // its first request answered, see FIRST_REQUEST_AT_SHUTDOWN) rather than resetting them with the listener.
-        while let Some(Ok((tcp, _))) = listener.accept().now_or_never() {
+        while let Some(Ok(io)) = listener.accept().now_or_never() {
             let Ok(permit) = Arc::clone(&open).try_acquire_owned() else { break };
-            spawn_connection(tcp, permit, &app, &builder, &listen, &stop);
+            spawn_connection::<L, S>(io, permit, &app, &builder, &listen, &stop);
         }
         drop(listener);
         // Every connection holds a slot until it closes: all slots back means all connections are done.
@@ -102,27 +138,24 @@ where
     })
 }
 
-fn spawn_connection<S: App>(
-    tcp: TcpStream,
+fn spawn_connection<L: Acceptor, S: App>(
+    io: L::Io,
     permit: OwnedSemaphorePermit,
     app: &S,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     listen: &Listen,
     stop: &watch::Receiver<bool>,
 ) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        // Small responses (a gRPC answer is several small frames) would wait for the peer's delayed ACK.
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
+    L::prepare(&io);
     let connection = Connection {
         app: app.clone(),
         builder: Arc::clone(builder),
         header_timeout: listen.limits.header_read_timeout,
         stop: stop.clone(),
     };
-    let tls = listen.tls.clone();
+    let tls = if L::TLS { listen.tls.clone() } else { None };
     tokio::spawn(async move {
-        connection.run(tcp, tls).await;
+        connection.run(io, tls).await;
         drop(permit);
     });
 }
@@ -168,11 +201,14 @@ struct Connection<S> {
 }
 
 impl<S: App> Connection<S> {
-    async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
+    async fn run<I>(self, io: I, tls: Option<TlsAcceptor>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Some(tls) = tls else {
-            return self.serve(tcp).await;
+            return self.serve(io).await;
         };
-        match tokio::time::timeout(self.header_timeout, tls.accept(tcp)).await {
+        match tokio::time::timeout(self.header_timeout, tls.accept(io)).await {
             Ok(Ok(stream)) => self.serve(stream).await,
             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!("TLS handshake timed out"),

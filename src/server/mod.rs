@@ -1,7 +1,9 @@
 //! Starting and stopping the whole server: bind the listeners, load the repository, serve until asked to stop,
 //! then drain in-flight requests within the grace period.
 
+mod endpoints;
 mod listen;
+mod socket;
 mod tls;
 
 use std::net::SocketAddr;
@@ -32,6 +34,8 @@ pub enum ServerError {
     Mlflow(String),
     #[error("{0}")]
     Tls(String),
+    #[error("cannot serve {what} on the socket {}: {reason}", path.display())]
+    Socket { what: &'static str, path: std::path::PathBuf, reason: String },
     #[error("the {what} {} is not writable ({source}): give it a writable volume", path.display())]
     NotWritable { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
 }
@@ -84,13 +88,15 @@ pub enum Stopped {
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`] then [`Server::wait`].
 #[derive(Debug)]
 pub struct Server {
-    http_addr: SocketAddr,
-    grpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
     metrics_addr: SocketAddr,
     table: Arc<ModelTable>,
     shutdown: watch::Sender<bool>,
-    http: JoinHandle<std::io::Result<()>>,
-    grpc: JoinHandle<std::io::Result<()>>,
+    /// The REST and gRPC listeners' tasks, drained at shutdown.
+    apis: Vec<JoinHandle<std::io::Result<()>>>,
+    /// Removed when the server is done.
+    socket_files: Vec<socket::SocketFile>,
     metrics: JoinHandle<std::io::Result<()>>,
     grace: Duration,
 }
@@ -117,8 +123,22 @@ impl Server {
         }
         let tls = config.tls.as_ref().map(tls::acceptor).transpose().map_err(ServerError::Tls)?;
         let listen = listen::Listen { limits: config.connections, tls };
-        let (listener, http_addr) = bind("HTTP", SocketAddr::new(config.http_host, config.http_port)).await?;
-        let (grpc_listener, grpc_addr) = bind("gRPC", SocketAddr::new(config.grpc_host, config.grpc_port)).await?;
+        let tcp = |host, port| (!config.sockets_only).then(|| SocketAddr::new(host, port));
+        let socket_mode = config.socket_mode;
+        let http = endpoints::Placement {
+            what: "REST",
+            addr: tcp(config.http_host, config.http_port),
+            socket: config.http_socket.as_deref(),
+            socket_mode,
+        };
+        let http = http.bind().await?;
+        let grpc = endpoints::Placement {
+            what: "gRPC",
+            addr: tcp(config.grpc_host, config.grpc_port),
+            socket: config.grpc_socket.as_deref(),
+            socket_mode,
+        };
+        let grpc = grpc.bind().await?;
         let (metrics_listener, metrics_addr) =
             bind("metrics", SocketAddr::new(config.metrics_host, config.metrics_port)).await?;
 
@@ -168,19 +188,20 @@ impl Server {
             max_request_bytes: config.max_request_bytes,
             body_timeout: config.connections.body_read_timeout,
         };
-        let rest = api::http::router(Arc::clone(&gateway), limits);
-        let http =
-            stop_on_failure("HTTP", listen::serve(listener, rest, listen.clone(), stop.clone()), shutdown.clone());
+        let (http_addr, grpc_addr) = (http.addr, grpc.addr);
+        let (http_endpoints, grpc_endpoints) = (http.endpoints(), grpc.endpoints());
+        let rest = http.serve(api::http::router(Arc::clone(&gateway), limits), &listen, &stop, &shutdown);
         let grpc_api = api::grpc::router(gateway, config.max_request_bytes, stop.clone());
-        let grpc =
-            stop_on_failure("gRPC", listen::serve(grpc_listener, grpc_api, listen, stop.clone()), shutdown.clone());
+        let grpc = grpc.serve(grpc_api, &listen, &stop, &shutdown);
+        let apis = rest.tasks.into_iter().chain(grpc.tasks).collect();
+        let socket_files = rest.socket_file.into_iter().chain(grpc.socket_file).collect();
         // Prometheus scrapes in plain HTTP from inside the cluster; the metrics port never carries TLS.
         let metrics_listen = listen::Listen { limits: config.connections, tls: None };
         let metrics =
             listen::serve(metrics_listener, api::http::metrics_router(Arc::clone(&table)), metrics_listen, stop);
         tracing::info!(
-            %http_addr,
-            %grpc_addr,
+            http_addr = %http_endpoints,
+            grpc_addr = %grpc_endpoints,
             %metrics_addr,
             repository = %config.model_repository.display(),
             model_control = config.admin_token.is_some(),
@@ -189,14 +210,16 @@ impl Server {
             "infergate listening"
         );
         let grace = config.shutdown_grace;
-        Ok(Server { http_addr, grpc_addr, metrics_addr, table, shutdown, http, grpc, metrics, grace })
+        Ok(Server { http_addr, grpc_addr, metrics_addr, table, shutdown, apis, socket_files, metrics, grace })
     }
 
-    pub fn http_addr(&self) -> SocketAddr {
+    /// The REST API's TCP address; `None` when it is served on its socket only.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
     }
 
-    pub fn grpc_addr(&self) -> SocketAddr {
+    /// The gRPC API's TCP address; `None` when it is served on its socket only.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc_addr
     }
 
@@ -220,41 +243,27 @@ impl Server {
     /// Waits until the server has stopped: after a shutdown request (or a listener's failure, which asks for one),
     /// until in-flight requests are answered or the grace period runs out.
     pub async fn wait(self) -> Result<Stopped, ServerError> {
-        let Server { http, grpc, metrics, shutdown, grace, .. } = self;
+        let Server { mut apis, socket_files, metrics, shutdown, grace, .. } = self;
         // Only the stop is awaited here, never a listener's end: at shutdown an idle listener's task ends at once,
-        // and taking that for the server's end would exit with the other listener's requests in flight.
+        // and taking that for the server's end would exit with the other listeners' requests in flight.
         let _ = shutdown.subscribe().wait_for(|&stop| stop).await;
         tracing::info!(grace_seconds = grace.as_secs(), "shutting down: draining in-flight requests");
         // Scrapes are quick; the metrics server gets no grace of its own.
         metrics.abort();
-        let (mut http, mut grpc) = (http, grpc);
-        match tokio::time::timeout(grace, async { tokio::join!(&mut http, &mut grpc) }).await {
-            Ok((http, grpc)) => finished(http).and(finished(grpc)),
+        let drained = tokio::time::timeout(grace, futures_util::future::join_all(apis.iter_mut())).await;
+        // The sockets' files go once nothing is served on them.
+        drop(socket_files);
+        match drained {
+            Ok(results) => {
+                results.into_iter().try_for_each(|result| finished(result).map(drop)).map(|()| Stopped::Drained)
+            }
             Err(_) => {
                 tracing::warn!("grace period over with requests still in flight; exiting");
-                http.abort();
-                grpc.abort();
+                apis.iter().for_each(JoinHandle::abort);
                 Ok(Stopped::GraceExpired)
             }
         }
     }
-}
-
-/// A listener's task ends at the stop, or on an error; an error stops the whole server, so the other listeners
-/// drain and [`Server::wait`] returns it.
-fn stop_on_failure(
-    what: &'static str,
-    task: JoinHandle<std::io::Result<()>>,
-    shutdown: watch::Sender<bool>,
-) -> JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        let result = task.await.map_err(std::io::Error::other).and_then(|served| served);
-        if let Err(e) = &result {
-            tracing::error!(listener = what, error = %e, "a listener failed; stopping the server");
-            shutdown.send_replace(true);
-        }
-        result
-    })
 }
 
 /// Binds a listener; returns it with the address it got (port 0 asks for any free port).

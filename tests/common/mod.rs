@@ -40,7 +40,7 @@ impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         config.validate().unwrap();
         let server = Server::start(config).await.unwrap();
-        let base = format!("http://{}", server.http_addr());
+        let base = format!("http://{}", server.http_addr().unwrap());
         let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
         let test = TestServer { server, base, client };
         test.wait_ready().await;
