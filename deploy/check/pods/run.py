@@ -3,7 +3,7 @@ again with a planted fault, which must fail for the planted reason.
 
     run.py RENDERED_DIR KSERVE_DIR    (RENDERED_DIR: helm template / kustomize output of deploy/check/run.sh)
 
-Cases: the standalone overlay's Deployment, the sidecar overlay (an application calling infergate on localhost),
+Cases: the standalone overlay's Deployment, the sidecar overlay (an application calling infergate on its socket),
 the Helm chart's Deployment, the chart in sidecar mode, and the KServe runtimes (REST v2, gRPC v2) with the models in /mnt/models."""
 
 import copy
@@ -56,9 +56,9 @@ def sidecar(running, lines):
     deadline = time.monotonic() + 20
     while not (answers := [line for line in running.logs(app, 5).splitlines() if '"model_name":"iris"' in line]):
         if time.monotonic() > deadline:
-            raise PodFailed(f"the application got no prediction from localhost: {running.logs(app, 5)}")
+            raise PodFailed(f"the application got no prediction from its sidecar: {running.logs(app, 5)}")
         time.sleep(0.5)
-    lines.append(f"the application's call to localhost: {answers[-1][:110]}")
+    lines.append(f"the application's call to its sidecar: {answers[-1][:110]}")
     for port in (8000, 8001):
         lines.append(checks.closed(running.ip, port))
     # The application goes first (its shell ignores SIGTERM, so it is removed), then the sidecar drains.
@@ -194,6 +194,8 @@ PLANTS = [
     ("helm", "a mounted volume missing from the pod", without_volume("tmp"), r"volumeMount 'tmp' names no volume"),
     ("helm-sidecar", "liveness probe on the loopback-only REST port", probe_port("infergate", "liveness", 8000),
      r"liveness probe failed 3 times"),
+    ("helm-sidecar", "the application without the sockets volume", without_mount("app", "sockets"),
+     r"no prediction from its sidecar"),
     ("kserve-v2", "readiness probe on a closed port", probe_port("kserve-container", "readiness", 8009),
      r"readiness probe never passed"),
     ("kserve-v2", "no volume at the state directory", without_mount("kserve-container", "state"),

@@ -26,6 +26,11 @@ mode (its APIs on loopback, its probes on the metrics port). */}}
       value: "127.0.0.1"
     - name: INFERGATE_GRPC_HOST
       value: "127.0.0.1"
+    # And on Unix sockets in the `sockets` volume, which the application mounts to skip the TCP stack.
+    - name: INFERGATE_HTTP_SOCKET
+      value: /run/infergate/http.sock
+    - name: INFERGATE_GRPC_SOCKET
+      value: /run/infergate/grpc.sock
     {{- end }}
     - name: INFERGATE_ADMIN_TOKEN
       valueFrom:
@@ -83,4 +88,8 @@ mode (its APIs on loopback, its probes on the metrics port). */}}
       mountPath: /var/lib/infergate
     - name: tmp
       mountPath: /tmp
+    {{- if .Values.sidecar.enabled }}
+    - name: sockets
+      mountPath: /run/infergate
+    {{- end }}
 {{- end -}}
