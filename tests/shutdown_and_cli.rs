@@ -117,21 +117,35 @@ fn invalid_configurations_are_refused_at_start() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// Kills the child if the test ends before it does (a failed assertion), so no server outlives its test holding the
+/// test's output pipes open.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn sigterm_stops_the_binary_cleanly() {
-    let mut child = infergate()
+    let child = infergate()
         .args(["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"])
         .args(["--log-format", "json"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Whatever happens below, the child does not outlive the test by more than two minutes.
-    let pid = child.id().to_string();
+    let mut child = KillOnDrop(child);
+    // A server that hangs without a word is killed after two minutes, which ends the reads below.
+    let pid = child.0.id().to_string();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(120));
         let _ = Command::new("kill").args(["-KILL", &pid]).status();
     });
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
     // A log line names the bound address (after the backends found); every line is JSON.
     let listening = lines
         .by_ref()
@@ -149,9 +163,9 @@ fn sigterm_stops_the_binary_cleanly() {
         assert!(Instant::now() < deadline, "never loaded");
     }
     assert!(std::net::TcpStream::connect(&addr).is_ok());
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let exit = child.wait().unwrap();
+    let exit = child.0.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("SIGTERM received")), "{rest:?}");
