@@ -64,6 +64,18 @@ fn socket_path(url: &str) -> Result<Option<PathBuf>, String> {
     Ok(Some(PathBuf::from(path)))
 }
 
+/// A Unix listener at `<temp>/loadgen-<tag>-<pid>/<tag>.sock` for the clients' tests: (its folder, to remove at
+/// the end; the socket's path; the listener).
+#[cfg(test)]
+pub(crate) fn test_listener(tag: &str) -> (PathBuf, PathBuf, tokio::net::UnixListener) {
+    let dir = std::env::temp_dir().join(format!("loadgen-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{tag}.sock"));
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    (dir, path, listener)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

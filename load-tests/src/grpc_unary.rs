@@ -246,11 +246,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_go_over_a_unix_socket() {
-        let dir = std::env::temp_dir().join(format!("loadgen-grpc-unary-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("grpc.sock");
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (dir, path, listener) = crate::endpoint::test_listener("grpc-unary");
         let server = tokio::spawn(async move { answer_one_call(listener.accept().await.unwrap().0).await });
         let mut connection = Connection::connect(&Endpoint::Unix(path)).await.unwrap();
         let request = frame(&ModelInferRequest { model_name: "mlp".to_owned(), ..Default::default() }).unwrap();

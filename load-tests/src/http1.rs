@@ -256,11 +256,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_kept_alive_over_a_unix_socket() {
-        let dir = std::env::temp_dir().join(format!("loadgen-http1-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("http.sock");
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (dir, path, listener) = crate::endpoint::test_listener("http1");
         // One connection, two answers: one sized, one chunked.
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();

@@ -1,7 +1,7 @@
 //! Where one API (REST or gRPC) is served: a TCP address, a Unix socket, or both, each with the same app, limits
 //! and drain.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use tokio::net::{TcpListener, UnixListener};
@@ -11,14 +11,15 @@ use tokio::task::JoinHandle;
 use super::listen::{self, App, Listen};
 use super::socket::{self, SocketFile};
 use super::{ServerError, bind};
+use crate::config::Config;
 
 /// Where an API listens, as the configuration asks.
 pub struct Placement<'a> {
-    pub what: &'static str,
+    what: &'static str,
     /// `None`: sockets only.
-    pub addr: Option<SocketAddr>,
-    pub socket: Option<&'a Path>,
-    pub socket_mode: u32,
+    addr: Option<SocketAddr>,
+    socket: Option<&'a Path>,
+    socket_mode: u32,
 }
 
 /// One API's bound listeners.
@@ -28,10 +29,15 @@ pub struct Bound {
     unix: Option<(UnixListener, SocketFile)>,
     /// The TCP address it got (port 0 asks for any free port).
     pub addr: Option<SocketAddr>,
-    pub socket: Option<PathBuf>,
 }
 
-impl Placement<'_> {
+impl<'a> Placement<'a> {
+    /// Where `config` puts one API: `host:port` unless it serves on sockets only, and `socket` when set.
+    pub fn of(what: &'static str, config: &Config, host: IpAddr, port: u16, socket: &'a Option<PathBuf>) -> Self {
+        let addr = (!config.sockets_only).then(|| SocketAddr::new(host, port));
+        Placement { what, addr, socket: socket.as_deref(), socket_mode: config.socket_mode }
+    }
+
     pub async fn bind(self) -> Result<Bound, ServerError> {
         let (tcp, addr) = match self.addr {
             Some(addr) => {
@@ -41,7 +47,7 @@ impl Placement<'_> {
             None => (None, None),
         };
         let unix = self.socket.map(|path| socket::bind(self.what, path, self.socket_mode)).transpose()?;
-        Ok(Bound { what: self.what, tcp, unix, addr, socket: self.socket.map(Path::to_owned) })
+        Ok(Bound { what: self.what, tcp, unix, addr })
     }
 }
 
@@ -76,7 +82,7 @@ impl Bound {
     /// The API's endpoints for the start's log line: `0.0.0.0:8000`, `unix:/run/infergate/http.sock`, or both.
     pub fn endpoints(&self) -> String {
         let tcp = self.addr.map(|addr| addr.to_string());
-        let unix = self.socket.as_ref().map(|path| format!("unix:{}", path.display()));
+        let unix = self.unix.as_ref().map(|(_, file)| format!("unix:{}", file.path().display()));
         tcp.into_iter().chain(unix).collect::<Vec<_>>().join(", ")
     }
 }

@@ -123,21 +123,9 @@ impl Server {
         }
         let tls = config.tls.as_ref().map(tls::acceptor).transpose().map_err(ServerError::Tls)?;
         let listen = listen::Listen { limits: config.connections, tls };
-        let tcp = |host, port| (!config.sockets_only).then(|| SocketAddr::new(host, port));
-        let socket_mode = config.socket_mode;
-        let http = endpoints::Placement {
-            what: "REST",
-            addr: tcp(config.http_host, config.http_port),
-            socket: config.http_socket.as_deref(),
-            socket_mode,
-        };
+        let http = endpoints::Placement::of("REST", &config, config.http_host, config.http_port, &config.http_socket);
         let http = http.bind().await?;
-        let grpc = endpoints::Placement {
-            what: "gRPC",
-            addr: tcp(config.grpc_host, config.grpc_port),
-            socket: config.grpc_socket.as_deref(),
-            socket_mode,
-        };
+        let grpc = endpoints::Placement::of("gRPC", &config, config.grpc_host, config.grpc_port, &config.grpc_socket);
         let grpc = grpc.bind().await?;
         let (metrics_listener, metrics_addr) =
             bind("metrics", SocketAddr::new(config.metrics_host, config.metrics_port)).await?;

@@ -31,14 +31,22 @@ impl Drop for SocketFile {
     }
 }
 
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// Binds a Unix socket at `path` with file mode `mode`; `what` names the API in errors.
 pub fn bind(what: &'static str, path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), ServerError> {
     let fail = |reason: String| ServerError::Socket { what, path: path.to_owned(), reason };
     clear_stale(path).map_err(fail)?;
     let listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| fail(e.to_string()))?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| fail(e.to_string()))?;
-    Ok((listener, SocketFile { path: path.to_owned(), identity: (meta.dev(), meta.ino()) }))
+    // Owned from here: a failure below removes the file again.
+    let file = SocketFile { path: path.to_owned(), identity: (meta.dev(), meta.ino()) };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| fail(e.to_string()))?;
+    Ok((listener, file))
 }
 
 /// Removes a socket file no server answers on; refuses a live one and anything that is not a socket.
