@@ -7,7 +7,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use infergate::api::grpc::{convert, proto};
 use infergate::api::http::{OutputFormat, decode_request, encode_response};
-use infergate::api::{InferResponse, NamedTensor};
+use infergate::api::{InferResponse, NamedTensor, SharedMemory};
 use infergate::tensor::{DataType, Tensor};
 use prost::Message;
 use serde_json::json;
@@ -67,21 +67,29 @@ fn codecs(c: &mut Criterion) {
         let kib = format!("{}KiB", count * 4 / 1024);
         decode.throughput(Throughput::Bytes((count * 4) as u64));
         let body = json_request(count);
-        decode.bench_function(BenchmarkId::new("rest-json", &kib), |b| b.iter(|| decode_request(&body, None).unwrap()));
+        decode.bench_function(BenchmarkId::new("rest-json", &kib), |b| {
+            b.iter(|| decode_request(&body, None, &SharedMemory::default()).unwrap())
+        });
         let (body, length) = binary_request(count, false);
         decode.bench_function(BenchmarkId::new("rest-binary", &kib), |b| {
-            b.iter(|| decode_request(&body, Some(length)).unwrap())
+            b.iter(|| decode_request(&body, Some(length), &SharedMemory::default()).unwrap())
         });
         let body = grpc_request(count);
         decode.bench_function(BenchmarkId::new("grpc", &kib), |b| {
-            b.iter(|| convert::infer_request(proto::ModelInferRequest::decode(body.clone()).unwrap()).unwrap())
+            b.iter(|| {
+                convert::infer_request(
+                    proto::ModelInferRequest::decode(body.clone()).unwrap(),
+                    &SharedMemory::default(),
+                )
+                .unwrap()
+            })
         });
     }
     decode.finish();
 
     let mut encode = c.benchmark_group("encode");
     let (body, length) = binary_request(4, true);
-    let binary_format = decode_request(&body, Some(length)).unwrap().1;
+    let binary_format = decode_request(&body, Some(length), &SharedMemory::default()).unwrap().1;
     for count in [256, 16_384] {
         let kib = format!("{}KiB", count * 4 / 1024);
         encode.throughput(Throughput::Bytes((count * 4) as u64));
@@ -102,7 +110,7 @@ fn codecs(c: &mut Criterion) {
         encode.bench_function(BenchmarkId::new("grpc", &kib), |b| {
             b.iter_batched(
                 || response(count),
-                |r| convert::infer_response(r).encode_to_vec(),
+                |r| convert::infer_response(r, None, &[]).unwrap().encode_to_vec(),
                 criterion::BatchSize::SmallInput,
             )
         });

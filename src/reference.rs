@@ -15,7 +15,7 @@ pub fn reference_for(model_path: &Path, samples: &Path, buckets: usize) -> Resul
     let backend = TractBackend::load(model_path, crate::backend::Device::Cpu, crate::backend::DEFAULT_MAX_MODEL_BYTES)
         .map_err(|e| e.to_string())?;
     let body = std::fs::read(samples).map_err(|e| format!("cannot read {}: {e}", samples.display()))?;
-    let (request, _) = crate::api::http::decode_request(&bytes::Bytes::from(body), None)
+    let (request, _) = crate::api::http::decode_request(&bytes::Bytes::from(body), None, &Default::default())
         .map_err(|e| format!("{}: {e}", samples.display()))?;
     let model_dir = model_path.parent().and_then(Path::parent).ok_or("the model path has no model folder")?;
     let config = read_model_config(model_dir).map_err(|e| e.to_string())?;

@@ -11,5 +11,5 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let header_length = usize::from(u16::from_le_bytes(*length)) % (body.len() + 1);
-    let _ = infergate::api::http::decode_request(&Bytes::copy_from_slice(body), Some(header_length));
+    let _ = infergate::api::http::decode_request(&Bytes::copy_from_slice(body), Some(header_length), &infergate::api::SharedMemory::new(true, 1 << 20));
 });

@@ -5,5 +5,5 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = infergate::api::http::decode_request(&Bytes::copy_from_slice(data), None);
+    let _ = infergate::api::http::decode_request(&Bytes::copy_from_slice(data), None, &infergate::api::SharedMemory::new(true, 1 << 20));
 });

@@ -15,14 +15,15 @@ pub struct ServerMetadata {
     pub extensions: Vec<&'static str>,
 }
 
-pub fn server_metadata() -> ServerMetadata {
+/// `shared_memory`: whether the system shared-memory extension is on (`--shared-memory`).
+pub fn server_metadata(shared_memory: bool) -> ServerMetadata {
     // Triton's extensions we serve: binary tensors over REST, the model configuration, repository and statistics
-    // endpoints.
-    ServerMetadata {
-        name: "infergate",
-        version: env!("CARGO_PKG_VERSION"),
-        extensions: vec!["binary_tensor_data", "model_configuration", "model_repository", "statistics"],
+    // endpoints, and system shared memory when it is on.
+    let mut extensions = vec!["binary_tensor_data", "model_configuration", "model_repository", "statistics"];
+    if shared_memory {
+        extensions.push("system_shared_memory");
     }
+    ServerMetadata { name: "infergate", version: env!("CARGO_PKG_VERSION"), extensions }
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]`.

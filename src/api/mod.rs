@@ -11,6 +11,7 @@ mod metadata;
 mod model_config;
 pub mod pipeline;
 mod repository;
+pub mod shared_memory;
 mod statistics;
 mod traffic;
 mod webhook;
@@ -27,6 +28,7 @@ pub use metadata::{
 pub use model_config::{ModelConfigView, VersionPolicyView, model_config};
 pub use pipeline::{Call, InferRequest, InferResponse, NamedTensor, ROUTING_KEY_HEADER, VARIANT_HEADER};
 pub use repository::{IndexRow, load_model, repository_index, unload_model};
+pub use shared_memory::SharedMemory;
 pub use statistics::{StatisticsView, statistics};
 pub use traffic::{TrafficView, rollout, set_traffic, traffic};
 pub use webhook::{Delivery, MlflowHook, WEBHOOK_DELIVERY_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER};
@@ -51,6 +53,8 @@ pub struct Gateway {
     pub control: ModelControl,
     pub keys: ApiKeys,
     pub hook: MlflowHook,
+    /// Triton's system shared-memory regions (the extension is off unless `--shared-memory`).
+    pub shared_memory: SharedMemory,
 }
 
 impl Gateway {
@@ -62,6 +66,7 @@ impl Gateway {
             control: ModelControl::new(None),
             keys: ApiKeys::default(),
             hook: MlflowHook::disabled(),
+            shared_memory: SharedMemory::default(),
         }
     }
 
@@ -78,6 +83,11 @@ impl Gateway {
     /// Where verified MLflow webhook deliveries go.
     pub fn with_hook(self, hook: MlflowHook) -> Gateway {
         Gateway { hook, ..self }
+    }
+
+    /// Triton's system shared-memory extension, on or off.
+    pub fn with_shared_memory(self, shared_memory: SharedMemory) -> Gateway {
+        Gateway { shared_memory, ..self }
     }
 
     pub fn table(&self) -> &Arc<ModelTable> {

@@ -77,6 +77,8 @@ pub struct Config {
     pub socket_mode: u32,
     /// REST and gRPC listen on their sockets only.
     pub sockets_only: bool,
+    /// Triton's system shared-memory extension is served.
+    pub shared_memory: bool,
     pub max_request_bytes: usize,
     pub shutdown_grace: Duration,
     pub metrics_window: Duration,
@@ -198,6 +200,7 @@ impl Default for Config {
             grpc_socket: None,
             socket_mode: 0o660,
             sockets_only: false,
+            shared_memory: false,
             max_request_bytes: 64 << 20,
             shutdown_grace: Duration::from_secs(30),
             metrics_window: Duration::from_secs(60),

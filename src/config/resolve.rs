@@ -38,6 +38,7 @@ impl Config {
             grpc_socket: set.grpc_socket,
             socket_mode: socket_mode(set.socket_mode)?.unwrap_or(defaults.socket_mode),
             sockets_only: set.sockets_only.unwrap_or(defaults.sockets_only),
+            shared_memory: set.shared_memory.unwrap_or(defaults.shared_memory),
             max_request_bytes: set.max_request_bytes.unwrap_or(defaults.max_request_bytes),
             shutdown_grace: set.shutdown_grace_seconds.map(Duration::from_secs).unwrap_or(defaults.shutdown_grace),
             metrics_window: set.metrics_window_seconds.map(Duration::from_secs).unwrap_or(defaults.metrics_window),

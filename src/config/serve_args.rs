@@ -62,6 +62,10 @@ layered_settings! {
         /// metrics port stays on TCP for probes and scrapes [default: false]
         #[arg(long, env = "INFERGATE_SOCKETS_ONLY", num_args = 0..=1, default_missing_value = "true")]
         pub sockets_only: Option<bool>,
+        /// Serve Triton's system shared-memory extension: clients on this host pass tensors in regions of /dev/shm
+        /// instead of request bodies (a region is readable by whoever may open it) [default: false]
+        #[arg(long, env = "INFERGATE_SHARED_MEMORY", num_args = 0..=1, default_missing_value = "true")]
+        pub shared_memory: Option<bool>,
         /// Largest accepted request body in bytes; larger ones are answered 413 [default: 67108864]
         #[arg(long, env = "INFERGATE_MAX_REQUEST_BYTES")]
         pub max_request_bytes: Option<usize>,

@@ -170,7 +170,8 @@ impl Server {
             api::Gateway::new(Arc::clone(&table), traffic, config.request_limits)
                 .with_control(api::ModelControl::new(config.admin_token.as_ref().map(|token| token.0.clone())))
                 .with_keys(api::ApiKeys::new(config.api_keys.iter().map(|key| key.0.clone())))
-                .with_hook(hook),
+                .with_hook(hook)
+                .with_shared_memory(api::SharedMemory::new(config.shared_memory, config.max_request_bytes)),
         );
         let limits = api::http::Limits {
             max_request_bytes: config.max_request_bytes,

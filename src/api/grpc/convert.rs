@@ -5,28 +5,45 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::proto;
+use super::proto::infer_parameter::ParameterChoice as Choice;
 use crate::api::TensorSpec;
 use crate::api::VersionPolicyView;
+use crate::api::shared_memory::{
+    BYTE_SIZE_PARAMETER, OFFSET_PARAMETER, OutputTarget, OutputTargets, REGION_PARAMETER, RegionStatus, SharedMemory,
+    SharedRef, target_of,
+};
 use crate::api::{ApiError, InferRequest, InferResponse, ModelConfigView, ModelMetadata, NamedTensor, StatisticsView};
 use crate::telemetry::DurationTotal;
 use crate::tensor::{DataType, Tensor, element_count, push_bytes_element};
 
-/// Decodes an inference request. Inputs carry either typed `contents` or, all of them, `raw_input_contents`
-/// (taken without copying).
-pub fn infer_request(request: proto::ModelInferRequest) -> Result<InferRequest, ApiError> {
+/// The parameters of a tensor or a request.
+type Parameters = std::collections::HashMap<String, proto::InferParameter>;
+
+/// Decodes an inference request, and where the outputs that name a shared-memory region go. Inputs carry typed
+/// `contents`, or a shared-memory region, or (all the others) `raw_input_contents`, taken without copying.
+pub fn infer_request(
+    request: proto::ModelInferRequest,
+    shared_memory: &SharedMemory,
+) -> Result<(InferRequest, OutputTargets), ApiError> {
+    let shared = request
+        .inputs
+        .iter()
+        .map(|input| shared_ref("input", &input.name, &input.parameters))
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let raw = request.raw_input_contents;
-    if !raw.is_empty() && raw.len() != request.inputs.len() {
+    let in_band = shared.iter().filter(|at| at.is_none()).count();
+    if !raw.is_empty() && raw.len() != in_band {
         return Err(ApiError::malformed(format!(
-            "{} raw_input_contents for {} inputs: with raw contents, every input has one",
+            "{} raw_input_contents for {in_band} inputs not in shared memory: with raw contents, every such input has one",
             raw.len(),
-            request.inputs.len()
         )));
     }
     let mut raw = raw.into_iter();
     let inputs = request
         .inputs
         .into_iter()
-        .map(|input| {
+        .zip(shared)
+        .map(|(input, at)| {
             let name = input.name;
             let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
                 ApiError::malformed(format!("input '{name}' has unknown datatype '{}'", input.datatype))
@@ -35,6 +52,14 @@ pub fn infer_request(request: proto::ModelInferRequest) -> Result<InferRequest, 
                 input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<usize>, _>>().map_err(|_| {
                     ApiError::malformed(format!("input '{name}' has a negative dimension: {:?}", input.shape))
                 })?;
+            if let Some(at) = at {
+                if input.contents.is_some() {
+                    return Err(ApiError::malformed(format!(
+                        "input '{name}' names a shared memory region and also has contents"
+                    )));
+                }
+                return shared_memory.read_input(name, datatype, shape, &at);
+            }
             let tensor = match (raw.next(), input.contents) {
                 (Some(bytes), _) => Tensor::new(datatype, shape, bytes).map_err(|e| e.to_string()),
                 (None, Some(contents)) => typed_tensor(datatype, shape, contents),
@@ -44,19 +69,45 @@ pub fn infer_request(request: proto::ModelInferRequest) -> Result<InferRequest, 
             Ok(NamedTensor { name, tensor })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    let mut targets = OutputTargets::new();
+    for output in &request.outputs {
+        if let Some(at) = shared_ref("output", &output.name, &output.parameters)? {
+            targets.push(shared_memory.output_target(output.name.clone(), &at)?);
+        }
+    }
     let outputs = (!request.outputs.is_empty()).then(|| request.outputs.into_iter().map(|o| o.name).collect());
     let timeout = match request.parameters.get("timeout").and_then(|p| p.parameter_choice.as_ref()) {
-        Some(proto::infer_parameter::ParameterChoice::Int64Param(us)) => u64::try_from(*us).ok(),
-        Some(proto::infer_parameter::ParameterChoice::Uint64Param(us)) => Some(*us),
+        Some(Choice::Int64Param(us)) => u64::try_from(*us).ok(),
+        Some(Choice::Uint64Param(us)) => Some(*us),
         _ => None,
     };
     let timeout = timeout.filter(|&us| us > 0).map(Duration::from_micros);
     let routing_key = match request.parameters.get("routing_key").and_then(|p| p.parameter_choice.as_ref()) {
-        Some(proto::infer_parameter::ParameterChoice::StringParam(key)) => Some(key.clone()),
+        Some(Choice::StringParam(key)) => Some(key.clone()),
         _ => None,
     };
     let id = (!request.id.is_empty()).then_some(request.id);
-    Ok(InferRequest { id, inputs, outputs, timeout, routing_key })
+    Ok((InferRequest { id, inputs, outputs, timeout, routing_key }, targets))
+}
+
+/// The shared-memory region a tensor's parameters name, if any.
+fn shared_ref(kind: &str, name: &str, parameters: &Parameters) -> Result<Option<SharedRef>, ApiError> {
+    if parameters.is_empty() {
+        return Ok(None);
+    }
+    let wrong = |key: &str, what: &str| ApiError::malformed(format!("{kind} '{name}': {key} must be {what}"));
+    let region = match parameters.get(REGION_PARAMETER).and_then(|p| p.parameter_choice.as_ref()) {
+        None => None,
+        Some(Choice::StringParam(region)) => Some(region.clone()),
+        Some(_) => return Err(wrong(REGION_PARAMETER, "a string")),
+    };
+    let size = |key: &str| match parameters.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(Choice::Uint64Param(value)) => Ok(Some(*value)),
+        Some(Choice::Int64Param(value)) => u64::try_from(*value).map(Some).map_err(|_| wrong(key, "0 or more")),
+        Some(_) => Err(wrong(key, "an integer")),
+    };
+    SharedRef::from_parameters((kind, name), region, size(OFFSET_PARAMETER)?, size(BYTE_SIZE_PARAMETER)?)
 }
 
 /// Typed contents to our little-endian bytes; narrower integers arrive in the 32-bit fields and must fit.
@@ -102,35 +153,68 @@ fn typed_tensor(datatype: DataType, shape: Vec<usize>, c: proto::InferTensorCont
     Tensor::new(datatype, shape, data).map_err(|e| e.to_string())
 }
 
-/// Outputs go back as `raw_output_contents`, as Triton sends them; the tensors' bytes are shared, not copied.
-pub fn infer_response(response: InferResponse) -> proto::ModelInferResponse {
+/// Outputs go back as `raw_output_contents`, as Triton sends them; the tensors' bytes are shared, not copied. An
+/// output that names a shared-memory region is written into it, and its raw contents are left empty (so that the
+/// others keep their positions).
+pub fn infer_response(
+    response: InferResponse,
+    variant: Option<String>,
+    targets: &[OutputTarget],
+) -> Result<proto::ModelInferResponse, ApiError> {
     let mut outputs = Vec::with_capacity(response.outputs.len());
     let mut raw = Vec::with_capacity(response.outputs.len());
     for output in response.outputs {
+        let mut parameters = Parameters::new();
+        match target_of(targets, &output.name) {
+            Some(target) => {
+                target.write(&output.tensor)?;
+                let byte_size = output.tensor.data().len() as u64;
+                parameters.insert(REGION_PARAMETER.to_owned(), parameter(Choice::StringParam(target.region().into())));
+                parameters.insert(OFFSET_PARAMETER.to_owned(), parameter(Choice::Uint64Param(target.offset())));
+                parameters.insert(BYTE_SIZE_PARAMETER.to_owned(), parameter(Choice::Uint64Param(byte_size)));
+                raw.push(Bytes::new());
+            }
+            None => raw.push(output.tensor.data().clone()),
+        }
         outputs.push(proto::model_infer_response::InferOutputTensor {
             name: output.name,
             datatype: output.tensor.dtype().as_str().to_owned(),
             shape: output.tensor.shape().iter().map(|&d| d as i64).collect(),
+            parameters,
             ..Default::default()
         });
-        raw.push(output.tensor.data().clone());
     }
-    let parameters = response
-        .variant
-        .map(|variant| {
-            let choice = proto::infer_parameter::ParameterChoice::StringParam(variant);
-            ("variant".to_owned(), proto::InferParameter { parameter_choice: Some(choice) })
-        })
-        .into_iter()
-        .collect();
-    proto::ModelInferResponse {
+    let parameters =
+        variant.map(|variant| ("variant".to_owned(), parameter(Choice::StringParam(variant)))).into_iter().collect();
+    Ok(proto::ModelInferResponse {
         model_name: response.model_name,
         model_version: response.model_version,
         id: response.id.unwrap_or_default(),
         parameters,
         outputs,
         raw_output_contents: raw,
-    }
+    })
+}
+
+fn parameter(choice: Choice) -> proto::InferParameter {
+    proto::InferParameter { parameter_choice: Some(choice) }
+}
+
+/// The registered regions, by name.
+pub fn shared_memory_status(regions: Vec<RegionStatus>) -> proto::SystemSharedMemoryStatusResponse {
+    let regions = regions
+        .into_iter()
+        .map(|r| {
+            let status = proto::system_shared_memory_status_response::RegionStatus {
+                name: r.name.clone(),
+                key: r.key,
+                offset: r.offset,
+                byte_size: r.byte_size,
+            };
+            (r.name, status)
+        })
+        .collect();
+    proto::SystemSharedMemoryStatusResponse { regions }
 }
 
 fn tensor_metadata(spec: TensorSpec) -> proto::model_metadata_response::TensorMetadata {
@@ -319,13 +403,13 @@ mod tests {
             raw_input_contents: vec![Bytes::from_static(&[0, 0, 128, 63])],
             ..Default::default()
         };
-        assert!(matches!(infer_request(request), Err(ApiError::MalformedRequest(_))));
+        assert!(matches!(infer_request(request, &SharedMemory::default()), Err(ApiError::MalformedRequest(_))));
         let request = proto::ModelInferRequest {
             inputs: vec![input("a")],
             raw_input_contents: vec![Bytes::from_static(&[0, 0, 128, 63])],
             ..Default::default()
         };
-        let decoded = infer_request(request).unwrap();
+        let (decoded, _) = infer_request(request, &SharedMemory::default()).unwrap();
         assert_eq!(decoded.inputs[0].tensor.data().as_ref(), 1.0f32.to_le_bytes());
     }
 }

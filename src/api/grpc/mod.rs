@@ -124,19 +124,24 @@ fn authorization<T>(request: &Request<T>) -> Option<&str> {
     request.metadata().get(&*AUTHORIZATION).and_then(|value| value.to_str().ok())
 }
 
-/// One inference, as both the unary and the streaming calls run it. `key` is the call's `x-routing-key` metadata
-/// and `deadline` its `grpc-timeout`.
+/// One inference, as both the unary and the streaming calls run it: the response, and the traffic variant that
+/// answered. `key` is the call's `x-routing-key` metadata and `deadline` its `grpc-timeout`.
 async fn infer(
     gateway: &Gateway,
     request: proto::ModelInferRequest,
     deadline: Option<Duration>,
     key: Option<&str>,
-) -> Result<api::InferResponse, ApiError> {
+) -> Result<(proto::ModelInferResponse, Option<String>), ApiError> {
     let model = request.model_name.clone();
     let pinned = version(&request.model_version).map(str::to_owned);
-    let decoded = convert::infer_request(request);
+    let (decoded, targets) = match convert::infer_request(request, &gateway.shared_memory) {
+        Ok((request, targets)) => (Ok(request), targets),
+        Err(e) => (Err(e), Vec::new()),
+    };
     let call = Call { model: &model, version: pinned.as_deref(), routing_key: key, deadline, protocol: Protocol::Grpc };
-    pipeline::infer(gateway, call, decoded).await
+    let mut response = pipeline::infer(gateway, call, decoded).await?;
+    let variant = response.variant.take();
+    Ok((convert::infer_response(response, variant.clone(), &targets)?, variant))
 }
 
 #[tonic::async_trait]
@@ -165,7 +170,7 @@ impl GrpcInferenceService for GrpcApi {
         request: Request<proto::ServerMetadataRequest>,
     ) -> GrpcResult<proto::ServerMetadataResponse> {
         self.keyed(&request)?;
-        let metadata = api::server_metadata();
+        let metadata = api::server_metadata(self.gateway.shared_memory.enabled());
         Ok(Response::new(proto::ServerMetadataResponse {
             name: metadata.name.to_owned(),
             version: metadata.version.to_owned(),
@@ -187,9 +192,9 @@ impl GrpcInferenceService for GrpcApi {
         self.keyed(&request)?;
         let deadline = grpc_timeout(&request)?;
         let key = request.metadata().get(&*ROUTING_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let response = infer(&self.gateway, request.into_inner(), deadline, key.as_deref()).await?;
-        let variant = response.variant.as_deref().and_then(|v| v.parse::<AsciiMetadataValue>().ok());
-        let mut response = Response::new(convert::infer_response(response));
+        let (response, variant) = infer(&self.gateway, request.into_inner(), deadline, key.as_deref()).await?;
+        let variant = variant.as_deref().and_then(|v| v.parse::<AsciiMetadataValue>().ok());
+        let mut response = Response::new(response);
         if let Some(variant) = variant {
             response.metadata_mut().insert(api::VARIANT_HEADER, variant);
         }
@@ -217,9 +222,9 @@ impl GrpcInferenceService for GrpcApi {
                     let request = message?;
                     let id = request.id.clone();
                     Ok(match infer(&gateway, request, deadline, key.as_deref()).await {
-                        Ok(response) => proto::ModelStreamInferResponse {
+                        Ok((response, _)) => proto::ModelStreamInferResponse {
                             error_message: String::new(),
-                            infer_response: Some(convert::infer_response(response)),
+                            infer_response: Some(response),
                         },
                         Err(e) => proto::ModelStreamInferResponse {
                             error_message: e.to_string(),
@@ -289,6 +294,36 @@ impl GrpcInferenceService for GrpcApi {
         let model = request.into_inner().model_name;
         api::unload_model(self.table(), &self.gateway.control, auth.as_deref(), &model).await?;
         Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        request: Request<proto::SystemSharedMemoryStatusRequest>,
+    ) -> GrpcResult<proto::SystemSharedMemoryStatusResponse> {
+        self.keyed(&request)?;
+        let name = request.into_inner().name;
+        let regions = self.gateway.shared_memory.status((!name.is_empty()).then_some(name.as_str()))?;
+        Ok(Response::new(convert::shared_memory_status(regions)))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        request: Request<proto::SystemSharedMemoryRegisterRequest>,
+    ) -> GrpcResult<proto::SystemSharedMemoryRegisterResponse> {
+        self.keyed(&request)?;
+        let r = request.into_inner();
+        self.gateway.shared_memory.register(&r.name, &r.key, r.offset, r.byte_size)?;
+        Ok(Response::new(proto::SystemSharedMemoryRegisterResponse {}))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        request: Request<proto::SystemSharedMemoryUnregisterRequest>,
+    ) -> GrpcResult<proto::SystemSharedMemoryUnregisterResponse> {
+        self.keyed(&request)?;
+        let name = request.into_inner().name;
+        self.gateway.shared_memory.unregister((!name.is_empty()).then_some(name.as_str()))?;
+        Ok(Response::new(proto::SystemSharedMemoryUnregisterResponse {}))
     }
 }
 

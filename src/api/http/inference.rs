@@ -2,6 +2,7 @@
 //! decoded (JSON, or JSON and binary tensors), the request run through the one pipeline and the answer encoded.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -12,7 +13,7 @@ use percent_encoding::percent_decode_str;
 
 use super::body::{authorize, read_body};
 use super::{AppState, body_with_type, json, json_bytes, wrong_method};
-use crate::api::{self, ApiError, Call, InferRequest, Protocol, pipeline};
+use crate::api::{self, ApiError, Call, Gateway, InferRequest, Protocol, pipeline};
 
 /// Bodies larger than this are decoded on the blocking pool: parsing megabytes of JSON on an async worker
 /// would stall every other connection that worker serves.
@@ -74,7 +75,7 @@ async fn run(
     headers: &HeaderMap,
     body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
-    let (request, format, deadline) = match decode(body, headers).await {
+    let (request, format, deadline) = match decode(body, headers, &state.gateway).await {
         Ok((request, format, deadline)) => (Ok(request), format, deadline),
         Err(e) => (Err(e), json::OutputFormat::default(), None),
     };
@@ -100,6 +101,7 @@ async fn run(
 async fn decode(
     body: Result<Bytes, ApiError>,
     headers: &HeaderMap,
+    gateway: &Arc<Gateway>,
 ) -> Result<(InferRequest, json::OutputFormat, Option<Duration>), ApiError> {
     let deadline = header_timeout(headers)?;
     let header_length = match headers.get(&HEADER_LENGTH) {
@@ -111,11 +113,12 @@ async fn decode(
     let body = body?;
     let json_length = header_length.unwrap_or(body.len());
     let (request, format) = if json_length > INLINE_DECODE_LIMIT {
-        tokio::task::spawn_blocking(move || json::decode_request(&body, header_length))
+        let gateway = Arc::clone(gateway);
+        tokio::task::spawn_blocking(move || json::decode_request(&body, header_length, &gateway.shared_memory))
             .await
             .map_err(|e| ApiError::Inference(format!("the request decoder failed: {e}")))??
     } else {
-        json::decode_request(&body, header_length)?
+        json::decode_request(&body, header_length, &gateway.shared_memory)?
     };
     Ok((request, format, deadline))
 }

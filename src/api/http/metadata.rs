@@ -38,8 +38,8 @@ pub(super) fn route(path: RoutePath) -> Result<ModelRoute, ApiError> {
     path.map(|Path(route)| route).map_err(|e| ApiError::malformed(format!("invalid path: {}", e.body_text())))
 }
 
-async fn server_metadata(_: Keyed) -> Response {
-    json_body(&api::server_metadata())
+async fn server_metadata(_: Keyed, State(state): State<AppState>) -> Response {
+    json_body(&api::server_metadata(state.gateway.shared_memory.enabled()))
 }
 
 async fn model_metadata(_: Keyed, State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {

@@ -10,6 +10,7 @@ mod json;
 mod metadata;
 mod metrics;
 mod repository;
+mod shared_memory;
 mod traffic;
 
 use std::future::Future;
@@ -45,6 +46,7 @@ pub fn router(gateway: Arc<Gateway>, limits: Limits) -> RestApi {
     let table = metadata::routes(table);
     let table = traffic::routes(table);
     let table = repository::routes(table);
+    let table = shared_memory::routes(table);
     let table = table.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state.clone());
     RestApi(Arc::new((table, state)))
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::api::shared_memory::{OutputTarget, SharedMemory, SharedRef};
 use crate::api::{ApiError, InferRequest, NamedTensor};
 use crate::tensor::{DataType, Tensor, element_count, push_bytes_element};
 
@@ -54,6 +55,26 @@ struct InputParameters {
     /// The input's data is this many bytes of the binary section instead of JSON `data`.
     #[serde(default)]
     binary_data_size: Option<u64>,
+    // Triton's system shared-memory parameters (also of requested outputs), named in place rather than
+    // flattened: a flattened struct would buffer every parameter of every binary request.
+    #[serde(default)]
+    shared_memory_region: Option<String>,
+    #[serde(default)]
+    shared_memory_offset: Option<u64>,
+    #[serde(default)]
+    shared_memory_byte_size: Option<u64>,
+}
+
+/// The region a tensor's parameters name, if any.
+macro_rules! region_of {
+    ($parameters:expr, $what:expr) => {
+        SharedRef::from_parameters(
+            $what,
+            $parameters.shared_memory_region,
+            $parameters.shared_memory_offset,
+            $parameters.shared_memory_byte_size,
+        )
+    };
 }
 
 #[derive(Deserialize)]
@@ -67,23 +88,40 @@ struct OutputBody {
 struct OutputParameters {
     #[serde(default)]
     binary_data: Option<bool>,
+    #[serde(default)]
+    shared_memory_region: Option<String>,
+    #[serde(default)]
+    shared_memory_offset: Option<u64>,
+    #[serde(default)]
+    shared_memory_byte_size: Option<u64>,
 }
 
-/// Which outputs the caller wants as binary data rather than JSON.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// How the caller wants each output: as JSON, as binary data after it, or written into a shared-memory region.
+#[derive(Debug, Default, Clone)]
 pub struct OutputFormat {
     all_binary: bool,
     per_output: HashMap<String, bool>,
+    shared: Vec<OutputTarget>,
 }
 
 impl OutputFormat {
     pub fn binary(&self, output: &str) -> bool {
         self.per_output.get(output).copied().unwrap_or(self.all_binary)
     }
+
+    /// The region the output is written into, when it names one.
+    pub fn shared(&self, output: &str) -> Option<&OutputTarget> {
+        crate::api::shared_memory::target_of(&self.shared, output)
+    }
 }
 
-/// Decodes an inference request: JSON only, or (with `header_length`) a JSON header followed by binary tensors.
-pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<(InferRequest, OutputFormat), ApiError> {
+/// Decodes an inference request: JSON only, or (with `header_length`) a JSON header followed by binary tensors;
+/// inputs that name a shared-memory region are read from it.
+pub fn decode_request(
+    body: &Bytes,
+    header_length: Option<usize>,
+    shared_memory: &SharedMemory,
+) -> Result<(InferRequest, OutputFormat), ApiError> {
     let (header, mut binary) = match header_length {
         Some(len) if len <= body.len() => (body.slice(..len), body.slice(len..)),
         Some(len) => {
@@ -96,8 +134,11 @@ pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<(Inf
     };
     let request: RequestBody<'_> =
         serde_json::from_slice(&header).map_err(|e| ApiError::malformed(format!("invalid inference request: {e}")))?;
-    let inputs =
-        request.inputs.into_iter().map(|input| decode_input(input, &mut binary)).collect::<Result<Vec<_>, _>>()?;
+    let inputs = request
+        .inputs
+        .into_iter()
+        .map(|input| decode_input(input, &mut binary, shared_memory))
+        .collect::<Result<Vec<_>, _>>()?;
     if !binary.is_empty() {
         return Err(ApiError::malformed(format!(
             "{} bytes of binary data follow the inputs' binary_data_size",
@@ -106,25 +147,45 @@ pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<(Inf
     }
     let mut format =
         OutputFormat { all_binary: request.parameters.binary_data_output.unwrap_or(false), ..Default::default() };
-    let outputs = request.outputs.map(|outputs| {
-        outputs
-            .into_iter()
-            .map(|o| {
-                if let Some(binary) = o.parameters.binary_data {
-                    format.per_output.insert(o.name.clone(), binary);
-                }
-                o.name
-            })
-            .collect()
-    });
+    let outputs = request
+        .outputs
+        .map(|outputs| {
+            outputs
+                .into_iter()
+                .map(|o| {
+                    if let Some(binary) = o.parameters.binary_data {
+                        format.per_output.insert(o.name.clone(), binary);
+                    }
+                    if let Some(at) = region_of!(o.parameters, ("output", o.name.as_str()))? {
+                        format.shared.push(shared_memory.output_target(o.name.clone(), &at)?);
+                    }
+                    Ok(o.name)
+                })
+                .collect::<Result<Vec<_>, ApiError>>()
+        })
+        .transpose()?;
     let timeout = request.parameters.timeout.filter(|&us| us > 0).map(Duration::from_micros);
     let routing_key = request.parameters.routing_key;
     Ok((InferRequest { id: request.id, inputs, outputs, timeout, routing_key }, format))
 }
 
-fn decode_input(input: InputBody<'_>, binary: &mut Bytes) -> Result<NamedTensor, ApiError> {
+fn decode_input(
+    input: InputBody<'_>,
+    binary: &mut Bytes,
+    shared_memory: &SharedMemory,
+) -> Result<NamedTensor, ApiError> {
     let name = input.name;
-    let data = match (input.data, input.parameters.binary_data_size) {
+    let binary_data_size = input.parameters.binary_data_size;
+    if let Some(at) = region_of!(input.parameters, ("input", name.as_str()))? {
+        if input.data.is_some() || binary_data_size.is_some() {
+            return Err(ApiError::malformed(format!(
+                "input '{name}' names a shared memory region and also has data or binary_data_size"
+            )));
+        }
+        let (datatype, shape) = datatype_and_shape(&name, &input.datatype, &input.shape)?;
+        return shared_memory.read_input(name, datatype, shape, &at);
+    }
+    let data = match (input.data, binary_data_size) {
         (Some(data), None) => data,
         (None, Some(size)) => return binary_input(name, &input.datatype, &input.shape, size, binary),
         (Some(_), Some(_)) => {
@@ -182,23 +243,29 @@ fn binary_input(
     size: u64,
     binary: &mut Bytes,
 ) -> Result<NamedTensor, ApiError> {
-    let datatype = DataType::parse(datatype)
-        .ok_or_else(|| ApiError::malformed(format!("input '{name}' has unknown datatype '{datatype}'")))?;
+    let (datatype, shape) = datatype_and_shape(&name, datatype, shape)?;
     let size = usize::try_from(size).ok().filter(|&size| size <= binary.len()).ok_or_else(|| {
         ApiError::malformed(format!(
             "input '{name}' has binary_data_size {size}, but only {} bytes of binary data are left",
             binary.len()
         ))
     })?;
+    let data = binary.split_to(size);
+    let tensor =
+        Tensor::new(datatype, shape, data).map_err(|e| ApiError::malformed(format!("input '{name}' (binary): {e}")))?;
+    Ok(NamedTensor { name, tensor })
+}
+
+/// The datatype and shape of an input whose bytes come whole (binary data or shared memory).
+fn datatype_and_shape(name: &str, datatype: &str, shape: &[u64]) -> Result<(DataType, Vec<usize>), ApiError> {
+    let datatype = DataType::parse(datatype)
+        .ok_or_else(|| ApiError::malformed(format!("input '{name}' has unknown datatype '{datatype}'")))?;
     let shape = shape
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<Vec<usize>, _>>()
         .map_err(|_| ApiError::malformed(format!("input '{name}' has shape {shape:?}, too large")))?;
-    let data = binary.split_to(size);
-    let tensor =
-        Tensor::new(datatype, shape, data).map_err(|e| ApiError::malformed(format!("input '{name}' (binary): {e}")))?;
-    Ok(NamedTensor { name, tensor })
+    Ok((datatype, shape))
 }
 
 /// One JSON scalar of a `data` array, as the parser met it.

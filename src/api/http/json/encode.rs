@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde::ser::{SerializeSeq, Serializer};
 
 use super::OutputFormat;
-use crate::api::{ApiError, InferResponse};
+use crate::api::{ApiError, InferResponse, NamedTensor};
 use crate::tensor::{DataType, Tensor};
 
 #[derive(Serialize)]
@@ -30,14 +30,25 @@ struct OutputTensor<'a> {
     datatype: DataType,
     shape: &'a [usize],
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinaryParameters>,
+    parameters: Option<OutputParameters<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<TensorData<'a>>,
 }
 
+/// Where an output's bytes are when they are not JSON `data`.
 #[derive(Serialize)]
-struct BinaryParameters {
-    binary_data_size: usize,
+#[serde(untagged)]
+enum OutputParameters<'a> {
+    Binary { binary_data_size: usize },
+    Shared { shared_memory_region: &'a str, shared_memory_offset: u64, shared_memory_byte_size: usize },
+}
+
+/// How one output travels.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    Json,
+    Binary,
+    Shared,
 }
 
 /// Serialises a tensor's elements as a flat JSON array without building an intermediate vector.
@@ -94,9 +105,18 @@ pub struct EncodedResponse {
     pub header_length: Option<usize>,
 }
 
-/// Encodes an inference response as KServe v2 JSON, with the outputs `format` asks for in binary after it.
+/// Encodes an inference response as KServe v2 JSON, with the outputs `format` asks for in binary after it; the
+/// outputs that name a shared-memory region are written into it first.
 pub fn encode_response(response: &InferResponse, format: &OutputFormat) -> Result<EncodedResponse, ApiError> {
-    let binary: Vec<bool> = response.outputs.iter().map(|o| format.binary(&o.name)).collect();
+    let placement: Vec<Placement> = response
+        .outputs
+        .iter()
+        .map(|o| match (format.shared(&o.name), format.binary(&o.name)) {
+            (Some(target), _) => target.write(&o.tensor).map(|()| Placement::Shared),
+            (None, true) => Ok(Placement::Binary),
+            (None, false) => Ok(Placement::Json),
+        })
+        .collect::<Result<_, _>>()?;
     let body = ResponseBody {
         model_name: &response.model_name,
         model_version: &response.model_version,
@@ -105,28 +125,38 @@ pub fn encode_response(response: &InferResponse, format: &OutputFormat) -> Resul
         outputs: response
             .outputs
             .iter()
-            .zip(&binary)
-            .map(|(o, &binary)| OutputTensor {
+            .zip(&placement)
+            .map(|(o, &placement)| OutputTensor {
                 name: &o.name,
                 datatype: o.tensor.dtype(),
                 shape: o.tensor.shape(),
-                parameters: binary.then(|| BinaryParameters { binary_data_size: o.tensor.data().len() }),
-                data: (!binary).then_some(TensorData(&o.tensor)),
+                parameters: match (placement, format.shared(&o.name)) {
+                    (Placement::Binary, _) => {
+                        Some(OutputParameters::Binary { binary_data_size: o.tensor.data().len() })
+                    }
+                    (Placement::Shared, Some(target)) => Some(OutputParameters::Shared {
+                        shared_memory_region: target.region(),
+                        shared_memory_offset: target.offset(),
+                        shared_memory_byte_size: o.tensor.data().len(),
+                    }),
+                    _ => None,
+                },
+                data: (placement == Placement::Json).then_some(TensorData(&o.tensor)),
             })
             .collect(),
     };
-    let tail: usize =
-        response.outputs.iter().zip(&binary).filter(|(_, b)| **b).map(|(o, _)| o.tensor.data().len()).sum();
+    let binary = |(_, placement): &(&NamedTensor, &Placement)| **placement == Placement::Binary;
+    let tail: usize = response.outputs.iter().zip(&placement).filter(binary).map(|(o, _)| o.tensor.data().len()).sum();
     // Room for a typical JSON header and the binary tensors, so that the body is allocated once.
     let mut bytes = Vec::with_capacity(RESPONSE_HEADER_ROOM + tail);
     serde_json::to_writer(&mut bytes, &body)
         .map_err(|e| ApiError::Inference(format!("cannot encode the response: {e}")))?;
-    if !binary.contains(&true) {
+    if !placement.contains(&Placement::Binary) {
         return Ok(EncodedResponse { body: bytes, header_length: None });
     }
     let header_length = bytes.len();
     bytes.reserve_exact(tail);
-    for (output, _) in response.outputs.iter().zip(&binary).filter(|(_, b)| **b) {
+    for (output, _) in response.outputs.iter().zip(&placement).filter(binary) {
         bytes.extend_from_slice(output.tensor.data());
     }
     Ok(EncodedResponse { body: bytes, header_length: Some(header_length) })

@@ -3,11 +3,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
-use crate::api::{ApiError, InferRequest, InferResponse, NamedTensor};
+use crate::api::{ApiError, InferRequest, InferResponse, NamedTensor, SharedMemory};
 use crate::tensor::{Tensor, push_bytes_element};
 
 fn decode_json(json: &str) -> Result<InferRequest, ApiError> {
-    decode_request(&Bytes::copy_from_slice(json.as_bytes()), None).map(|(request, _)| request)
+    decode_request(&Bytes::copy_from_slice(json.as_bytes()), None, &SharedMemory::default()).map(|(request, _)| request)
 }
 
 fn decode_one(json: &str) -> Result<Tensor, ApiError> {
@@ -103,7 +103,8 @@ fn malformed_json_is_refused() {
 fn outputs_id_and_timeout_are_read() {
     let body = r#"{"id":"42","inputs":[],"outputs":[{"name":"label","parameters":{"binary_data":false}}],
         "parameters":{"timeout":1500,"priority":1}}"#;
-    let (request, format) = decode_request(&Bytes::copy_from_slice(body.as_bytes()), None).unwrap();
+    let (request, format) =
+        decode_request(&Bytes::copy_from_slice(body.as_bytes()), None, &SharedMemory::default()).unwrap();
     assert!(!format.binary("label"));
     assert_eq!(request.timeout, Some(Duration::from_micros(1500)));
     assert_eq!(request.id.as_deref(), Some("42"));
@@ -122,7 +123,8 @@ fn binary_inputs_and_outputs_round_trip() {
     for s in ["abc", "de"] {
         push_bytes_element(&mut body, s.as_bytes()).unwrap();
     }
-    let (request, format) = decode_request(&Bytes::from(body.clone()), Some(header.len())).unwrap();
+    let (request, format) =
+        decode_request(&Bytes::from(body.clone()), Some(header.len()), &SharedMemory::default()).unwrap();
     assert_eq!(request.inputs[0].tensor.data(), &body[header.len()..header.len() + 8]);
     let strings: Vec<&[u8]> = request.inputs[1].tensor.bytes_elements().collect();
     assert_eq!(strings, [b"abc".as_slice(), b"de".as_slice()]);
@@ -151,15 +153,15 @@ fn binary_sizes_must_add_up() {
     let with_tail = |tail: usize| {
         let mut body = header.to_vec();
         body.resize(header.len() + tail, 0);
-        decode_request(&Bytes::from(body), Some(header.len())).map(|_| ())
+        decode_request(&Bytes::from(body), Some(header.len()), &SharedMemory::default()).map(|_| ())
     };
     assert!(with_tail(8).is_ok());
     for tail in [4, 12] {
         assert!(matches!(with_tail(tail), Err(ApiError::MalformedRequest(_))), "{tail}");
     }
-    assert!(decode_request(&Bytes::from_static(b"{}"), Some(100)).is_err());
+    assert!(decode_request(&Bytes::from_static(b"{}"), Some(100), &SharedMemory::default()).is_err());
     let wrong_size = br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
     let mut body = wrong_size.to_vec();
     body.resize(wrong_size.len() + 8, 0);
-    assert!(decode_request(&Bytes::from(body), Some(wrong_size.len())).is_err());
+    assert!(decode_request(&Bytes::from(body), Some(wrong_size.len()), &SharedMemory::default()).is_err());
 }
