@@ -3,6 +3,12 @@ ONNX: 11.7 M parameters, 1.8 GFLOP per 224x224 image, the usual "medium vision m
 not bundled (45 MB); the GPU check and the performance runs make it on the spot. Needs only numpy and onnx.
 
     python3 tools/make_resnet.py OUT.onnx
+
+With --mean, it writes instead a model with ResNet-18's input (a batch of 3x224x224 FP32 images, 600 KB each) that
+only averages each channel: what a request costs besides the model is then nearly all of its cost, which is what
+the shared-memory measurement (load-tests/shared_memory.sh) compares.
+
+    python3 tools/make_resnet.py OUT.onnx --mean
 """
 
 import sys
@@ -80,7 +86,24 @@ def resnet18(seed: int = 18) -> onnx.ModelProto:
     return model
 
 
+def image_mean() -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["mean"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "image_mean",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["--mean"]):
         sys.exit(__doc__)
-    onnx.save(resnet18(), sys.argv[1])
+    onnx.save(image_mean() if sys.argv[2:] == ["--mean"] else resnet18(), sys.argv[1])

@@ -77,14 +77,11 @@ def golden_roundtrip(protocol, golden, tag):
             described = result.get_output(output)
             if output not in in_region:
                 return result.as_numpy(output)
-            parameters = output_parameters(described)
-            assert parameters["shared_memory_region"] == f"{tag}-out", parameters
+            # As Triton answers it: the output's datatype and shape, no data and no parameters.
+            assert not output_parameters(described), described
             offset = names.index(output) * OUTPUT_ROOM // 2
-            assert int(parameters.get("shared_memory_offset", 0)) == offset, parameters
             dtype = NUMPY[output_datatype(described)]
-            shape = output_shape(described)
-            assert int(parameters["shared_memory_byte_size"]) == int(np.prod(shape)) * np.dtype(dtype).itemsize
-            return shm.get_contents_as_numpy(out_handle, dtype, shape, offset=offset)
+            return shm.get_contents_as_numpy(out_handle, dtype, output_shape(described), offset=offset)
 
         check_outputs(f"{protocol.name} shared memory {model}/{version}", read, golden)
         status = client.get_system_shared_memory_status(f"{tag}-in")

@@ -154,8 +154,8 @@ fn typed_tensor(datatype: DataType, shape: Vec<usize>, c: proto::InferTensorCont
 }
 
 /// Outputs go back as `raw_output_contents`, as Triton sends them; the tensors' bytes are shared, not copied. An
-/// output that names a shared-memory region is written into it, and its raw contents are left empty (so that the
-/// others keep their positions).
+/// output that names a shared-memory region is written into it, and its raw contents are left empty, so that the
+/// others keep their positions (clients find an output's contents by its index).
 pub fn infer_response(
     response: InferResponse,
     variant: Option<String>,
@@ -164,14 +164,9 @@ pub fn infer_response(
     let mut outputs = Vec::with_capacity(response.outputs.len());
     let mut raw = Vec::with_capacity(response.outputs.len());
     for output in response.outputs {
-        let mut parameters = Parameters::new();
         match target_of(targets, &output.name) {
             Some(target) => {
                 target.write(&output.tensor)?;
-                let byte_size = output.tensor.data().len() as u64;
-                parameters.insert(REGION_PARAMETER.to_owned(), parameter(Choice::StringParam(target.region().into())));
-                parameters.insert(OFFSET_PARAMETER.to_owned(), parameter(Choice::Uint64Param(target.offset())));
-                parameters.insert(BYTE_SIZE_PARAMETER.to_owned(), parameter(Choice::Uint64Param(byte_size)));
                 raw.push(Bytes::new());
             }
             None => raw.push(output.tensor.data().clone()),
@@ -180,7 +175,6 @@ pub fn infer_response(
             name: output.name,
             datatype: output.tensor.dtype().as_str().to_owned(),
             shape: output.tensor.shape().iter().map(|&d| d as i64).collect(),
-            parameters,
             ..Default::default()
         });
     }

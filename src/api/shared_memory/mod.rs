@@ -6,6 +6,7 @@
 //! The registry is swapped, not locked, on the request path: a request takes the regions it names (an `Arc`
 //! each) when it is decoded, so a region unregistered meanwhile stays readable and writable until it is answered.
 
+mod read;
 mod region;
 
 use std::collections::HashMap;
@@ -241,14 +242,6 @@ impl OutputTarget {
             )));
         }
         self.region.write(&what, self.offset, data)
-    }
-
-    pub fn region(&self) -> &str {
-        &self.region.name
-    }
-
-    pub fn offset(&self) -> u64 {
-        self.offset
     }
 }
 

@@ -5,8 +5,8 @@
 //! cost one copy of the tensor (the page cache of a `tmpfs` file is the shared memory itself), but a mapping hands
 //! the server's memory safety to the client: a client that truncates its object while the server reads a mapped
 //! window kills the server with SIGBUS, and memory another process writes under a Rust slice is undefined
-//! behaviour. A positioned read of a truncated object is only short, and answered as the client's error. No unsafe
-//! code is needed.
+//! behaviour. A positioned read of a truncated object is only short, and answered as the client's error. The one
+//! unsafe block, a read into a buffer not zeroed first, is in `read`.
 //!
 //! The file stays open while the region is registered and while any request that named it is in flight, so a
 //! region unregistered (or unlinked by its owner) mid-request is still read and written whole.
@@ -88,9 +88,7 @@ impl Region {
 
     /// Reads `len` bytes at `offset` within the region (checked by the caller with [`Region::check_window`]).
     pub fn read(&self, what: &str, offset: u64, len: usize) -> Result<Vec<u8>, ApiError> {
-        let mut buffer = vec![0; len];
-        self.file.read_exact_at(&mut buffer, self.offset + offset).map_err(|e| self.io_error(what, e))?;
-        Ok(buffer)
+        super::read::read_exact_at(&self.file, self.offset + offset, len).map_err(|e| self.io_error(what, e))
     }
 
     /// Writes `data` at `offset` within the region (checked by the caller with [`Region::check_window`]). The

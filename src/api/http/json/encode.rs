@@ -30,17 +30,17 @@ struct OutputTensor<'a> {
     datatype: DataType,
     shape: &'a [usize],
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<OutputParameters<'a>>,
+    parameters: Option<OutputParameters>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<TensorData<'a>>,
 }
 
-/// Where an output's bytes are when they are not JSON `data`.
+/// Where an output's bytes are when they are binary data after the JSON. An output written into a shared-memory
+/// region has neither `data` nor parameters, as Triton answers it: its C++ client reads any output parameters as
+/// the binary data's size.
 #[derive(Serialize)]
-#[serde(untagged)]
-enum OutputParameters<'a> {
-    Binary { binary_data_size: usize },
-    Shared { shared_memory_region: &'a str, shared_memory_offset: u64, shared_memory_byte_size: usize },
+struct OutputParameters {
+    binary_data_size: usize,
 }
 
 /// How one output travels.
@@ -130,17 +130,8 @@ pub fn encode_response(response: &InferResponse, format: &OutputFormat) -> Resul
                 name: &o.name,
                 datatype: o.tensor.dtype(),
                 shape: o.tensor.shape(),
-                parameters: match (placement, format.shared(&o.name)) {
-                    (Placement::Binary, _) => {
-                        Some(OutputParameters::Binary { binary_data_size: o.tensor.data().len() })
-                    }
-                    (Placement::Shared, Some(target)) => Some(OutputParameters::Shared {
-                        shared_memory_region: target.region(),
-                        shared_memory_offset: target.offset(),
-                        shared_memory_byte_size: o.tensor.data().len(),
-                    }),
-                    _ => None,
-                },
+                parameters: (placement == Placement::Binary)
+                    .then(|| OutputParameters { binary_data_size: o.tensor.data().len() }),
                 data: (placement == Placement::Json).then_some(TensorData(&o.tensor)),
             })
             .collect(),
