@@ -15,4 +15,4 @@ mkdir -p "$repo/image_mean/1" "$repo/resnet18/1"
 .venv-tools/bin/python tools/make_resnet.py "$repo/image_mean/1/model.onnx" --mean
 .venv-tools/bin/python tools/make_resnet.py "$repo/resnet18/1/model.onnx"
 cargo build --release --quiet --bin infergate
-.venv/bin/python load-tests/shared_memory.py --repository "$repo" --seconds "${1:-5}"
+taskset -c 1 .venv/bin/python load-tests/shared_memory.py --repository "$repo" --seconds "${1:-5}"

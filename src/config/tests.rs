@@ -252,7 +252,7 @@ fn every_file_key_is_read() {
         "model_repository = \"models\"\nhost = \"127.0.0.1\"\nhttp_host = \"127.0.0.2\"\ngrpc_host = \"::1\"\n\
          metrics_host = \"0.0.0.0\"\nhttp_port = 1\ngrpc_port = 2\nmetrics_port = 3\n\
          http_socket = \"run/http.sock\"\ngrpc_socket = \"run/grpc.sock\"\nsocket_mode = \"600\"\n\
-         sockets_only = false\n\
+         sockets_only = false\nshared_memory = true\n\
          max_request_bytes = 4\nshutdown_grace_seconds = 5\nmetrics_window_seconds = 6\nort_library = \"ort.so\"\n\
          admin_token = \"admin-token-0123456789\"\nstate_dir = \"state\"\nmodel_control_mode = \"explicit\"\n\
          repository_poll_secs = 7\nrepository_settle_secs = 8\nload_models = [\"iris\"]\n\
@@ -274,7 +274,7 @@ fn every_file_key_is_read() {
     assert_eq!((config.http_port, config.grpc_port, config.metrics_port), (1, 2, 3));
     assert_eq!(config.http_socket.as_deref(), Some(Path::new("run/http.sock")));
     assert_eq!(config.grpc_socket.as_deref(), Some(Path::new("run/grpc.sock")));
-    assert_eq!((config.socket_mode, config.sockets_only), (0o600, false));
+    assert_eq!((config.socket_mode, config.sockets_only, config.shared_memory), (0o600, false, true));
     assert_eq!(config.max_request_bytes, 4);
     assert_eq!((config.shutdown_grace, config.metrics_window), (Duration::from_secs(5), Duration::from_secs(6)));
     assert_eq!(config.ort_library.as_deref(), Some(Path::new("ort.so")));
@@ -356,6 +356,13 @@ fn flags_keep_their_names() {
     assert_eq!((mlflow.mlflow_poll_secs, mlflow.mlflow_cache), (Some(3.0), Some(PathBuf::from("cache"))));
     assert_eq!(mlflow.mlflow_webhook_secret.as_deref(), Some("secret"));
     assert!(mlflow.registry_models.is_empty(), "[[mlflow.models]] is a file table, never a flag");
+}
+
+#[test]
+fn shared_memory_is_off_unless_asked_for() {
+    assert!(!Config::resolve(serve_flags(&[])).unwrap().shared_memory);
+    assert!(Config::resolve(serve_flags(&["--shared-memory"])).unwrap().shared_memory);
+    assert!(!Config::resolve(serve_flags(&["--shared-memory=false"])).unwrap().shared_memory);
 }
 
 #[test]

@@ -186,6 +186,8 @@ PLANTS = [
      r"startup probe failed 150 times"),
     ("sidecar", "no volume at the state directory", without_mount("infergate", "state"),
      r"state directory /var/lib/infergate is not writable"),
+    ("sidecar", "the application without the shared-memory volume", without_mount("app", "shm"),
+     r"no prediction from its sidecar"),
     ("sidecar", "the API on the pod's address", config_line(
         "infergate-sidecar-config", "infergate.toml", r"^http_host = .*$", 'http_host = "0.0.0.0"'),
      r":8000 answers from outside the pod"),

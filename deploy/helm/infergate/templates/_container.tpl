@@ -31,6 +31,11 @@ mode (its APIs on loopback, its probes on the metrics port). */}}
       value: /run/infergate/http.sock
     - name: INFERGATE_GRPC_SOCKET
       value: /run/infergate/grpc.sock
+    {{- if .Values.sidecar.sharedMemory.enabled }}
+    # Triton's system shared memory, in the `shm` volume the application mounts at /dev/shm too.
+    - name: INFERGATE_SHARED_MEMORY
+      value: "true"
+    {{- end }}
     {{- end }}
     - name: INFERGATE_ADMIN_TOKEN
       valueFrom:
@@ -91,5 +96,9 @@ mode (its APIs on loopback, its probes on the metrics port). */}}
     {{- if .Values.sidecar.enabled }}
     - name: sockets
       mountPath: /run/infergate
+    {{- if .Values.sidecar.sharedMemory.enabled }}
+    - name: shm
+      mountPath: /dev/shm
+    {{- end }}
     {{- end }}
 {{- end -}}
