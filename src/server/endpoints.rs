@@ -20,6 +20,8 @@ pub struct Placement<'a> {
     addr: Option<SocketAddr>,
     socket: Option<&'a Path>,
     socket_mode: u32,
+    /// gRPC: connections on the socket get their `:authority` made valid.
+    grpc: bool,
 }
 
 /// One API's bound listeners.
@@ -27,6 +29,7 @@ pub struct Bound {
     what: &'static str,
     tcp: Option<TcpListener>,
     unix: Option<(UnixListener, SocketFile)>,
+    grpc: bool,
     /// The TCP address it got (port 0 asks for any free port).
     pub addr: Option<SocketAddr>,
 }
@@ -35,7 +38,12 @@ impl<'a> Placement<'a> {
     /// Where `config` puts one API: `host:port` unless it serves on sockets only, and `socket` when set.
     pub fn of(what: &'static str, config: &Config, host: IpAddr, port: u16, socket: &'a Option<PathBuf>) -> Self {
         let addr = (!config.sockets_only).then(|| SocketAddr::new(host, port));
-        Placement { what, addr, socket: socket.as_deref(), socket_mode: config.socket_mode }
+        Placement { what, addr, socket: socket.as_deref(), socket_mode: config.socket_mode, grpc: false }
+    }
+
+    /// The gRPC API: clients built on gRPC's C core send the socket's path as `:authority`, which is fixed.
+    pub fn grpc(self) -> Self {
+        Placement { grpc: true, ..self }
     }
 
     pub async fn bind(self) -> Result<Bound, ServerError> {
@@ -47,7 +55,7 @@ impl<'a> Placement<'a> {
             None => (None, None),
         };
         let unix = self.socket.map(|path| socket::bind(self.what, path, self.socket_mode)).transpose()?;
-        Ok(Bound { what: self.what, tcp, unix, addr })
+        Ok(Bound { what: self.what, tcp, unix, grpc: self.grpc, addr })
     }
 }
 
@@ -72,7 +80,11 @@ impl Bound {
             tasks.push(stop_on_failure(self.what, task, shutdown.clone()));
         }
         let socket_file = self.unix.map(|(unix, file)| {
-            let task = listen::serve(unix, app, listen.clone(), stop.clone());
+            let task = if self.grpc {
+                listen::serve(listen::GrpcUnixListener(unix), app, listen.clone(), stop.clone())
+            } else {
+                listen::serve(unix, app, listen.clone(), stop.clone())
+            };
             tasks.push(stop_on_failure(self.what, task, shutdown.clone()));
             file
         });

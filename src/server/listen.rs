@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
+use super::authority::AuthorityFix;
 use crate::config::ConnectionLimits;
 
 /// How long to wait before accepting again after the process ran out of descriptors.
@@ -87,6 +88,18 @@ impl Acceptor for UnixListener {
 
     async fn accept(&self) -> std::io::Result<UnixStream> {
         UnixListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+/// The gRPC API's Unix socket: its connections get the client's `:authority` made valid (see `authority`).
+pub struct GrpcUnixListener(pub UnixListener);
+
+impl Acceptor for GrpcUnixListener {
+    type Io = AuthorityFix<UnixStream>;
+    const TLS: bool = false;
+
+    async fn accept(&self) -> std::io::Result<AuthorityFix<UnixStream>> {
+        self.0.accept().await.map(|(stream, _)| AuthorityFix::new(stream))
     }
 }
 

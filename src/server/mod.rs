@@ -1,6 +1,7 @@
 //! Starting and stopping the whole server: bind the listeners, load the repository, serve until asked to stop,
 //! then drain in-flight requests within the grace period.
 
+mod authority;
 mod endpoints;
 mod listen;
 mod socket;
@@ -126,6 +127,7 @@ impl Server {
         let http = endpoints::Placement::of("REST", &config, config.http_host, config.http_port, &config.http_socket);
         let http = http.bind().await?;
         let grpc = endpoints::Placement::of("gRPC", &config, config.grpc_host, config.grpc_port, &config.grpc_socket);
+        let grpc = grpc.grpc();
         let grpc = grpc.bind().await?;
         let (metrics_listener, metrics_addr) =
             bind("metrics", SocketAddr::new(config.metrics_host, config.metrics_port)).await?;
