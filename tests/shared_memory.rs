@@ -226,18 +226,22 @@ async fn bad_handles_are_refused_and_the_server_goes_on() {
     common::assert_outputs_match(&reply, &golden.outputs, common::TOLERANCE);
 }
 
-/// tritonclient HTTP and gRPC with their shared-memory helpers: every bundled model, outputs in regions, bad
-/// handles beside steady traffic, and a region unregistered while in use.
+/// tritonclient HTTP and gRPC with their shared-memory helpers: every bundled model (over TCP, and over gRPC's Unix
+/// socket), outputs in regions, bad handles beside steady traffic, and a region unregistered while in use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs tritonclient in .venv; scripts/test installs and runs it"]
 async fn tritonclient_http_and_grpc_through_shared_memory() {
-    let server = with_shared_memory().await;
+    let dir = common::temp_dir("shm-interop");
+    let socket = dir.join("grpc.sock");
+    let config =
+        Config { shared_memory: true, grpc_socket: Some(socket.clone()), ..config_with_ort(&bundled_models()) };
+    let server = TestServer::start(config).await;
     let grpc = server.server.grpc_addr().unwrap();
     let http = server.server.http_addr().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = tokio::process::Command::new(root.join(".venv/bin/python"))
         .arg(root.join("tests/interop/shared_memory_clients.py"))
-        .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
+        .args(["--http", &http.to_string(), "--grpc", &grpc.to_string(), "--grpc-socket", socket.to_str().unwrap()])
         .args(["--golden", root.join("tests/golden").to_str().unwrap()])
         .kill_on_drop(true)
         .output()

@@ -3,12 +3,12 @@
 //! Such a client dialling `unix:///run/infergate/grpc.sock` sends the socket's path, percent-encoded, as the
 //! HTTP/2 `:authority` (`run%2Finfergate%2Fgrpc.sock`). That is no valid authority (a `%` may appear only in its
 //! user part), and the server's HTTP/2 layer resets every such stream. On gRPC connections over a Unix socket,
-//! [`AuthorityFix`] reads the header blocks the client sends with the client's HPACK context, and passes them on as
-//! they are until one carries such an authority. From that block on, each is encoded again with a context the
-//! server's decoder mirrors (the first one begins by emptying the server's table), with every byte of
-//! `:authority` that an authority may not hold replaced by `_` (on a socket the authority names nothing). Every
-//! other frame passes through untouched, its payload read straight into the server's buffer; a connection that
-//! does not start with the HTTP/2 preface passes through whole.
+//! [`AuthorityFix`] reads the first header block the client sends. When its authority is valid (any client but
+//! those), the block and the rest of the connection pass through untouched, read straight into the server's
+//! buffer. Otherwise that block and every later one are decoded with the client's HPACK context and encoded again
+//! with one the server's decoder mirrors, with every byte of `:authority` that an authority may not hold replaced
+//! by `_` (on a socket the authority names nothing); other frames pass through untouched, long payloads read
+//! straight into the server's buffer. A connection that does not start with the HTTP/2 preface passes through.
 
 use std::borrow::Cow;
 use std::io;
@@ -35,8 +35,10 @@ const MAX_FRAME: usize = 16_384;
 const TABLE_SIZE: usize = 4_096;
 /// A header block larger than this closes the connection (the server's own limit is far lower).
 const MAX_BLOCK: usize = 1 << 20;
-/// How much is read at a time when frames are parsed (payloads passed through are read straight).
-const READ_CHUNK: usize = 8_192;
+/// How much is read at a time when frames are parsed: many small frames (a gRPC call is several) come in one read.
+const READ_CHUNK: usize = 16_384;
+/// A payload at least this long still to come is read straight into the server's buffer, not through ours.
+const DIRECT_READ: usize = 16_384;
 /// HPACK dynamic table size updates to 0, then back to 4096: the server's decoder forgets the client's entries
 /// before the first block encoded by this side.
 const EMPTY_TABLE: [u8; 4] = [0x20, 0x3f, 0xe1, 0x1f];
@@ -77,6 +79,8 @@ pub struct AuthorityFix<S> {
     decoder: Decoder<'static>,
     /// Set from the first block that needed a fix: every block is encoded again from then on.
     encoder: Option<Encoder<'static>>,
+    /// Where reads land before they are parsed (allocated once, so never zeroed again).
+    scratch: Box<[u8]>,
 }
 
 impl<S: AsyncRead + Unpin> AuthorityFix<S> {
@@ -91,6 +95,7 @@ impl<S: AsyncRead + Unpin> AuthorityFix<S> {
             block: None,
             decoder,
             encoder: None,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         }
     }
 
@@ -189,7 +194,11 @@ impl<S: AsyncRead + Unpin> AuthorityFix<S> {
             })
             .map_err(|e| malformed(&format!("HPACK: {e:?}")))?;
         let encoded = match (&mut self.encoder, fixed) {
-            (None, false) => block.fragment.clone(),
+            (None, false) => {
+                // A client with a valid authority: the rest of its connection passes through untouched.
+                self.state = State::Transparent;
+                block.fragment.clone()
+            }
             (encoder, _) => {
                 let mut encoded = Vec::new();
                 if encoder.is_none() {
@@ -249,9 +258,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 buf.put_slice(&this.output.split_to(n));
                 return Poll::Ready(Ok(()));
             }
-            // A payload passed through is read straight into the caller's buffer, up to its end.
+            // Past the first header block of a client that needs no fix, everything is read straight.
+            if matches!(this.state, State::Transparent) && this.input.is_empty() {
+                this.inner.set_limit(u64::MAX);
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            // A long payload passed through is read straight into the caller's buffer, up to its end.
             if let State::Frames { passthrough } = this.state
-                && passthrough > 0
+                && passthrough >= DIRECT_READ
                 && this.input.is_empty()
             {
                 this.inner.set_limit(passthrough as u64);
@@ -265,8 +279,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 continue;
             }
             this.inner.set_limit(u64::MAX);
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut read = ReadBuf::new(&mut chunk);
+            let mut read = ReadBuf::new(&mut this.scratch);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
             if read.filled().is_empty() {
                 // The client closed: what is left of a frame is handed on for the server to judge.

@@ -4,8 +4,9 @@ region, its outputs written by the server into another one (and, for a model wit
 one in the response), each bad handle answered with its error while another thread keeps inferring, and a region
 unregistered and registered again while requests use it.
 
-Run by tests/shared_memory.rs, which starts the server with --shared-memory and the bundled models:
-    python shared_memory_clients.py --http HOST:PORT --grpc HOST:PORT --golden DIR
+Run by tests/shared_memory.rs, which starts the server with --shared-memory and the bundled models (and its gRPC
+API on a Unix socket too, where the goldens run once more: the sidecar's way):
+    python shared_memory_clients.py --http HOST:PORT --grpc HOST:PORT --grpc-socket PATH --golden DIR
 Every check raises on failure; the exit status is the verdict.
 """
 
@@ -223,9 +224,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", required=True)
     parser.add_argument("--grpc", required=True)
+    parser.add_argument("--grpc-socket", required=True)
     parser.add_argument("--golden", required=True)
     args = parser.parse_args()
     goldens = load_goldens(args.golden)
+    over_socket = Protocol("gRPC socket", grpcclient, grpcclient.InferenceServerClient(f"unix://{args.grpc_socket}"))
+    for ix, golden in enumerate(goldens):
+        golden_roundtrip(over_socket, golden, f"socket-{ix}")
+    print("gRPC over the Unix socket: every golden through shared memory")
     protocols = [Protocol("HTTP", httpclient, httpclient.InferenceServerClient(args.http)),
                  Protocol("gRPC", grpcclient, grpcclient.InferenceServerClient(args.grpc))]
     protocols[0].client_url, protocols[1].client_url = args.http, args.grpc
