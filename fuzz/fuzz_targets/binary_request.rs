@@ -11,5 +11,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let header_length = usize::from(u16::from_le_bytes(*length)) % (body.len() + 1);
-    let _ = infergate::api::http::decode_request(&Bytes::copy_from_slice(body), Some(header_length), &infergate::api::SharedMemory::new(true, 1 << 20));
+    // Shared memory on, with no region registered: a request naming one must fail cleanly too.
+    let shared_memory = infergate::api::SharedMemory::new(true, 1 << 20);
+    let _ = infergate::api::http::decode_request(&Bytes::copy_from_slice(body), Some(header_length), &shared_memory);
 });

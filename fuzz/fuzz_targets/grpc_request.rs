@@ -7,6 +7,8 @@ use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = proto::ModelInferRequest::decode(data) {
-        let _ = convert::infer_request(request);
+        // Shared memory on, with no region registered: a request naming one must fail cleanly too.
+        let shared_memory = infergate::api::SharedMemory::new(true, 1 << 20);
+        let _ = convert::infer_request(request, &shared_memory);
     }
 });
