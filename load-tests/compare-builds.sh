@@ -7,6 +7,7 @@
 #   WARMUP=seconds    loadgen's unrecorded warm-up before each run (default 2)
 #   ALONE=0           side-by-side runs only (no throughput of each build alone; a third of the time)
 #   PROTOCOLS="grpc" CONCURRENCIES="64"   fewer workloads (default rest-json rest-binary grpc, and 8 64)
+#   BASE_FLAGS="..." NEW_FLAGS="..."       more flags for one build (e.g. tracing on for new only: load-tests/tracing.sh)
 # Both builds run with the same flags (models/, loopback, free ports, --metrics-port 0, --log-level warn), from copies
 # taken at the start (a rebuild of target/ during the runs changes nothing), pinned to core 0; loadgen is pinned to
 # core 1. Each round starts both servers afresh and measures REST with JSON tensors, REST with binary tensors and
@@ -120,13 +121,14 @@ server_log() {
 # Starts build $1 (base or new) on core 0 and waits until it is ready; sets pid, http and grpc for it. A server that
 # exits before it is ready may have lost a port to another process: it is tried again on other ports, 3 times.
 start() {
-  local side=$1 attempt port_http port_grpc p status
+  local side=$1 attempt port_http port_grpc p status extra=()
   mkdir -p "$root/tmp-$side"
+  if [ "$side" = base ]; then read -r -a extra <<<"${BASE_FLAGS:-}"; else read -r -a extra <<<"${NEW_FLAGS:-}"; fi
   for attempt in 1 2 3; do
     read -r port_http port_grpc < <(free_ports)
     # Its own TMPDIR: no server state left in the shared temporary folder by earlier runs reaches either build.
     TMPDIR=$root/tmp-$side taskset -c 0 "$root/$side" --host 127.0.0.1 --http-port "$port_http" \
-      --grpc-port "$port_grpc" --metrics-port 0 --model-repository models --log-level warn \
+      --grpc-port "$port_grpc" --metrics-port 0 --model-repository models --log-level warn "${extra[@]}" \
       >>"$out/compare-builds-$side.log" 2>&1 &
     p=$!
     for _ in $(seq 600); do
@@ -229,6 +231,8 @@ alone=${ALONE:-1}
 runs=$((rounds * ${#models[@]} * ${#protocols[@]} * ${#concurrencies[@]} * (1 + 2 * alone)))
 echo "compare-builds: base $base_binary ($(sha256sum "$root/base" | cut -c1-12))" >&2
 echo "compare-builds: new  $new_binary ($(sha256sum "$root/new" | cut -c1-12))" >&2
+[ -z "${BASE_FLAGS:-}" ] || echo "compare-builds: base flags: $BASE_FLAGS" >&2
+[ -z "${NEW_FLAGS:-}" ] || echo "compare-builds: new flags: $NEW_FLAGS" >&2
 backend="tract (no ONNX Runtime found)"
 [ -z "${ORT_DYLIB_PATH:-}" ] || backend="ONNX Runtime ($ORT_DYLIB_PATH), where a model does not ask for tract"
 echo "compare-builds: ${models[*]} x ${protocols[*]} x c=${concurrencies[*]}, $rounds round(s): $runs runs of" \

@@ -2,9 +2,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use infergate::backend::Backends;
-use infergate::config::{BackendsArgs, Cli, Command, Config, LogFormat, ReferenceArgs};
+use infergate::config::{BackendsArgs, Cli, Command, Config, LogFormat, OtlpProtocol, ReferenceArgs};
 use infergate::server::{Server, ShutdownTrigger};
-use tracing_subscriber::EnvFilter;
+use infergate::telemetry::trace::{self, LogStyle, TraceExport};
 
 fn main() -> ExitCode {
     let args = match Cli::parse().into_command() {
@@ -19,7 +19,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
+    let traces = match install_tracing(&config) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("infergate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -27,7 +33,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config))
+    let code = runtime.block_on(serve(config));
+    // After the drain: the last requests' spans are queued; send them before exiting.
+    traces.shutdown();
+    code
+}
+
+/// Logs to standard error and, with `--otlp-endpoint`, request spans to the collector.
+fn install_tracing(config: &Config) -> Result<trace::Tracing, trace::TraceError> {
+    let style = match config.log_format {
+        LogFormat::Text => LogStyle::Text,
+        LogFormat::Json => LogStyle::Json,
+    };
+    let export = config.tracing.as_ref().map(|t| TraceExport {
+        endpoint: t.endpoint.clone(),
+        protocol: match t.protocol {
+            OtlpProtocol::Grpc => trace::OtlpProtocol::Grpc,
+            OtlpProtocol::Http => trace::OtlpProtocol::HttpProtobuf,
+        },
+        sample_ratio: t.sample_ratio,
+        service_name: t.service_name.clone(),
+    });
+    // The filter was checked by Config::validate.
+    trace::install(&config.log_level, style, export.as_ref())
 }
 
 /// `infergate reference`: writes the reference.json of a version from sample traffic.
@@ -118,14 +146,4 @@ async fn stop_on_signal(trigger: ShutdownTrigger) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     trigger.shutdown();
-}
-
-fn init_logging(config: &Config) {
-    // The filter was checked by Config::validate.
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
 }

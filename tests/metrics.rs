@@ -57,8 +57,15 @@ async fn counters_histograms_and_gauges() {
     let p99 =
         sample(&text, r#"infergate_request_latency_window_seconds{model="mlp",percentile="99",version="1"}"#).unwrap();
     assert!(p50 > 0.0 && p50 <= p99 && p99 < 5.0, "p50 {p50} p99 {p99}");
-    assert!(sample(&text, "infergate_process_resident_memory_bytes").unwrap() > 1e6);
-    assert!(sample(&text, "infergate_process_open_fds").unwrap() > 0.0);
+    // The standard process families, under the names stock dashboards and alerts read.
+    assert!(sample(&text, "process_resident_memory_bytes").unwrap() > 1e6);
+    assert!(sample(&text, "process_open_fds").unwrap() > 0.0);
+    assert!(sample(&text, "process_cpu_seconds_total").unwrap() >= 0.0);
+    assert!(sample(&text, "process_start_time_seconds").unwrap() > 1.6e9);
+    assert!(sample(&text, "process_threads").unwrap() >= 1.0);
+    assert!(!text.contains("infergate_process_"));
+    // Tracing is off here: the span counters are exported, at zero.
+    assert_eq!(sample(&text, r#"infergate_trace_spans_total{outcome="exported"}"#), Some(0.0));
     assert!(!text.contains("evil-label"));
     // Versions without traffic have no window yet: NaN, not a made-up zero.
     let idle = sample(&text, r#"infergate_request_latency_window_seconds{model="iris",percentile="50",version="1"}"#);

@@ -3,11 +3,14 @@
     check.py kubernetes FILE...   every core resource against the Kubernetes schemas, strictly (unknown fields fail)
     check.py kserve FILE...       KServe resources: their containers as core Containers, protocols and formats
     check.py alerts RULE ALERTS   a PrometheusRule's groups equal deploy/prometheus/alerts.yaml's
+    check.py dashboard RENDERED DASHBOARD
+                                  a ConfigMap labelled for Grafana's loader carries the dashboard, unchanged
 
 Resources of other API groups are skipped by `kubernetes` (the Prometheus-operator kinds are checked by
 validate-monitoring.mjs). Exits 1 on the first file with a failure, after reporting every failure in it.
 """
 
+import json
 import sys
 
 import kubernetes_validate
@@ -101,12 +104,33 @@ def check_alerts(rule_path: str, alerts_path: str) -> list:
     return []
 
 
+def check_dashboard(rendered_path: str, dashboard_path: str) -> list:
+    with open(dashboard_path) as f:
+        dashboard = json.load(f)
+    maps = [d for d in documents(rendered_path) if d.get("kind") == "ConfigMap"
+            and (d.get("metadata", {}).get("labels") or {}).get("grafana_dashboard") == "1"]
+    if len(maps) != 1:
+        return [f"{rendered_path}: {len(maps)} ConfigMaps labelled grafana_dashboard=1, expected one"]
+    data = maps[0].get("data") or {}
+    if list(data) != ["infergate.json"]:
+        return [f"{rendered_path}: the dashboard ConfigMap holds {sorted(data)}, expected infergate.json"]
+    try:
+        shipped = json.loads(data["infergate.json"])
+    except ValueError as e:
+        return [f"{rendered_path}: the shipped dashboard is not JSON: {e}"]
+    if shipped != dashboard:
+        return [f"{rendered_path}: the shipped dashboard differs from {dashboard_path}"]
+    print(f"dashboard: {rendered_path} ships the {len(dashboard['panels'])} panels of {dashboard_path}")
+    return []
+
+
 def main() -> int:
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     command, paths = sys.argv[1], sys.argv[2:]
     checks = {"kubernetes": lambda: check_kubernetes(paths), "kserve": lambda: check_kserve(paths)}
     checks["alerts"] = lambda: check_alerts(*paths)
+    checks["dashboard"] = lambda: check_dashboard(*paths)
     failures = checks[command]()
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)

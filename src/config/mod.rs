@@ -47,6 +47,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// The wire protocol of the OpenTelemetry collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC.
+    Grpc,
+    /// OTLP over HTTP, protobuf bodies.
+    Http,
+}
+
+/// Exporting request spans to an OpenTelemetry collector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// Share of the requests without a sampled parent that are traced.
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
 /// Following the MLflow Model Registry.
 #[derive(Debug, Clone)]
 pub struct MlflowSettings {
@@ -105,6 +125,8 @@ pub struct Config {
     pub max_model_bytes: u64,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Set: request spans are exported.
+    pub tracing: Option<TracingSettings>,
     /// Set: these models follow the MLflow Model Registry.
     pub mlflow: Option<MlflowSettings>,
 }
@@ -218,6 +240,7 @@ impl Default for Config {
             max_model_bytes: crate::backend::DEFAULT_MAX_MODEL_BYTES,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
+            tracing: None,
             mlflow: None,
         }
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use super::file::read_file;
 use super::layering::Layer;
 use super::{
-    Config, ConfigError, ConnectionLimits, MlflowArgs, MlflowSettings, RequestLimits, Secret, ServeArgs, TlsSettings,
+    Config, ConfigError, ConnectionLimits, MlflowArgs, MlflowSettings, OtlpProtocol, RequestLimits, Secret, ServeArgs,
+    TlsSettings, TracingSettings,
 };
 use crate::repository::ModelConfig;
 use crate::repository::mlflow::{MlflowAuth, MlflowModel};
@@ -72,6 +73,12 @@ impl Config {
             max_model_bytes: set.max_model_bytes.unwrap_or(defaults.max_model_bytes),
             log_format: set.log_format.unwrap_or(defaults.log_format),
             log_level: set.log_level.unwrap_or(defaults.log_level),
+            tracing: tracing_settings(
+                set.otlp_endpoint,
+                set.otlp_protocol,
+                set.trace_sample_ratio,
+                set.trace_service_name,
+            )?,
             mlflow,
         };
         config.validate()?;
@@ -142,6 +149,40 @@ fn flag_models(entries: &[String]) -> Result<Vec<MlflowModel>, ConfigError> {
         }
     }
     Ok(models)
+}
+
+/// Tracing is on when a collector is named; its other settings mean nothing without one. The endpoint is plain
+/// HTTP: a collector in the cluster or the node's agent.
+fn tracing_settings(
+    endpoint: Option<String>,
+    protocol: Option<OtlpProtocol>,
+    sample_ratio: Option<f64>,
+    service_name: Option<String>,
+) -> Result<Option<TracingSettings>, ConfigError> {
+    let Some(endpoint) = endpoint else {
+        if protocol.is_some() || sample_ratio.is_some() || service_name.is_some() {
+            return Err(ConfigError::Invalid(
+                "--otlp-protocol, --trace-sample-ratio and --trace-service-name need --otlp-endpoint".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let host = endpoint.strip_prefix("http://").unwrap_or_default();
+    if host.is_empty() || host.starts_with('/') {
+        return Err(ConfigError::Invalid(format!(
+            "--otlp-endpoint '{endpoint}' must be an http:// URL with a host, e.g. http://otel-collector:4317 \
+             (TLS to the collector is not supported)"
+        )));
+    }
+    let sample_ratio = sample_ratio.unwrap_or(0.01);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(ConfigError::Invalid(format!("--trace-sample-ratio must be between 0 and 1, got {sample_ratio}")));
+    }
+    let service_name = service_name.unwrap_or_else(|| "infergate".to_owned());
+    if service_name.trim().is_empty() {
+        return Err(ConfigError::Invalid("--trace-service-name must not be empty".into()));
+    }
+    Ok(Some(TracingSettings { endpoint, protocol: protocol.unwrap_or(OtlpProtocol::Grpc), sample_ratio, service_name }))
 }
 
 /// TLS needs a certificate and its key together; a client CA only makes sense with them.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::file::MlflowModelFile;
 use super::layering::layered_settings;
-use super::{LogFormat, ModelControlMode};
+use super::{LogFormat, ModelControlMode, OtlpProtocol};
 
 layered_settings! {
     /// Flags of `infergate serve`, and the keys of its `--config` file (the field names). Every one is optional here
@@ -152,6 +152,20 @@ layered_settings! {
         /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `infergate=debug`) [default: info]
         #[arg(long, env = "INFERGATE_LOG_LEVEL")]
         pub log_level: Option<String>,
+        /// Export request spans to this OpenTelemetry collector, e.g. http://otel-collector:4317 [default: no tracing]
+        #[arg(long, env = "INFERGATE_OTLP_ENDPOINT")]
+        pub otlp_endpoint: Option<String>,
+        /// The collector's protocol: grpc (OTLP/gRPC, port 4317) or http (OTLP/HTTP with protobuf, port 4318; the
+        /// path /v1/traces is added to a bare URL) [default: grpc]
+        #[arg(long, env = "INFERGATE_OTLP_PROTOCOL", value_enum)]
+        pub otlp_protocol: Option<OtlpProtocol>,
+        /// Share of the requests without a sampled `traceparent` that are traced, from 0 to 1; a request whose
+        /// caller sampled it is always traced [default: 0.01]
+        #[arg(long, env = "INFERGATE_TRACE_SAMPLE_RATIO")]
+        pub trace_sample_ratio: Option<f64>,
+        /// The `service.name` of the exported spans [default: infergate]
+        #[arg(long, env = "INFERGATE_TRACE_SERVICE_NAME")]
+        pub trace_service_name: Option<String>,
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::layering::Layer;
-use super::{Cli, Command, Config, LogFormat, MlflowArgs, ModelControlMode, Secret, ServeArgs};
+use super::{Cli, Command, Config, LogFormat, MlflowArgs, ModelControlMode, OtlpProtocol, Secret, ServeArgs};
 
 fn args() -> ServeArgs {
     ServeArgs { model_repository: Some(PathBuf::from("models")), ..ServeArgs::default() }
@@ -261,6 +261,8 @@ fn every_file_key_is_read() {
          body_read_timeout_secs = 11\nmax_concurrent_streams = 12\nmax_tensor_elements = 13\n\
          max_request_elements = 14\nmax_request_rows = 15\nmax_bytes_element = 16\nmax_model_bytes = 17\n\
          log_format = \"json\"\nlog_level = \"warn\"\n\
+         otlp_endpoint = \"http://collector:4318\"\notlp_protocol = \"http\"\ntrace_sample_ratio = 0.5\n\
+         trace_service_name = \"scoring\"\n\
          [mlflow]\nuri = \"http://mlflow:5000\"\npoll_secs = 18\ncache = \"{d}/cache\"\n\
          webhook_secret = \"webhook-secret-0123456789\"\n\
          [[mlflow.models]]\nname = \"Fraud Model\"\naliases = [\"champion\"]\nserve_as = \"fraud\"\n",
@@ -300,12 +302,37 @@ fn every_file_key_is_read() {
     );
     assert_eq!(config.max_model_bytes, 17);
     assert_eq!((config.log_format, config.log_level.as_str()), (LogFormat::Json, "warn"));
+    let tracing = config.tracing.unwrap();
+    assert_eq!((tracing.endpoint.as_str(), tracing.protocol), ("http://collector:4318", OtlpProtocol::Http));
+    assert_eq!((tracing.sample_ratio, tracing.service_name.as_str()), (0.5, "scoring"));
     let mlflow = config.mlflow.unwrap();
     assert_eq!((mlflow.uri.as_str(), mlflow.poll), ("http://mlflow:5000", Duration::from_secs(18)));
     assert_eq!(mlflow.cache, dir.join("cache"));
     assert_eq!(mlflow.webhook_secret, Some(Secret("webhook-secret-0123456789".into())));
     assert_eq!((mlflow.models[0].registered.as_str(), mlflow.models[0].serve_as.as_str()), ("Fraud Model", "fraud"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tracing_needs_an_http_collector_and_a_ratio_in_range() {
+    let config = Config::resolve(serve_flags(&["--otlp-endpoint", "http://127.0.0.1:4317"])).unwrap();
+    let tracing = config.tracing.unwrap();
+    assert_eq!(
+        (tracing.protocol, tracing.sample_ratio, tracing.service_name.as_str()),
+        (OtlpProtocol::Grpc, 0.01, "infergate")
+    );
+    assert!(Config::resolve(serve_flags(&[])).unwrap().tracing.is_none());
+    let refusals: [(&[&str], &str); 5] = [
+        (&["--trace-sample-ratio", "0.5"], "need --otlp-endpoint"),
+        (&["--otlp-endpoint", "https://collector:4317"], "must be an http:// URL"),
+        (&["--otlp-endpoint", "collector:4317"], "must be an http:// URL"),
+        (&["--otlp-endpoint", "http://c:4317", "--trace-sample-ratio", "1.5"], "between 0 and 1"),
+        (&["--otlp-endpoint", "http://c:4317", "--trace-service-name", " "], "must not be empty"),
+    ];
+    for (flags, message) in refusals {
+        let error = Config::resolve(serve_flags(flags)).unwrap_err().to_string();
+        assert!(error.contains(message), "{flags:?}: {error}");
+    }
 }
 
 /// `infergate serve --model-repository models <flags>`, parsed.

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 pub use batch_queue::{BatchPolicy, BatchQueue, Next, Queued};
 
 use crate::backend::{Backend, BackendError, Session};
-use crate::telemetry::{ComputeTimes, VersionMetrics};
+use crate::telemetry::{ComputeTimes, VersionMetrics, trace};
 use crate::tensor::{Tensor, concat_rows, split_rows};
 
 /// How one version is scheduled.
@@ -71,7 +71,8 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
-/// One queued request: its inputs, where its answer goes, when it arrived, its deadline and its span.
+/// One queued request: its inputs, where its answer goes, when it arrived, its deadline, its request span and
+/// the span of its wait in the queue (ended when an instance takes it).
 struct Job {
     inputs: Vec<Tensor>,
     rows: usize,
@@ -79,6 +80,7 @@ struct Job {
     enqueued: Instant,
     deadline: Option<Instant>,
     span: tracing::Span,
+    queued: tracing::Span,
 }
 
 impl Queued for Job {
@@ -214,7 +216,8 @@ impl Scheduler {
         let enqueued = Instant::now();
         let rows = self.rows_of(&inputs)?;
         let (reply, answer) = oneshot::channel();
-        let job = Job { inputs, rows, reply, enqueued, deadline, span: tracing::Span::current() };
+        let queued = tracing::debug_span!("queue");
+        let job = Job { inputs, rows, reply, enqueued, deadline, span: tracing::Span::current(), queued };
         let someone_waits = {
             let mut state = self.shared.lock();
             if state.closed {
@@ -350,10 +353,14 @@ impl Instance {
         }
     }
 
-    fn compute(&mut self, batch: Vec<Job>) {
+    fn compute(&mut self, mut batch: Vec<Job>) {
         let size = batch.len();
         let rows: Vec<usize> = batch.iter().map(|job| job.rows).collect();
-        let span = tracing::debug_span!(parent: &batch[0].span, "batch", size, rows = rows.iter().sum::<usize>());
+        for job in &mut batch {
+            // The wait is over: end its span before the run's begins.
+            drop(std::mem::replace(&mut job.queued, tracing::Span::none()));
+        }
+        let span = trace::batch_span(batch.iter().map(|job| &job.span), size, rows.iter().sum());
         let _entered = span.enter();
         for job in &batch {
             let queued = job.enqueued.elapsed();
@@ -386,6 +393,9 @@ impl Instance {
         };
         self.metrics.compute_duration.observe(started.elapsed().as_secs_f64());
         self.metrics.statistics.record_execution(size, total_rows, times);
+        // The run ends before its requests are answered, so its span ends within theirs.
+        drop(_entered);
+        drop(span);
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }

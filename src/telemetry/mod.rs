@@ -10,11 +10,11 @@ mod latency;
 mod latency_window;
 mod plan;
 mod predictions;
-mod process;
 mod psi;
 mod statistics;
+pub mod trace;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -88,7 +88,6 @@ pub struct Telemetry {
     mlflow_alias: IntGaugeVec,
     pub traffic: TrafficMetrics,
     window: Duration,
-    process: process::ProcessMetrics,
 }
 
 /// Traffic splitting, shadows and rollouts, per model and variant.
@@ -103,6 +102,42 @@ pub struct TrafficMetrics {
     pub weight: IntGaugeVec,
     pub rollout_decisions: IntCounterVec,
     pub rollout_percent: IntGaugeVec,
+}
+
+/// What became of the finished spans of sampled requests: one set for the process, whose tracing is global too.
+#[derive(Debug)]
+pub(crate) struct TraceSpanMetrics {
+    spans: IntCounterVec,
+    /// Sent to the collector.
+    pub exported: IntCounter,
+    /// Dropped: the export queue was full.
+    pub queue_full: IntCounter,
+    /// Dropped: the collector refused them or did not answer in time.
+    pub export_failed: IntCounter,
+    /// Dropped: they ended after the exporter stopped.
+    pub stopped: IntCounter,
+}
+
+/// The span counters, created on first use and registered in every registry.
+pub(crate) fn trace_spans() -> &'static TraceSpanMetrics {
+    static METRICS: LazyLock<TraceSpanMetrics> = LazyLock::new(|| {
+        let spans = IntCounterVec::new(
+            Opts::new(
+                "infergate_trace_spans_total",
+                "Spans of sampled requests: exported, or dropped (outcome queue_full, export_failed, stopped).",
+            ),
+            &["outcome"],
+        )
+        .expect("constant options");
+        TraceSpanMetrics {
+            exported: spans.with_label_values(&["exported"]),
+            queue_full: spans.with_label_values(&["queue_full"]),
+            export_failed: spans.with_label_values(&["export_failed"]),
+            stopped: spans.with_label_values(&["stopped"]),
+            spans,
+        }
+    });
+    &METRICS
 }
 
 /// Handles of one model version, resolved once at load.
@@ -141,6 +176,12 @@ impl Telemetry {
     /// A fresh registry; `window` is the span of the p50/p90/p99 latency gauges.
     pub fn new(window: Duration) -> Telemetry {
         let registry = Registry::new();
+        // The standard process_* families (CPU, resident memory, open and max fds, threads, start time) that stock
+        // dashboards and alerts read, from /proc/self at each scrape.
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("the process collector is registered once; this is a bug");
+        registered(&registry, trace_spans().spans.clone());
         let mv = &["model", "version"];
         let counter = |name: &str, help: &str, labels: &[&str]| {
             registered(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("constant options"))
@@ -283,7 +324,6 @@ impl Telemetry {
                 ),
             },
             window,
-            process: process::ProcessMetrics::new(&registry),
             registry,
         }
     }
@@ -383,7 +423,6 @@ impl Telemetry {
                 }
             }
         }
-        self.process.refresh();
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec fails only on a malformed family, which this module never builds.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

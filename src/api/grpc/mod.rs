@@ -12,8 +12,10 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::api::{self, ApiError, Call, Gateway, Protocol, pipeline};
+use crate::telemetry::trace;
 
 /// The code generated from `proto/inference.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_debug_implementations)]
@@ -46,6 +48,32 @@ static AUTHORIZATION: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadat
 static GRPC_TIMEOUT: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("grpc-timeout"));
 static ROUTING_KEY: LazyLock<AsciiMetadataKey> =
     LazyLock::new(|| AsciiMetadataKey::from_static(api::ROUTING_KEY_HEADER));
+static TRACEPARENT: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(trace::TRACEPARENT));
+static TRACESTATE: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(trace::TRACESTATE));
+
+/// What an inference call's metadata says besides its key: the deadline (`grpc-timeout`), the routing key, and the
+/// caller's trace (read only when spans are exported).
+#[derive(Debug, Clone, Default)]
+struct CallMetadata {
+    deadline: Option<Duration>,
+    routing_key: Option<String>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl CallMetadata {
+    fn of<T>(request: &Request<T>) -> Result<CallMetadata, Status> {
+        let text =
+            |key: &AsciiMetadataKey| request.metadata().get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let traced = trace::exporting();
+        Ok(CallMetadata {
+            deadline: grpc_timeout(request)?,
+            routing_key: text(&ROUTING_KEY),
+            traceparent: traced.then(|| text(&TRACEPARENT)).flatten(),
+            tracestate: traced.then(|| text(&TRACESTATE)).flatten(),
+        })
+    }
+}
 
 #[derive(Debug, Clone)]
 struct GrpcApi {
@@ -124,24 +152,46 @@ fn authorization<T>(request: &Request<T>) -> Option<&str> {
     request.metadata().get(&*AUTHORIZATION).and_then(|value| value.to_str().ok())
 }
 
-/// One inference, as both the unary and the streaming calls run it: the response, and the traffic variant that
-/// answered. `key` is the call's `x-routing-key` metadata and `deadline` its `grpc-timeout`.
+/// One inference, as both the unary and the streaming calls run it, in its request span: the response, and the
+/// traffic variant that answered.
 async fn infer(
     gateway: &Gateway,
     request: proto::ModelInferRequest,
-    deadline: Option<Duration>,
-    key: Option<&str>,
+    metadata: &CallMetadata,
+) -> Result<(proto::ModelInferResponse, Option<String>), ApiError> {
+    let span = trace::request_span(Protocol::Grpc, &request.model_name);
+    trace::adopt_remote_parent(&span, metadata.traceparent.as_deref(), metadata.tracestate.as_deref());
+    let answered = answer(gateway, request, metadata).instrument(span.clone()).await;
+    if let Err(e) = &answered {
+        trace::record_error(&span, e.error_type());
+    }
+    answered
+}
+
+async fn answer(
+    gateway: &Gateway,
+    request: proto::ModelInferRequest,
+    metadata: &CallMetadata,
 ) -> Result<(proto::ModelInferResponse, Option<String>), ApiError> {
     let model = request.model_name.clone();
     let pinned = version(&request.model_version).map(str::to_owned);
-    let (decoded, targets) = match convert::infer_request(request, &gateway.shared_memory) {
-        Ok((request, targets)) => (Ok(request), targets),
-        Err(e) => (Err(e), Vec::new()),
+    let (decoded, targets) =
+        tracing::debug_span!("decode").in_scope(|| match convert::infer_request(request, &gateway.shared_memory) {
+            Ok((request, targets)) => (Ok(request), targets),
+            Err(e) => (Err(e), Vec::new()),
+        });
+    let call = Call {
+        model: &model,
+        version: pinned.as_deref(),
+        routing_key: metadata.routing_key.as_deref(),
+        deadline: metadata.deadline,
+        protocol: Protocol::Grpc,
     };
-    let call = Call { model: &model, version: pinned.as_deref(), routing_key: key, deadline, protocol: Protocol::Grpc };
     let mut response = pipeline::infer(gateway, call, decoded).await?;
     let variant = response.variant.take();
-    Ok((convert::infer_response(response, variant.clone(), &targets)?, variant))
+    let encoded =
+        tracing::debug_span!("encode").in_scope(|| convert::infer_response(response, variant.clone(), &targets))?;
+    Ok((encoded, variant))
 }
 
 #[tonic::async_trait]
@@ -190,9 +240,8 @@ impl GrpcInferenceService for GrpcApi {
 
     async fn model_infer(&self, request: Request<proto::ModelInferRequest>) -> GrpcResult<proto::ModelInferResponse> {
         self.keyed(&request)?;
-        let deadline = grpc_timeout(&request)?;
-        let key = request.metadata().get(&*ROUTING_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let (response, variant) = infer(&self.gateway, request.into_inner(), deadline, key.as_deref()).await?;
+        let metadata = CallMetadata::of(&request)?;
+        let (response, variant) = infer(&self.gateway, request.into_inner(), &metadata).await?;
         let variant = variant.as_deref().and_then(|v| v.parse::<AsciiMetadataValue>().ok());
         let mut response = Response::new(response);
         if let Some(variant) = variant {
@@ -211,17 +260,16 @@ impl GrpcInferenceService for GrpcApi {
         request: Request<Streaming<proto::ModelInferRequest>>,
     ) -> GrpcResult<Self::ModelStreamInferStream> {
         self.keyed(&request)?;
-        let deadline = grpc_timeout(&request)?;
-        let key = request.metadata().get(&*ROUTING_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let metadata = Arc::new(CallMetadata::of(&request)?);
         let gateway = Arc::clone(&self.gateway);
         let responses = request
             .into_inner()
             .map(move |message| {
-                let (gateway, key) = (Arc::clone(&gateway), key.clone());
+                let (gateway, metadata) = (Arc::clone(&gateway), Arc::clone(&metadata));
                 async move {
                     let request = message?;
                     let id = request.id.clone();
-                    Ok(match infer(&gateway, request, deadline, key.as_deref()).await {
+                    Ok(match infer(&gateway, request, &metadata).await {
                         Ok((response, _)) => proto::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),

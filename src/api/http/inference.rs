@@ -10,10 +10,12 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
+use tracing::Instrument;
 
 use super::body::{authorize, read_body};
 use super::{AppState, body_with_type, json, json_bytes, wrong_method};
 use crate::api::{self, ApiError, Call, Gateway, InferRequest, Protocol, pipeline};
+use crate::telemetry::trace;
 
 /// Bodies larger than this are decoded on the blocking pool: parsing megabytes of JSON on an async worker
 /// would stall every other connection that worker serves.
@@ -26,6 +28,8 @@ static VARIANT_HEADER: HeaderName = HeaderName::from_static(api::VARIANT_HEADER)
 static HEADER_LENGTH: HeaderName = HeaderName::from_static(json::HEADER_LENGTH);
 /// Header a caller may set to bound how long it waits, in milliseconds (like the `timeout` parameter).
 static TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-request-timeout-ms");
+static TRACEPARENT: HeaderName = HeaderName::from_static(trace::TRACEPARENT);
+static TRACESTATE: HeaderName = HeaderName::from_static(trace::TRACESTATE);
 
 /// The model and version segments of `/v2/models/{model}[/versions/{version}]/infer`, still percent-encoded.
 pub(super) type InferPath<'a> = (&'a str, Option<&'a str>);
@@ -43,12 +47,17 @@ pub(super) fn path(path: &str) -> Option<InferPath<'_>> {
     }
 }
 
-/// Answers one inference request (any error as its status).
+/// Answers one inference request (any error as its status), in its request span.
 pub(super) async fn infer<B>(state: &AppState, (model, version): InferPath<'_>, parts: &Parts, body: B) -> Response
 where
     B: axum::body::HttpBody<Data = Bytes>,
     B::Error: Into<axum::BoxError>,
 {
+    let span = trace::request_span(Protocol::Rest, model);
+    if trace::exporting() {
+        let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        trace::adopt_remote_parent(&span, header(&TRACEPARENT), header(&TRACESTATE));
+    }
     let answer = async {
         if parts.method != Method::POST {
             return Err(wrong_method(&parts.method, parts.uri.path()));
@@ -58,7 +67,10 @@ where
         let body = read_body(body, state.limits).await;
         run(state, &model, version.as_deref(), &parts.headers, body).await
     };
-    answer.await.unwrap_or_else(IntoResponse::into_response)
+    answer.instrument(span.clone()).await.unwrap_or_else(|e| {
+        trace::record_error(&span, e.error_type());
+        e.into_response()
+    })
 }
 
 /// A path segment as a name: percent-decoded, and UTF-8.
@@ -75,14 +87,15 @@ async fn run(
     headers: &HeaderMap,
     body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
-    let (request, format, deadline) = match decode(body, headers, &state.gateway).await {
+    let decoded = decode(body, headers, &state.gateway).instrument(tracing::debug_span!("decode")).await;
+    let (request, format, deadline) = match decoded {
         Ok((request, format, deadline)) => (Ok(request), format, deadline),
         Err(e) => (Err(e), json::OutputFormat::default(), None),
     };
     let routing_key = headers.get(&ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
     let call = Call { model, version, routing_key, deadline, protocol: Protocol::Rest };
     let response = pipeline::infer(&state.gateway, call, request).await?;
-    let encoded = json::encode_response(&response, &format)?;
+    let encoded = tracing::debug_span!("encode").in_scope(|| json::encode_response(&response, &format))?;
     let mut reply = match encoded.header_length {
         None => json_bytes(encoded.body),
         Some(length) => {

@@ -37,6 +37,15 @@ mode (its APIs on loopback, its probes on the metrics port). */}}
       value: "true"
     {{- end }}
     {{- end }}
+    # The pod and namespace, as resource attributes of the exported spans (otlp_endpoint in config.server).
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: POD_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
     - name: INFERGATE_ADMIN_TOKEN
       valueFrom:
         secretKeyRef:

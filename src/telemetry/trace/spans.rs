@@ -1,0 +1,97 @@
+//! The spans of a request: one from transport to answer, and the batch run that computed it.
+//!
+//! The other children (decode, queue wait, encode, shadow copy) are plain `debug_span!`s of the code that does
+//! the work; these two need more than a name: the request span has fields filled as the request goes, and the
+//! batch span has many requests behind it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::telemetry::Protocol;
+
+/// Set once spans are exported: only then is it worth asking a span for its OpenTelemetry context.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+pub(super) fn enable() {
+    EXPORTING.store(true, Ordering::Relaxed);
+}
+
+/// Whether request spans go to a collector.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// The span of one inference request, from the transport's first look at it to its answer. Its fields other than
+/// protocol and model are set by [`record_outcome`].
+pub fn request_span(protocol: Protocol, model: &str) -> Span {
+    tracing::debug_span!(
+        "infer",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        protocol = protocol.as_str(),
+        model,
+        version = Empty,
+        variant = Empty,
+        rows = Empty,
+        outcome = Empty,
+        error_type = Empty,
+    )
+}
+
+/// What became of the request: the version and variant that answered, the rows, and `ok` or the error type.
+pub fn record_outcome(span: &Span, version: Option<u64>, variant: Option<&str>, rows: usize, error: Option<&str>) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(version) = version {
+        span.record("version", version);
+    }
+    if let Some(variant) = variant {
+        span.record("variant", variant);
+    }
+    span.record("rows", rows);
+    match error {
+        None => {
+            span.record("outcome", "ok");
+        }
+        Some(error_type) => record_error(span, error_type),
+    }
+}
+
+/// A request that failed: its error type, whatever step it failed in.
+pub fn record_error(span: &Span, error_type: &str) {
+    if !span.is_disabled() {
+        span.record("outcome", "error").record("error_type", error_type).record("otel.status_code", "ERROR");
+    }
+}
+
+/// The span of one backend run over the requests whose spans are given. Exported, it is the child of the first
+/// sampled request and linked to every sampled one (a batch has many parents; a span has one); when no request
+/// is sampled there is nothing to record.
+pub fn batch_span<'a>(requests: impl Iterator<Item = &'a Span>, size: usize, rows: usize) -> Span {
+    let mut requests = requests.peekable();
+    if !exporting() {
+        return match requests.peek() {
+            Some(first) => tracing::debug_span!(parent: *first, "batch", size, rows),
+            None => Span::none(),
+        };
+    }
+    let sampled: Vec<(&Span, SpanContext)> = requests
+        .filter_map(|request| {
+            let context = request.context().span().span_context().clone();
+            context.is_sampled().then_some((request, context))
+        })
+        .collect();
+    let Some((parent, _)) = sampled.first() else {
+        return Span::none();
+    };
+    let span = tracing::debug_span!(parent: *parent, "batch", size, rows);
+    for (_, context) in sampled {
+        span.add_link(context);
+    }
+    span
+}
