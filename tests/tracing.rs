@@ -13,7 +13,7 @@ use std::path::Path;
 async fn request_spans_reach_an_otlp_collector() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = common::temp_dir("tracing");
-    let output = tokio::process::Command::new(root.join(".venv/bin/python"))
+    let run = tokio::process::Command::new(root.join(".venv/bin/python"))
         .arg(root.join("tests/interop/tracing_clients.py"))
         .args(["--infergate", env!("CARGO_BIN_EXE_infergate")])
         .arg("--models")
@@ -21,8 +21,11 @@ async fn request_spans_reach_an_otlp_collector() {
         .arg("--work")
         .arg(&work)
         .kill_on_drop(true)
-        .output()
+        .output();
+    // The script stops every server it starts; a hang is a failure, not a stuck suite.
+    let output = tokio::time::timeout(std::time::Duration::from_secs(600), run)
         .await
+        .expect("tracing_clients.py did not finish within 10 minutes")
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -214,7 +214,8 @@ fn send_shadow(metrics: &TrafficMetrics, model: &str, shadow: Shadow, request: I
     }
     let (metrics, model) = (metrics.clone(), model.to_owned());
     // The copy's own span, a child of the request's: it is sampled with it and may end after it.
-    let span = tracing::debug_span!("shadow", variant = %shadow.name, version = shadow.serving.version);
+    let span =
+        tracing::debug_span!("shadow", variant = %shadow.name, version = trace::as_attribute(shadow.serving.version));
     let copy = async move {
         let arrived = Instant::now();
         let window = shadow.window();

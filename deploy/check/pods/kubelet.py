@@ -108,11 +108,17 @@ class RunningPod:
             elif "secretKeyRef" in (e.get("valueFrom") or {}):
                 if not e["valueFrom"]["secretKeyRef"].get("optional"):
                     raise PodFailed(f"env {e['name']}: the Secret it needs is not created here")
-            elif (e.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
-                args += ["-e", f"{e['name']}={self.ip}"]
+            elif (e.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") in self.downward_api():
+                field = e["valueFrom"]["fieldRef"]["fieldPath"]
+                args += ["-e", f"{e['name']}={self.downward_api()[field]}"]
             else:
                 raise PodFailed(f"env {e['name']}: unsupported source {e.get('valueFrom')}")
         return args
+
+    def downward_api(self):
+        """The pod fields an env var may take (fieldRef), as the kubelet fills them."""
+        return {"status.podIP": self.ip, "metadata.name": f"{self.pod.name}-{self.case}",
+                "metadata.namespace": "infergate"}
 
     def image(self, container):
         image = container["image"]

@@ -191,7 +191,9 @@ impl ExportLoop {
         }
         let count = batch.len() as u64;
         let spans = std::mem::replace(batch, Vec::with_capacity(BATCH_SPANS));
-        let sent = self.runtime.block_on(tokio::time::timeout(self.timeout, self.exporter.export(spans)));
+        // The timer is made inside the runtime: a tokio timer needs one when it is created.
+        let (exporter, timeout) = (&self.exporter, self.timeout);
+        let sent = self.runtime.block_on(async move { tokio::time::timeout(timeout, exporter.export(spans)).await });
         let error = match sent {
             Ok(Ok(())) => {
                 trace_spans().exported.inc_by(count);

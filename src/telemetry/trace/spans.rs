@@ -48,12 +48,12 @@ pub fn record_outcome(span: &Span, version: Option<u64>, variant: Option<&str>, 
         return;
     }
     if let Some(version) = version {
-        span.record("version", version);
+        span.record("version", as_attribute(version));
     }
     if let Some(variant) = variant {
         span.record("variant", variant);
     }
-    span.record("rows", rows);
+    span.record("rows", as_attribute(rows as u64));
     match error {
         None => {
             span.record("outcome", "ok");
@@ -73,6 +73,7 @@ pub fn record_error(span: &Span, error_type: &str) {
 /// sampled request and linked to every sampled one (a batch has many parents; a span has one); when no request
 /// is sampled there is nothing to record.
 pub fn batch_span<'a>(requests: impl Iterator<Item = &'a Span>, size: usize, rows: usize) -> Span {
+    let (size, rows) = (as_attribute(size as u64), as_attribute(rows as u64));
     let mut requests = requests.peekable();
     if !exporting() {
         return match requests.peek() {
@@ -94,4 +95,9 @@ pub fn batch_span<'a>(requests: impl Iterator<Item = &'a Span>, size: usize, row
         span.add_link(context);
     }
     span
+}
+
+/// A count as a span field: OpenTelemetry's integers are signed, and an unsigned field would be exported as text.
+pub fn as_attribute(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
