@@ -159,8 +159,14 @@ async fn a_real_prometheus_scrapes_infergate() {
                 .replace("$__rate_interval", "1m")
                 .replace("$model", ".*")
                 .replace("$job", ".*");
-            let value = query(&client, &prometheus, &expr).await;
+            let mut value = query(&client, &prometheus, &expr).await;
             if with_data.iter().any(|prefix| title.starts_with(prefix)) {
+                // A rate needs two scrapes of the series; Prometheus scrapes every second.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while value.is_none() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    value = query(&client, &prometheus, &expr).await;
+                }
                 assert!(value.is_some(), "panel '{title}' shows nothing: {expr}");
             }
         }
