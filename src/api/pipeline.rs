@@ -64,9 +64,9 @@ pub struct Call<'a> {
     pub protocol: Protocol,
 }
 
-/// Runs one inference, in the request span the transport opened (whose outcome fields it fills). `decoded` is the
-/// transport's decoding of the body: a body that could not be decoded is answered as an unknown model when the
-/// model is unknown, and is counted against the version it was meant for.
+/// Runs one inference, in the request span the transport opened (whose version, variant and rows it fills).
+/// `decoded` is the transport's decoding of the body: a body that could not be decoded is answered as an unknown
+/// model when the model is unknown, and is counted against the version it was meant for.
 pub async fn infer(
     gateway: &Gateway,
     call: Call<'_>,
@@ -87,14 +87,8 @@ pub async fn infer(
     let window = routed.window();
     let result = run(&routed.serving, request, window, arrived).await;
     record(&routed.serving, call.protocol, &result, arrived);
-    let (rows, error) = result.as_ref().map_or_else(|e| (0, Some(e.error_type())), |(_, rows)| (*rows, None));
-    trace::record_outcome(
-        &tracing::Span::current(),
-        Some(routed.serving.version),
-        routed.variant.as_deref(),
-        rows,
-        error,
-    );
+    let rows = result.as_ref().map_or(0, |(_, rows)| *rows);
+    trace::record_route(&tracing::Span::current(), routed.serving.version, routed.variant.as_deref(), rows);
     if let Some(variant) = routed.variant.as_deref() {
         record_variant(gateway.traffic.metrics(), call.model, variant, &routed.serving, window, &result, arrived);
     }

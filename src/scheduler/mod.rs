@@ -356,18 +356,18 @@ impl Instance {
     fn compute(&mut self, mut batch: Vec<Job>) {
         let size = batch.len();
         let rows: Vec<usize> = batch.iter().map(|job| job.rows).collect();
+        let total_rows = rows.iter().sum::<usize>();
         for job in &mut batch {
             // The wait is over: end its span before the run's begins.
             drop(std::mem::replace(&mut job.queued, tracing::Span::none()));
         }
-        let span = trace::batch_span(batch.iter().map(|job| &job.span), size, rows.iter().sum());
+        let span = trace::batch_span(batch.iter().map(|job| &job.span), size, total_rows);
         let _entered = span.enter();
         for job in &batch {
             let queued = job.enqueued.elapsed();
             self.metrics.queue_duration.observe(queued.as_secs_f64());
             self.metrics.statistics.queue.add(queued);
         }
-        let total_rows = rows.iter().sum::<usize>();
         self.metrics.batch_size.observe(total_rows as f64);
         let started = Instant::now();
         let (inputs, replies): (Vec<Vec<Tensor>>, Vec<oneshot::Sender<Reply>>) =

@@ -162,9 +162,7 @@ async fn infer(
     let span = trace::request_span(Protocol::Grpc, &request.model_name);
     trace::adopt_remote_parent(&span, metadata.traceparent.as_deref(), metadata.tracestate.as_deref());
     let answered = answer(gateway, request, metadata).instrument(span.clone()).await;
-    if let Err(e) = &answered {
-        trace::record_error(&span, e.error_type());
-    }
+    trace::record_outcome(&span, answered.as_ref().err().map(ApiError::error_type));
     answered
 }
 

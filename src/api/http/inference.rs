@@ -67,10 +67,9 @@ where
         let body = read_body(body, state.limits).await;
         run(state, &model, version.as_deref(), &parts.headers, body).await
     };
-    answer.instrument(span.clone()).await.unwrap_or_else(|e| {
-        trace::record_error(&span, e.error_type());
-        e.into_response()
-    })
+    let answered = answer.instrument(span.clone()).await;
+    trace::record_outcome(&span, answered.as_ref().err().map(ApiError::error_type));
+    answered.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// A path segment as a name: percent-decoded, and UTF-8.

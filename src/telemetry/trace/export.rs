@@ -2,7 +2,7 @@
 //! them to the collector in batches.
 //!
 //! The SDK's own batch processor counts what it drops only in a log line at shutdown; this one counts every span
-//! it could not deliver in `infergate_trace_spans_dropped_total`, by reason, as it happens.
+//! it could not deliver in `infergate_trace_spans_total`, by outcome, as it happens.
 
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};

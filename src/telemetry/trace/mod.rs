@@ -23,7 +23,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 pub use propagation::{TRACEPARENT, TRACESTATE, adopt_remote_parent};
-pub use spans::{as_attribute, batch_span, exporting, record_error, record_outcome, request_span};
+pub use spans::{as_attribute, batch_span, exporting, record_outcome, record_route, request_span};
 
 /// How logs are written to standard error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

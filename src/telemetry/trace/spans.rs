@@ -25,8 +25,8 @@ pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
-/// The span of one inference request, from the transport's first look at it to its answer. Its fields other than
-/// protocol and model are set by [`record_outcome`].
+/// The span of one inference request, from the transport's first look at it to its answer. The pipeline sets what
+/// answered ([`record_route`]), the transport how it ended ([`record_outcome`]).
 pub fn request_span(protocol: Protocol, model: &str) -> Span {
     tracing::debug_span!(
         "infer",
@@ -42,31 +42,28 @@ pub fn request_span(protocol: Protocol, model: &str) -> Span {
     )
 }
 
-/// What became of the request: the version and variant that answered, the rows, and `ok` or the error type.
-pub fn record_outcome(span: &Span, version: Option<u64>, variant: Option<&str>, rows: usize, error: Option<&str>) {
+/// What answered the request: the version, the traffic variant when the model has a policy, and the rows.
+pub fn record_route(span: &Span, version: u64, variant: Option<&str>, rows: usize) {
     if span.is_disabled() {
         return;
     }
-    if let Some(version) = version {
-        span.record("version", as_attribute(version));
-    }
+    span.record("version", as_attribute(version)).record("rows", as_attribute(rows as u64));
     if let Some(variant) = variant {
         span.record("variant", variant);
     }
-    span.record("rows", as_attribute(rows as u64));
-    match error {
-        None => {
-            span.record("outcome", "ok");
-        }
-        Some(error_type) => record_error(span, error_type),
-    }
 }
 
-/// A request that failed: its error type, whatever step it failed in.
-pub fn record_error(span: &Span, error_type: &str) {
-    if !span.is_disabled() {
-        span.record("outcome", "error").record("error_type", error_type).record("otel.status_code", "ERROR");
+/// How the request ended: `ok`, or `error` with its error type, whatever step it failed in.
+pub fn record_outcome(span: &Span, error_type: Option<&str>) {
+    if span.is_disabled() {
+        return;
     }
+    match error_type {
+        None => span.record("outcome", "ok"),
+        Some(error_type) => {
+            span.record("outcome", "error").record("error_type", error_type).record("otel.status_code", "ERROR")
+        }
+    };
 }
 
 /// The span of one backend run over the requests whose spans are given. Exported, it is the child of the first
