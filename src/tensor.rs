@@ -298,6 +298,52 @@ pub fn push_bytes_element(buf: &mut Vec<u8>, element: &[u8]) -> Result<(), Tenso
     Ok(())
 }
 
+/// Serialises a tensor's elements as a flat JSON array without building an intermediate vector.
+#[derive(Debug)]
+pub struct JsonData<'a>(pub &'a Tensor);
+
+macro_rules! serialize_le {
+    ($seq:ident, $data:expr, $ty:ty) => {
+        for chunk in $data.chunks_exact(std::mem::size_of::<$ty>()) {
+            let mut raw = [0u8; std::mem::size_of::<$ty>()];
+            raw.copy_from_slice(chunk);
+            $seq.serialize_element(&<$ty>::from_le_bytes(raw))?;
+        }
+    };
+}
+
+impl serde::Serialize for JsonData<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let tensor = self.0;
+        let data = tensor.data();
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(tensor.element_count()))?;
+        match tensor.dtype() {
+            DataType::Bool => {
+                for &b in data.iter() {
+                    seq.serialize_element(&(b != 0))?;
+                }
+            }
+            DataType::Uint8 => serialize_le!(seq, data, u8),
+            DataType::Uint16 => serialize_le!(seq, data, u16),
+            DataType::Uint32 => serialize_le!(seq, data, u32),
+            DataType::Uint64 => serialize_le!(seq, data, u64),
+            DataType::Int8 => serialize_le!(seq, data, i8),
+            DataType::Int16 => serialize_le!(seq, data, i16),
+            DataType::Int32 => serialize_le!(seq, data, i32),
+            DataType::Int64 => serialize_le!(seq, data, i64),
+            DataType::Fp32 => serialize_le!(seq, data, f32),
+            DataType::Fp64 => serialize_le!(seq, data, f64),
+            DataType::Bytes => {
+                for element in tensor.bytes_elements() {
+                    seq.serialize_element(&String::from_utf8_lossy(element))?;
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

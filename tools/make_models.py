@@ -239,6 +239,17 @@ def iris_with_zipmap() -> onnx.ModelProto:
     )
 
 
+def iris_shuffled(source: pathlib.Path) -> onnx.ModelProto:
+    """A saved iris forest with its class labels rotated (0 -> 1, 1 -> 2, 2 -> 0): the same trees, latency and class
+    distribution on balanced rows, every label wrong. A rollout candidate only ground-truth feedback can tell apart."""
+    model = onnx.load(str(source))
+    (forest,) = [node for node in model.graph.node if node.op_type == "TreeEnsembleClassifier"]
+    (labels,) = [a for a in forest.attribute if a.name == "classlabels_int64s"]
+    labels.ints[:] = list(labels.ints[1:]) + list(labels.ints[:1])
+    onnx.checker.check_model(model)
+    return model
+
+
 def save(model: onnx.ModelProto, name: str, version: int) -> pathlib.Path:
     path = MODELS / name / str(version) / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,6 +320,8 @@ def main() -> None:
         # The traffic tests' variants: the mlp's signature with other answers, and with a deliberate slowness.
         "mlp_other": mlp(seed=99),
         "mlp_slow": slow_mlp(),
+        # The feedback tests' candidate: iris version 1 whose every label is wrong (same probabilities).
+        "iris_shuffled": iris_shuffled(MODELS / "iris" / "1" / "model.onnx"),
     }
     for name, model in fixtures.items():
         path = FIXTURES / name / "1" / "model.onnx"

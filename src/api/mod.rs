@@ -3,13 +3,16 @@
 //! the one [`pipeline`].
 
 mod access;
+mod feedback;
 pub mod grpc;
 pub mod http;
 mod inputs;
 mod limits;
 mod metadata;
 mod model_config;
+mod observe;
 pub mod pipeline;
+mod request_id;
 mod repository;
 pub mod shared_memory;
 mod statistics;
@@ -21,6 +24,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use access::{API_KEY_HEADER, ApiKeys, ModelControl};
+pub use feedback::{FeedbackRecord, FeedbackSummary, feedback};
 pub use inputs::order_inputs;
 pub use metadata::{
     MetadataParameters, ModelMetadata, PLATFORM, ServerMetadata, model_metadata, model_ready, server_metadata,
@@ -28,6 +32,7 @@ pub use metadata::{
 pub use model_config::{ModelConfigView, VersionPolicyView, model_config};
 pub use pipeline::{Call, InferRequest, InferResponse, NamedTensor, ROUTING_KEY_HEADER, VARIANT_HEADER};
 pub use repository::{IndexRow, load_model, repository_index, unload_model};
+pub use request_id::{REQUEST_ID_HEADER, generate as generate_request_id};
 pub use shared_memory::SharedMemory;
 pub use statistics::{StatisticsView, statistics};
 pub use traffic::{TrafficView, rollout, set_traffic, traffic};
@@ -42,6 +47,8 @@ use crate::config::RequestLimits;
 use crate::lifecycle::{LookupError, ModelTable};
 use crate::routing::TrafficTable;
 use crate::scheduler::SchedulerError;
+use crate::telemetry::feedback::{FeedbackSettings, PredictionStore};
+use crate::telemetry::payload::PayloadLog;
 
 /// What both transports serve from: the model table, the traffic table, what a request may ask for, and who may
 /// call what. Built once at start and shared.
@@ -55,6 +62,10 @@ pub struct Gateway {
     pub hook: MlflowHook,
     /// Triton's system shared-memory regions (the extension is off unless `--shared-memory`).
     pub shared_memory: SharedMemory,
+    /// Where sampled requests are logged (no sink unless the server configures one).
+    payload_log: Arc<PayloadLog>,
+    /// Recent predictions of the models that take feedback.
+    predictions: Arc<PredictionStore>,
 }
 
 impl Gateway {
@@ -67,7 +78,14 @@ impl Gateway {
             keys: ApiKeys::default(),
             hook: MlflowHook::disabled(),
             shared_memory: SharedMemory::default(),
+            payload_log: Arc::new(PayloadLog::default()),
+            predictions: Arc::new(PredictionStore::new(FeedbackSettings::default())),
         }
+    }
+
+    /// The payload log's sinks, and the store of predictions that feedback is joined to.
+    pub fn with_observation(self, payload_log: Arc<PayloadLog>, predictions: Arc<PredictionStore>) -> Gateway {
+        Gateway { payload_log, predictions, ..self }
     }
 
     /// Model management (load, unload, traffic) for callers presenting the admin token.

@@ -2,7 +2,8 @@
 //! they know besides the body ([`Call`]: model, pinned version, routing key, deadline, protocol) and encode what it
 //! returns. In order, and nowhere else: limits, routing (once, the transport's key and the body's `routing_key`
 //! together), the shadow copy, the scheduler (after the signature check), and the recording of the outcome
-//! (request metrics, the variant's metrics and window, statistics, predictions and drift).
+//! (request metrics, the variant's metrics and window, statistics, predictions and drift, the payload log and the
+//! prediction kept for feedback). Every answer carries the request's id (see [`request_id`]).
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use tracing::Instrument;
 
 use super::inputs::{order_inputs, select_outputs};
 use super::limits::check_limits;
-use super::{ApiError, Gateway, scheduler_error};
+use super::{ApiError, Gateway, observe, request_id, scheduler_error};
 use crate::lifecycle::ServingVersion;
 use crate::routing::{Shadow, VariantWindow};
 use crate::telemetry::{Protocol, TrafficMetrics, trace};
@@ -62,6 +63,17 @@ pub struct Call<'a> {
     /// How long the caller will wait, as the transport says (REST timeout header, gRPC `grpc-timeout`).
     pub deadline: Option<Duration>,
     pub protocol: Protocol,
+    /// The transport's `x-request-id`; the body's `id` wins over it.
+    pub request_id: Option<&'a str>,
+}
+
+/// A version's answer, the rows it counted as inferences, and the model's first output when a prediction is kept
+/// for feedback.
+#[derive(Debug)]
+struct Answered {
+    response: InferResponse,
+    rows: usize,
+    first_output: Option<Tensor>,
 }
 
 /// Runs one inference, in the request span the transport opened (whose version, variant and rows it fills).
@@ -77,6 +89,7 @@ pub async fn infer(
         Ok(request) => request,
         Err(e) => return Err(undecodable(gateway, &call, e, arrived)),
     };
+    request.id = Some(request_id::resolve(request.id.take(), call.request_id)?);
     check_limits(&gateway.limits, &request.inputs)?;
     let key = call.routing_key.or(request.routing_key.as_deref());
     let routed = gateway.traffic.route(&gateway.table, call.model, call.version, key)?;
@@ -85,14 +98,22 @@ pub async fn infer(
         send_shadow(gateway.traffic.metrics(), call.model, shadow, request.clone(), call.protocol);
     }
     let window = routed.window();
+    let sampled = observe::sample(&routed.serving, &request.inputs);
     let result = run(&routed.serving, request, window, arrived).await;
     record(&routed.serving, call.protocol, &result, arrived);
-    let rows = result.as_ref().map_or(0, |(_, rows)| *rows);
+    let rows = result.as_ref().map_or(0, |answered| answered.rows);
     trace::record_route(&tracing::Span::current(), routed.serving.version, routed.variant.as_deref(), rows);
     if let Some(variant) = routed.variant.as_deref() {
         record_variant(gateway.traffic.metrics(), call.model, variant, &routed.serving, window, &result, arrived);
     }
-    let (response, _) = result?;
+    let Answered { response, first_output, .. } = result?;
+    let (serving, variant) = (&routed.serving, routed.variant.as_ref());
+    if let (Some(first), Some(id)) = (&first_output, response.id.as_deref()) {
+        observe::remember(gateway, call.model, id, serving, variant, first);
+    }
+    if let Some(sampled) = sampled {
+        observe::log(gateway, sampled, serving, variant, &response, arrived);
+    }
     Ok(InferResponse { variant: routed.variant.as_deref().map(str::to_owned), ..response })
 }
 
@@ -115,7 +136,7 @@ async fn run(
     request: InferRequest,
     window: Option<&VariantWindow>,
     arrived: Instant,
-) -> Result<(InferResponse, usize), ApiError> {
+) -> Result<Answered, ApiError> {
     let output_indices = select_outputs(&serving.signature, &serving.name, request.outputs.as_deref())?;
     let inputs = order_inputs(&serving.signature, &serving.name, request.inputs)?;
     // Input drift counts answered requests only, like prediction drift; the copy shares the tensors' bytes.
@@ -131,6 +152,7 @@ async fn run(
     if let (Some(window), Some(first)) = (window, outputs.first()) {
         window.observe_predictions(first);
     }
+    let first_output = serving.model_config.feedback.and_then(|_| outputs.first().cloned());
     if let Some(inputs) = drift_inputs {
         serving.metrics.drift.observe_inputs(&inputs);
     }
@@ -152,7 +174,7 @@ async fn run(
         outputs,
         variant: None,
     };
-    Ok((response, rows))
+    Ok(Answered { response, rows, first_output })
 }
 
 /// The one place timeouts meet: the caller's (body parameter or transport, already the shorter of the two) and
@@ -173,12 +195,12 @@ fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 fn record(
     serving: &ServingVersion,
     protocol: Protocol,
-    result: &Result<(InferResponse, usize), ApiError>,
+    result: &Result<Answered, ApiError>,
     arrived: Instant,
 ) {
     let metrics = &serving.metrics;
     match result {
-        Ok((_, rows)) => metrics.observe_ok(protocol, *rows, arrived.elapsed()),
+        Ok(answered) => metrics.observe_ok(protocol, answered.rows, arrived.elapsed()),
         Err(e) => metrics.observe_error(protocol, e.error_type(), arrived.elapsed()),
     }
 }
@@ -190,7 +212,7 @@ fn record_variant(
     variant: &str,
     serving: &ServingVersion,
     window: Option<&VariantWindow>,
-    result: &Result<(InferResponse, usize), ApiError>,
+    result: &Result<Answered, ApiError>,
     arrived: Instant,
 ) {
     let labels = [model, variant, &serving.version.to_string(), outcome(result)];

@@ -24,6 +24,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::repository::mlflow::{MlflowAuth, MlflowModel};
+use crate::telemetry::feedback::FeedbackSettings;
+use crate::telemetry::payload::PayloadLogSettings;
 
 pub use cli::{BackendsArgs, Cli, Command, ReferenceArgs};
 pub use serve_args::{MlflowArgs, ServeArgs};
@@ -129,6 +131,10 @@ pub struct Config {
     pub tracing: Option<TracingSettings>,
     /// Set: these models follow the MLflow Model Registry.
     pub mlflow: Option<MlflowSettings>,
+    /// The payload log's sinks and bounds.
+    pub payload_log: PayloadLogSettings,
+    /// The predictions kept for feedback, and how much a feedback call may carry.
+    pub feedback: FeedbackSettings,
 }
 
 /// TLS for the REST and gRPC listeners (PEM files).
@@ -242,6 +248,8 @@ impl Default for Config {
             log_level: "info".to_owned(),
             tracing: None,
             mlflow: None,
+            payload_log: PayloadLogSettings::default(),
+            feedback: FeedbackSettings::default(),
         }
     }
 }

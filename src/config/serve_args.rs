@@ -166,6 +166,42 @@ layered_settings! {
         /// The `service.name` of the exported spans [default: infergate]
         #[arg(long, env = "INFERGATE_TRACE_SERVICE_NAME")]
         pub trace_service_name: Option<String>,
+        /// The payload log's file sink: models whose `[logging]` names `sink = "file"` write JSON lines into this
+        /// folder [default: no file sink]
+        #[arg(long, env = "INFERGATE_PAYLOAD_LOG_DIR")]
+        pub payload_log_dir: Option<PathBuf>,
+        /// The payload log's HTTP sink: models whose `[logging]` names `sink = "http"` post CloudEvents (KServe's
+        /// inference logger shape) to this http:// or https:// URL [default: no HTTP sink]
+        #[arg(long, env = "INFERGATE_PAYLOAD_LOG_URL")]
+        pub payload_log_url: Option<String>,
+        /// The `ce-source` of the payload log's events [default: infergate]
+        #[arg(long, env = "INFERGATE_PAYLOAD_LOG_SOURCE")]
+        pub payload_log_source: Option<String>,
+        /// Records each payload-log sink holds waiting; past it new records are dropped and counted, never waited
+        /// for [default: 10000]
+        #[arg(long, env = "INFERGATE_PAYLOAD_LOG_QUEUE")]
+        pub payload_log_queue: Option<usize>,
+        /// The file sink closes its file and starts a new one at this size [default: 67108864]
+        #[arg(long, env = "INFERGATE_PAYLOAD_LOG_MAX_FILE_BYTES")]
+        pub payload_log_max_file_bytes: Option<u64>,
+        /// ... or at this age [default: 3600]
+        #[arg(long, env = "INFERGATE_PAYLOAD_LOG_MAX_FILE_AGE_SECS")]
+        pub payload_log_max_file_age_secs: Option<u64>,
+        /// The file sink deletes its oldest closed files past this total [default: 1073741824]
+        #[arg(long, env = "INFERGATE_PAYLOAD_LOG_MAX_DISK_BYTES")]
+        pub payload_log_max_disk_bytes: Option<u64>,
+        /// Predictions kept for feedback (models with `[feedback]`); the oldest are pushed out [default: 1000000]
+        #[arg(long, env = "INFERGATE_FEEDBACK_MAX_PREDICTIONS")]
+        pub feedback_max_predictions: Option<usize>,
+        /// Seconds a prediction is kept for feedback; later labels are counted as expired [default: 3600]
+        #[arg(long, env = "INFERGATE_FEEDBACK_MAX_AGE_SECS")]
+        pub feedback_max_age_secs: Option<u64>,
+        /// Memory the predictions kept for feedback may take, ids included [default: 268435456]
+        #[arg(long, env = "INFERGATE_FEEDBACK_MAX_BYTES")]
+        pub feedback_max_bytes: Option<usize>,
+        /// Most records one feedback call may carry [default: 10000]
+        #[arg(long, env = "INFERGATE_FEEDBACK_MAX_BATCH")]
+        pub feedback_max_batch: Option<usize>,
     }
 }
 

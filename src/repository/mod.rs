@@ -5,6 +5,7 @@ mod device;
 pub mod local;
 pub mod mlflow;
 mod model_config;
+mod observe_config;
 mod traffic_config;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ pub use model_config::{
     ArenaStrategy, BackendChoice, BatchingConfig, ConvSearch, CudaConfig, DistributionChoice, ModelConfig,
     MonitoringConfig, OutputMonitoring, VersionPolicy, WarmupConfig,
 };
+pub use observe_config::{FeedbackConfig, FeedbackTask, LogMode, LogSink, LoggingConfig};
 pub use traffic_config::{RolloutConfig, ShadowConfig, Target, TrafficConfig, VariantConfig};
 
 /// One model version to load: where its file is and how the model is configured.

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::Device;
+use super::observe_config::{FeedbackConfig, LoggingConfig};
 use super::traffic_config::{RolloutConfig, TrafficConfig};
 
 /// Which backend computes a model.
@@ -90,6 +91,12 @@ pub struct ModelConfig {
     /// --max-model-bytes].
     #[serde(default)]
     pub max_model_bytes: Option<u64>,
+    /// `[logging]`: a sample of the answered requests written to a payload log.
+    #[serde(default)]
+    pub logging: Option<LoggingConfig>,
+    /// `[feedback]`: predictions kept so that ground truth sent later is joined to them.
+    #[serde(default)]
+    pub feedback: Option<FeedbackConfig>,
 }
 
 /// `[cuda]`: how ONNX Runtime's CUDA provider runs this model.
@@ -168,6 +175,8 @@ impl Default for ModelConfig {
             traffic: None,
             rollout: None,
             max_model_bytes: None,
+            logging: None,
+            feedback: None,
         }
     }
 }
@@ -300,6 +309,14 @@ impl ModelConfig {
         }
         if let Some(rollout) = &self.rollout {
             rollout.validate(self.traffic.as_ref())?;
+            if rollout.max_accuracy_drop.is_some() && self.feedback.is_none() {
+                return Err("[rollout] max_accuracy_drop needs [feedback], which keeps the predictions labels are \
+                            joined to"
+                    .to_owned());
+            }
+        }
+        if let Some(logging) = &self.logging {
+            logging.validate()?;
         }
         if self.cuda.is_some() && self.device == Device::Cpu {
             return Err("[cuda] options need device = \"cuda:N\"".to_owned());

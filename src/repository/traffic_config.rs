@@ -81,6 +81,21 @@ pub struct RolloutConfig {
     pub max_p99_ratio: f64,
     /// Largest population stability index between the two variants' predictions.
     pub max_psi: f64,
+    /// Largest drop of the candidate's accuracy below the baseline's (0.05 = five points), judged on the labels
+    /// sent as feedback; unset, accuracy is not compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_accuracy_drop: Option<f64>,
+    /// Labels each variant needs in a step before its accuracy is judged; a step with `max_accuracy_drop` does not
+    /// pass without them. Left out of the serialized form at its default, like `max_accuracy_drop` when unset, so
+    /// that a rollout saved before these keys existed is still the same rollout.
+    #[serde(skip_serializing_if = "is_default_min_feedback")]
+    pub min_feedback: u64,
+}
+
+const DEFAULT_MIN_FEEDBACK: u64 = 100;
+
+fn is_default_min_feedback(value: &u64) -> bool {
+    *value == DEFAULT_MIN_FEEDBACK
 }
 
 impl Default for RolloutConfig {
@@ -95,6 +110,8 @@ impl Default for RolloutConfig {
             max_error_rate_increase: 0.01,
             max_p99_ratio: 1.5,
             max_psi: 0.2,
+            max_accuracy_drop: None,
+            min_feedback: DEFAULT_MIN_FEEDBACK,
         }
     }
 }
@@ -171,8 +188,11 @@ impl RolloutConfig {
         if !(0.0..=1.0).contains(&self.max_error_rate_increase) {
             return Err("[rollout] max_error_rate_increase is a fraction between 0 and 1".to_owned());
         }
-        if self.min_requests == 0 {
-            return Err("[rollout] min_requests must be at least 1".to_owned());
+        if self.min_requests == 0 || self.min_feedback == 0 {
+            return Err("[rollout] min_requests and min_feedback must be at least 1".to_owned());
+        }
+        if self.max_accuracy_drop.is_some_and(|drop| !(0.0..=1.0).contains(&drop)) {
+            return Err("[rollout] max_accuracy_drop is a fraction between 0 and 1".to_owned());
         }
         Ok(())
     }
@@ -227,6 +247,9 @@ mod tests {
         assert!(rollout("baseline = \"a\"\ncandidate = \"b\"\nsteps = [50, 25, 100]").is_err());
         assert!(rollout("baseline = \"a\"\ncandidate = \"b\"\nsteps = [5, 50]").is_err());
         assert!(rollout("baseline = \"a\"\ncandidate = \"a\"").is_err());
+        assert!(rollout("baseline = \"a\"\ncandidate = \"b\"\nmax_accuracy_drop = 0.05\nmin_feedback = 20").is_ok());
+        assert!(rollout("baseline = \"a\"\ncandidate = \"b\"\nmax_accuracy_drop = 1.5").is_err());
+        assert!(rollout("baseline = \"a\"\ncandidate = \"b\"\nmin_feedback = 0").is_err());
         assert!(rollout("baseline = \"a\"\ncandidate = \"b\"\nstep_secs = 1e20").unwrap_err().contains("at most"));
         let lone: RolloutConfig = toml::from_str("baseline = \"a\"\ncandidate = \"b\"").unwrap();
         assert!(lone.validate(None).is_err());

@@ -105,8 +105,14 @@ fn splitmix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// A uniform draw in [0, 1) from a per-thread generator: no lock, no shared state on the request path.
+/// A uniform draw in [0, 1) from the per-thread generator.
 fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// 64 random bits from a per-thread generator (splitmix64, seeded from the clock and the thread): no lock, no
+/// shared state on the request path. Not for secrets.
+pub fn random_u64() -> u64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new(seed());
     }
@@ -118,7 +124,7 @@ fn random_unit() -> f64 {
     STATE.with(|state| {
         let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
         state.set(next);
-        (splitmix64(next) >> 11) as f64 / (1u64 << 53) as f64
+        splitmix64(next)
     })
 }
 

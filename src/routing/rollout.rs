@@ -200,12 +200,35 @@ impl Rollout {
             ))
         } else if psi > c.max_psi {
             Verdict::Breach(format!("prediction PSI {psi:.3} against the baseline (allowed {})", c.max_psi))
-        } else if held {
+        } else if let Some(breach) = self.accuracy_breach(baseline, candidate) {
+            Verdict::Breach(breach)
+        } else if held && self.labelled_enough(baseline, candidate) {
             Verdict::Pass
         } else {
             Verdict::Waiting
         };
         (verdict, psi, ratio)
+    }
+
+    /// Whether both variants have the labels a judgement of accuracy needs (always, when accuracy is not judged).
+    fn labelled_enough(&self, baseline: &WindowSummary, candidate: &WindowSummary) -> bool {
+        let needed = self.config.min_feedback;
+        self.config.max_accuracy_drop.is_none() || (baseline.labels >= needed && candidate.labels >= needed)
+    }
+
+    /// The breach of a candidate less accurate than the baseline by more than allowed, once both have the labels.
+    fn accuracy_breach(&self, baseline: &WindowSummary, candidate: &WindowSummary) -> Option<String> {
+        let allowed = self.config.max_accuracy_drop?;
+        if !self.labelled_enough(baseline, candidate) {
+            return None;
+        }
+        let (b, c) = (baseline.accuracy?, candidate.accuracy?);
+        (b - c > allowed).then(|| {
+            format!(
+                "accuracy {c:.4} on {} labels against the baseline's {b:.4} on {} (allowed drop {allowed})",
+                candidate.labels, baseline.labels
+            )
+        })
     }
 
     fn percent(&self, step: usize) -> u32 {

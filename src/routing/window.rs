@@ -17,6 +17,9 @@ pub struct VariantWindow {
     errors: AtomicU64,
     latency: LatencyHistogram,
     predictions: [AtomicU64; PREDICTION_BINS],
+    /// Classified rows labelled by feedback, and how many of those the variant got right.
+    labels: AtomicU64,
+    correct: AtomicU64,
 }
 
 impl Default for VariantWindow {
@@ -26,6 +29,8 @@ impl Default for VariantWindow {
             errors: AtomicU64::new(0),
             latency: LatencyHistogram::default(),
             predictions: std::array::from_fn(|_| AtomicU64::new(0)),
+            labels: AtomicU64::new(0),
+            correct: AtomicU64::new(0),
         }
     }
 }
@@ -39,6 +44,10 @@ pub struct WindowSummary {
     pub p99_ms: f64,
     #[serde(skip)]
     pub predictions: Vec<u64>,
+    /// Classified rows labelled by feedback, and the share the variant got right (none before the first label).
+    pub labels: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
 }
 
 impl VariantWindow {
@@ -56,7 +65,17 @@ impl VariantWindow {
         });
     }
 
+    /// A classified row labelled by feedback: whether the variant predicted it right.
+    pub fn observe_label(&self, correct: bool) {
+        self.labels.fetch_add(1, Ordering::Relaxed);
+        if correct {
+            self.correct.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn summary(&self) -> WindowSummary {
+        let labels = self.labels.load(Ordering::Relaxed);
+        let correct = self.correct.load(Ordering::Relaxed);
         let ok = self.ok.load(Ordering::Relaxed);
         let errors = self.errors.load(Ordering::Relaxed);
         let requests = ok + errors;
@@ -66,6 +85,8 @@ impl VariantWindow {
             error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
             p99_ms: self.latency.quantile(0.99).map_or(0.0, |p99| p99.as_secs_f64() * 1000.0),
             predictions: self.predictions.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+            labels,
+            accuracy: (labels > 0).then(|| correct as f64 / labels as f64),
         }
     }
 }
@@ -101,5 +122,11 @@ mod tests {
         assert_eq!(&summary.predictions[..2], [1, 1]);
         // The latency histogram's buckets are 5 % wide.
         assert!(summary.p99_ms >= 30.0 && summary.p99_ms < 31.5, "{}", summary.p99_ms);
+        assert_eq!((summary.labels, summary.accuracy), (0, None));
+        window.observe_label(true);
+        window.observe_label(false);
+        window.observe_label(true);
+        window.observe_label(true);
+        assert_eq!((window.summary().labels, window.summary().accuracy), (4, Some(0.75)));
     }
 }

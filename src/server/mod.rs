@@ -22,6 +22,8 @@ use crate::config::{Config, ModelControlMode};
 use crate::lifecycle::ModelTable;
 use crate::routing::TrafficTable;
 use crate::telemetry::Telemetry;
+use crate::telemetry::feedback::PredictionStore;
+use crate::telemetry::payload::PayloadLog;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -37,6 +39,8 @@ pub enum ServerError {
     Tls(String),
     #[error("cannot serve {what} on the socket {}: {reason}", path.display())]
     Socket { what: &'static str, path: std::path::PathBuf, reason: String },
+    #[error("the payload log cannot start: {0}")]
+    PayloadLog(std::io::Error),
     #[error("the {what} {} is not writable ({source}): give it a writable volume", path.display())]
     NotWritable { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
 }
@@ -100,6 +104,8 @@ pub struct Server {
     socket_files: Vec<socket::SocketFile>,
     metrics: JoinHandle<std::io::Result<()>>,
     grace: Duration,
+    /// Stopped after the listeners, so that what the last requests logged is written.
+    payload_log: Arc<PayloadLog>,
 }
 
 /// Asks a server to stop; cheap to clone and usable from a signal handler.
@@ -121,6 +127,9 @@ impl Server {
         }
         if let Some(mlflow) = &config.mlflow {
             check_writable("MLflow cache", &mlflow.cache)?;
+        }
+        if let Some(dir) = &config.payload_log.dir {
+            check_writable("payload log folder", dir)?;
         }
         let tls = config.tls.as_ref().map(tls::acceptor).transpose().map_err(ServerError::Tls)?;
         let listen = listen::Listen { limits: config.connections, tls };
@@ -168,8 +177,11 @@ impl Server {
             }
         });
 
+        let payload_log = Arc::new(PayloadLog::start(&config.payload_log).map_err(ServerError::PayloadLog)?);
+        let predictions = Arc::new(PredictionStore::new(config.feedback));
         let gateway = Arc::new(
             api::Gateway::new(Arc::clone(&table), traffic, config.request_limits)
+                .with_observation(Arc::clone(&payload_log), predictions)
                 .with_control(api::ModelControl::new(config.admin_token.as_ref().map(|token| token.0.clone())))
                 .with_keys(api::ApiKeys::new(config.api_keys.iter().map(|key| key.0.clone())))
                 .with_hook(hook)
@@ -201,7 +213,18 @@ impl Server {
             "infergate listening"
         );
         let grace = config.shutdown_grace;
-        Ok(Server { http_addr, grpc_addr, metrics_addr, table, shutdown, apis, socket_files, metrics, grace })
+        Ok(Server {
+            http_addr,
+            grpc_addr,
+            metrics_addr,
+            table,
+            shutdown,
+            apis,
+            socket_files,
+            metrics,
+            grace,
+            payload_log,
+        })
     }
 
     /// The REST API's TCP address; `None` when it is served on its socket only.
@@ -234,7 +257,7 @@ impl Server {
     /// Waits until the server has stopped: after a shutdown request (or a listener's failure, which asks for one),
     /// until in-flight requests are answered or the grace period runs out.
     pub async fn wait(self) -> Result<Stopped, ServerError> {
-        let Server { mut apis, socket_files, metrics, shutdown, grace, .. } = self;
+        let Server { mut apis, socket_files, metrics, shutdown, grace, payload_log, .. } = self;
         // Only the stop is awaited here, never a listener's end: at shutdown an idle listener's task ends at once,
         // and taking that for the server's end would exit with the other listeners' requests in flight.
         let _ = shutdown.subscribe().wait_for(|&stop| stop).await;
@@ -244,6 +267,10 @@ impl Server {
         let drained = tokio::time::timeout(grace, futures_util::future::join_all(apis.iter_mut())).await;
         // The sockets' files go once nothing is served on them.
         drop(socket_files);
+        // What the payload log holds is written (its file closed) once no request can add to it.
+        if let Err(e) = tokio::task::spawn_blocking(move || payload_log.shutdown()).await {
+            tracing::error!(error = %e, "the payload log did not stop cleanly");
+        }
         match drained {
             Ok(results) => {
                 results.into_iter().try_for_each(|result| finished(result).map(drop)).map(|()| Stopped::Drained)

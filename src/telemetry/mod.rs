@@ -6,8 +6,10 @@
 
 mod count_window;
 mod drift;
+pub mod feedback;
 mod latency;
 mod latency_window;
+pub mod payload;
 mod plan;
 mod predictions;
 mod psi;
@@ -87,6 +89,7 @@ pub struct Telemetry {
     mlflow_errors: IntCounterVec,
     mlflow_alias: IntGaugeVec,
     pub traffic: TrafficMetrics,
+    pub feedback: feedback::FeedbackMetrics,
     window: Duration,
 }
 
@@ -182,6 +185,10 @@ impl Telemetry {
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("the process collector is registered once; this is a bug");
         registered(&registry, trace_spans().spans.clone());
+        let payload = payload::metrics();
+        registered(&registry, payload.records.clone());
+        registered(&registry, payload.dropped.clone());
+        registered(&registry, payload.files_deleted.clone());
         let mv = &["model", "version"];
         let counter = |name: &str, help: &str, labels: &[&str]| {
             registered(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("constant options"))
@@ -323,6 +330,7 @@ impl Telemetry {
                     &["model"],
                 ),
             },
+            feedback: feedback::FeedbackMetrics::register(&registry, window),
             window,
             registry,
         }
@@ -423,6 +431,7 @@ impl Telemetry {
                 }
             }
         }
+        self.feedback.refresh();
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec fails only on a malformed family, which this module never builds.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

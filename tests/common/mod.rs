@@ -207,6 +207,53 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// The sum of the samples of `family` whose labels include every pair of `labels` (whatever their other labels),
+/// or `None` when no sample matches: a family asserted on some of its labels only.
+pub fn metric_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(family) else { continue };
+        let (series, value) = match rest.strip_prefix('{') {
+            Some(rest) => match rest.split_once("} ") {
+                Some(split) => split,
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(value) => ("", value),
+                None => continue,
+            },
+        };
+        // Label values in this server's families never hold a quote, so `",` ends one.
+        let pairs: Vec<(&str, &str)> = series
+            .split("\",")
+            .filter_map(|pair| pair.split_once("=\"").map(|(name, value)| (name, value.trim_end_matches('"'))))
+            .collect();
+        if labels.iter().all(|label| pairs.contains(label))
+            && let Ok(value) = value.trim().parse::<f64>()
+        {
+            *sum.get_or_insert(0.0) += value;
+        }
+    }
+    sum
+}
+
+/// A config parsed from `infergate serve` flags as the binary parses them (flags not given take their defaults,
+/// and INFERGATE_* variables of the environment apply), on `repository`, listening on 127.0.0.1 port 0 and
+/// loading the models once: for settings a test names by their flag.
+pub fn config_from_flags(repository: &Path, flags: &[&str]) -> Config {
+    use clap::Parser;
+    let mut args = Vec::from(
+        ["infergate", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+            .map(String::from),
+    );
+    args.extend(["--model-control-mode", "none", "--model-repository"].map(String::from));
+    args.push(repository.to_str().unwrap().to_owned());
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
+    let cli = infergate::config::Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let infergate::config::Command::Serve(serve) = cli.into_command() else { panic!("{args:?} is not serve") };
+    Config::resolve(serve).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
 /// The Prometheus exposition of a test server's metrics port.
 pub async fn scrape(server: &TestServer) -> String {
     let url = format!("http://{}/metrics", server.server.metrics_addr());

@@ -48,15 +48,18 @@ static AUTHORIZATION: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadat
 static GRPC_TIMEOUT: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("grpc-timeout"));
 static ROUTING_KEY: LazyLock<AsciiMetadataKey> =
     LazyLock::new(|| AsciiMetadataKey::from_static(api::ROUTING_KEY_HEADER));
+static REQUEST_ID: LazyLock<AsciiMetadataKey> =
+    LazyLock::new(|| AsciiMetadataKey::from_static(api::REQUEST_ID_HEADER));
 static TRACEPARENT: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(trace::TRACEPARENT));
 static TRACESTATE: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(trace::TRACESTATE));
 
-/// What an inference call's metadata says besides its key: the deadline (`grpc-timeout`), the routing key, and the
-/// caller's trace (read only when spans are exported).
+/// What an inference call's metadata says besides its key: the deadline (`grpc-timeout`), the routing key, the
+/// request id, and the caller's trace (read only when spans are exported).
 #[derive(Debug, Clone, Default)]
 struct CallMetadata {
     deadline: Option<Duration>,
     routing_key: Option<String>,
+    request_id: Option<String>,
     traceparent: Option<String>,
     tracestate: Option<String>,
 }
@@ -69,6 +72,7 @@ impl CallMetadata {
         Ok(CallMetadata {
             deadline: grpc_timeout(request)?,
             routing_key: text(&ROUTING_KEY),
+            request_id: text(&REQUEST_ID),
             traceparent: traced.then(|| text(&TRACEPARENT)).flatten(),
             tracestate: traced.then(|| text(&TRACESTATE)).flatten(),
         })
@@ -184,6 +188,7 @@ async fn answer(
         routing_key: metadata.routing_key.as_deref(),
         deadline: metadata.deadline,
         protocol: Protocol::Grpc,
+        request_id: metadata.request_id.as_deref(),
     };
     let mut response = pipeline::infer(gateway, call, decoded).await?;
     let variant = response.variant.take();
@@ -241,9 +246,14 @@ impl GrpcInferenceService for GrpcApi {
         let metadata = CallMetadata::of(&request)?;
         let (response, variant) = infer(&self.gateway, request.into_inner(), &metadata).await?;
         let variant = variant.as_deref().and_then(|v| v.parse::<AsciiMetadataValue>().ok());
+        // Ids are printable ASCII (the pipeline refuses others), so every one is a valid metadata value.
+        let id = response.id.parse::<AsciiMetadataValue>().ok();
         let mut response = Response::new(response);
         if let Some(variant) = variant {
             response.metadata_mut().insert(api::VARIANT_HEADER, variant);
+        }
+        if let Some(id) = id {
+            response.metadata_mut().insert(api::REQUEST_ID_HEADER, id);
         }
         Ok(response)
     }

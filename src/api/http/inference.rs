@@ -24,6 +24,7 @@ const INLINE_DECODE_LIMIT: usize = 256 * 1024;
 // Header names are built once: a name given as a string is parsed again at every lookup.
 static ROUTING_KEY_HEADER: HeaderName = HeaderName::from_static(api::ROUTING_KEY_HEADER);
 static VARIANT_HEADER: HeaderName = HeaderName::from_static(api::VARIANT_HEADER);
+static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(api::REQUEST_ID_HEADER);
 /// The binary tensor extension's header: the body is this many bytes of JSON, then the tensors.
 static HEADER_LENGTH: HeaderName = HeaderName::from_static(json::HEADER_LENGTH);
 /// Header a caller may set to bound how long it waits, in milliseconds (like the `timeout` parameter).
@@ -92,7 +93,8 @@ async fn run(
         Err(e) => (Err(e), json::OutputFormat::default(), None),
     };
     let routing_key = headers.get(&ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
-    let call = Call { model, version, routing_key, deadline, protocol: Protocol::Rest };
+    let request_id = headers.get(&REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
+    let call = Call { model, version, routing_key, deadline, protocol: Protocol::Rest, request_id };
     let response = pipeline::infer(&state.gateway, call, request).await?;
     let encoded = tracing::debug_span!("encode").in_scope(|| json::encode_response(&response, &format))?;
     let mut reply = match encoded.header_length {
@@ -105,6 +107,10 @@ async fn run(
     };
     if let Some(variant) = response.variant.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
         reply.headers_mut().insert(VARIANT_HEADER.clone(), variant);
+    }
+    // Ids are printable ASCII (the pipeline refuses others), so every one is a valid header value.
+    if let Some(id) = response.id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+        reply.headers_mut().insert(REQUEST_ID_HEADER.clone(), id);
     }
     Ok(reply)
 }

@@ -4,6 +4,7 @@
 //! nowhere else.
 
 mod body;
+mod feedback;
 mod health;
 mod inference;
 mod json;
@@ -47,6 +48,7 @@ pub fn router(gateway: Arc<Gateway>, limits: Limits) -> RestApi {
     let table = traffic::routes(table);
     let table = repository::routes(table);
     let table = shared_memory::routes(table);
+    let table = feedback::routes(table);
     let table = table.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state.clone());
     RestApi(Arc::new((table, state)))
 }

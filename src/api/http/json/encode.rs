@@ -1,11 +1,10 @@
 //! Response encoding: KServe v2 JSON, with the outputs asked for in binary after it.
 
 use serde::Serialize;
-use serde::ser::{SerializeSeq, Serializer};
 
 use super::OutputFormat;
 use crate::api::{ApiError, InferResponse, NamedTensor};
-use crate::tensor::{DataType, Tensor};
+use crate::tensor::{DataType, JsonData};
 
 #[derive(Serialize)]
 struct ResponseBody<'a> {
@@ -32,7 +31,7 @@ struct OutputTensor<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<OutputParameters>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<TensorData<'a>>,
+    data: Option<JsonData<'a>>,
 }
 
 /// Where an output's bytes are when they are binary data after the JSON. An output written into a shared-memory
@@ -49,50 +48,6 @@ enum Placement {
     Json,
     Binary,
     Shared,
-}
-
-/// Serialises a tensor's elements as a flat JSON array without building an intermediate vector.
-struct TensorData<'a>(&'a Tensor);
-
-macro_rules! serialize_le {
-    ($seq:ident, $data:expr, $ty:ty) => {
-        for chunk in $data.chunks_exact(std::mem::size_of::<$ty>()) {
-            let mut raw = [0u8; std::mem::size_of::<$ty>()];
-            raw.copy_from_slice(chunk);
-            $seq.serialize_element(&<$ty>::from_le_bytes(raw))?;
-        }
-    };
-}
-
-impl Serialize for TensorData<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let tensor = self.0;
-        let data = tensor.data();
-        let mut seq = serializer.serialize_seq(Some(tensor.element_count()))?;
-        match tensor.dtype() {
-            DataType::Bool => {
-                for &b in data.iter() {
-                    seq.serialize_element(&(b != 0))?;
-                }
-            }
-            DataType::Uint8 => serialize_le!(seq, data, u8),
-            DataType::Uint16 => serialize_le!(seq, data, u16),
-            DataType::Uint32 => serialize_le!(seq, data, u32),
-            DataType::Uint64 => serialize_le!(seq, data, u64),
-            DataType::Int8 => serialize_le!(seq, data, i8),
-            DataType::Int16 => serialize_le!(seq, data, i16),
-            DataType::Int32 => serialize_le!(seq, data, i32),
-            DataType::Int64 => serialize_le!(seq, data, i64),
-            DataType::Fp32 => serialize_le!(seq, data, f32),
-            DataType::Fp64 => serialize_le!(seq, data, f64),
-            DataType::Bytes => {
-                for element in tensor.bytes_elements() {
-                    seq.serialize_element(&String::from_utf8_lossy(element))?;
-                }
-            }
-        }
-        seq.end()
-    }
 }
 
 /// Bytes reserved for a response's JSON before it is written (it grows if needed).
@@ -132,7 +87,7 @@ pub fn encode_response(response: &InferResponse, format: &OutputFormat) -> Resul
                 shape: o.tensor.shape(),
                 parameters: (placement == Placement::Binary)
                     .then(|| OutputParameters { binary_data_size: o.tensor.data().len() }),
-                data: (placement == Placement::Json).then_some(TensorData(&o.tensor)),
+                data: (placement == Placement::Json).then_some(JsonData(&o.tensor)),
             })
             .collect(),
     };
