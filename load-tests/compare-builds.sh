@@ -8,6 +8,8 @@
 #   ALONE=0           side-by-side runs only (no throughput of each build alone; a third of the time)
 #   PROTOCOLS="grpc" CONCURRENCIES="64"   fewer workloads (default rest-json rest-binary grpc, and 8 64)
 #   BASE_FLAGS="..." NEW_FLAGS="..."       more flags for one build (e.g. tracing on for new only: load-tests/tracing.sh)
+#   BASE_MODELS=dir NEW_MODELS=dir         another model repository for one build (default models/; it must hold
+#                                          the models driven, e.g. a copy with [logging]: load-tests/payload_log.sh)
 # Both builds run with the same flags (models/, loopback, free ports, --metrics-port 0, --log-level warn), from copies
 # taken at the start (a rebuild of target/ during the runs changes nothing), pinned to core 0; loadgen is pinned to
 # core 1. Each round starts both servers afresh and measures REST with JSON tensors, REST with binary tensors and
@@ -123,12 +125,14 @@ server_log() {
 start() {
   local side=$1 attempt port_http port_grpc p status extra=()
   mkdir -p "$root/tmp-$side"
+  local repository=${BASE_MODELS:-models}
   if [ "$side" = base ]; then read -r -a extra <<<"${BASE_FLAGS:-}"; else read -r -a extra <<<"${NEW_FLAGS:-}"; fi
+  [ "$side" = base ] || repository=${NEW_MODELS:-models}
   for attempt in 1 2 3; do
     read -r port_http port_grpc < <(free_ports)
     # Its own TMPDIR: no server state left in the shared temporary folder by earlier runs reaches either build.
     TMPDIR=$root/tmp-$side taskset -c 0 "$root/$side" --host 127.0.0.1 --http-port "$port_http" \
-      --grpc-port "$port_grpc" --metrics-port 0 --model-repository models --log-level warn "${extra[@]}" \
+      --grpc-port "$port_grpc" --metrics-port 0 --model-repository "$repository" --log-level warn "${extra[@]}" \
       >>"$out/compare-builds-$side.log" 2>&1 &
     p=$!
     for _ in $(seq 600); do

@@ -66,8 +66,9 @@ pub fn feedback(gateway: &Gateway, model: &str, records: Vec<FeedbackRecord>) ->
         .into_iter()
         .enumerate()
         .map(|(i, record)| {
-            check(gateway, model, record)
-                .map_err(|reason| ApiError::invalid_input(format!("feedback record {i}: {reason}; nothing was applied")))
+            check(gateway, model, record).map_err(|reason| {
+                ApiError::invalid_input(format!("feedback record {i}: {reason}; nothing was applied"))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(apply(gateway, model, checked))

@@ -33,7 +33,8 @@ pub(super) fn sample(serving: &ServingVersion, inputs: &[NamedTensor]) -> Option
         return None;
     }
     let excluded = |input: &NamedTensor| {
-        (logging.exclude_bytes && input.tensor.dtype() == DataType::Bytes) || logging.exclude_inputs.contains(&input.name)
+        (logging.exclude_bytes && input.tensor.dtype() == DataType::Bytes)
+            || logging.exclude_inputs.contains(&input.name)
     };
     let (mut kept, mut omitted) = (Vec::new(), Vec::new());
     if logging.mode.inputs() {

@@ -192,12 +192,7 @@ fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 }
 
 /// The request metrics and statistics of the version that answered (or failed).
-fn record(
-    serving: &ServingVersion,
-    protocol: Protocol,
-    result: &Result<Answered, ApiError>,
-    arrived: Instant,
-) {
+fn record(serving: &ServingVersion, protocol: Protocol, result: &Result<Answered, ApiError>, arrived: Instant) {
     let metrics = &serving.metrics;
     match result {
         Ok(answered) => metrics.observe_ok(protocol, answered.rows, arrived.elapsed()),

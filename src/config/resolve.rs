@@ -10,9 +10,9 @@ use super::{
     TlsSettings, TracingSettings,
 };
 use crate::repository::ModelConfig;
+use crate::repository::mlflow::{MlflowAuth, MlflowModel};
 use crate::telemetry::feedback::FeedbackSettings;
 use crate::telemetry::payload::PayloadLogSettings;
-use crate::repository::mlflow::{MlflowAuth, MlflowModel};
 
 /// Bounds of the repository and registry poll intervals, in seconds.
 const MIN_POLL_SECS: f64 = 0.05;
@@ -117,13 +117,21 @@ fn payload_log_settings(set: &ServeArgs, defaults: &PayloadLogSettings) -> Resul
         source,
         queue: positive("--payload-log-queue", set.payload_log_queue.map(|q| q as u64), defaults.queue as u64)?
             as usize,
-        max_file_bytes: positive("--payload-log-max-file-bytes", set.payload_log_max_file_bytes, defaults.max_file_bytes)?,
+        max_file_bytes: positive(
+            "--payload-log-max-file-bytes",
+            set.payload_log_max_file_bytes,
+            defaults.max_file_bytes,
+        )?,
         max_file_age: Duration::from_secs(positive(
             "--payload-log-max-file-age-secs",
             set.payload_log_max_file_age_secs,
             defaults.max_file_age.as_secs(),
         )?),
-        max_disk_bytes: positive("--payload-log-max-disk-bytes", set.payload_log_max_disk_bytes, defaults.max_disk_bytes)?,
+        max_disk_bytes: positive(
+            "--payload-log-max-disk-bytes",
+            set.payload_log_max_disk_bytes,
+            defaults.max_disk_bytes,
+        )?,
     })
 }
 
@@ -134,7 +142,11 @@ fn feedback_settings(set: &ServeArgs, defaults: &FeedbackSettings) -> Result<Fee
         value => Ok(value.unwrap_or(default)),
     };
     Ok(FeedbackSettings {
-        max_predictions: positive("--feedback-max-predictions", set.feedback_max_predictions, defaults.max_predictions)?,
+        max_predictions: positive(
+            "--feedback-max-predictions",
+            set.feedback_max_predictions,
+            defaults.max_predictions,
+        )?,
         max_age: Duration::from_secs(positive(
             "--feedback-max-age-secs",
             set.feedback_max_age_secs.map(|s| s as usize),

@@ -335,6 +335,44 @@ fn tracing_needs_an_http_collector_and_a_ratio_in_range() {
     }
 }
 
+#[test]
+fn payload_log_and_feedback_settings_have_defaults_and_bounds() {
+    let config = Config::resolve(serve_flags(&[])).unwrap();
+    assert_eq!((config.payload_log.dir.as_ref(), config.payload_log.url.as_ref()), (None, None));
+    assert_eq!(
+        (config.payload_log.queue, config.feedback.max_predictions, config.feedback.max_batch),
+        (10_000, 1_000_000, 10_000)
+    );
+    let config = Config::resolve(serve_flags(&[
+        "--payload-log-url",
+        "https://sink.example:8443/events",
+        "--payload-log-dir",
+        "/var/log/infergate",
+        "--payload-log-max-file-age-secs",
+        "60",
+        "--feedback-max-age-secs",
+        "86400",
+    ]))
+    .unwrap();
+    assert_eq!(config.payload_log.url.as_deref(), Some("https://sink.example:8443/events"));
+    assert_eq!(config.payload_log.dir, Some(PathBuf::from("/var/log/infergate")));
+    assert_eq!(
+        (config.payload_log.max_file_age, config.feedback.max_age),
+        (Duration::from_secs(60), Duration::from_secs(86400))
+    );
+    let refusals: [(&[&str], &str); 5] = [
+        (&["--payload-log-url", "sink:8080"], "http:// or https://"),
+        (&["--payload-log-url", "http:///events"], "with a host"),
+        (&["--payload-log-queue", "0"], "at least 1"),
+        (&["--feedback-max-batch", "0"], "at least 1"),
+        (&["--payload-log-source", " "], "printable ASCII"),
+    ];
+    for (flags, message) in refusals {
+        let error = Config::resolve(serve_flags(flags)).unwrap_err().to_string();
+        assert!(error.contains(message), "{flags:?}: {error}");
+    }
+}
+
 /// `infergate serve --model-repository models <flags>`, parsed.
 fn serve_flags(flags: &[&str]) -> ServeArgs {
     let line = ["infergate", "serve", "--model-repository", "models"].iter().chain(flags);

@@ -108,8 +108,9 @@ async fn run(
     if let Some(variant) = response.variant.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
         reply.headers_mut().insert(VARIANT_HEADER.clone(), variant);
     }
-    // Ids are printable ASCII (the pipeline refuses others), so every one is a valid header value.
-    if let Some(id) = response.id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+    // Ids are printable ASCII (the pipeline refuses others), so every one is a valid header value; its bytes move
+    // into the header, not copied.
+    if let Some(id) = response.id.and_then(|id| HeaderValue::from_maybe_shared(Bytes::from(id)).ok()) {
         reply.headers_mut().insert(REQUEST_ID_HEADER.clone(), id);
     }
     Ok(reply)

@@ -228,7 +228,8 @@ mod tests {
         let labels = tensor(DataType::Int64, vec![2], [2i64, 0].map(i64::to_le_bytes).concat());
         assert_eq!(Prediction::classes(&labels), Some(Prediction::Classes(vec![2, 0])));
         assert!(Prediction::looks_like_classes(&labels));
-        let scores = tensor(DataType::Fp32, vec![2, 3], [0.1f32, 0.7, 0.2, 0.5, 0.3, 0.2].map(f32::to_le_bytes).concat());
+        let scores =
+            tensor(DataType::Fp32, vec![2, 3], [0.1f32, 0.7, 0.2, 0.5, 0.3, 0.2].map(f32::to_le_bytes).concat());
         assert_eq!(Prediction::classes(&scores), Some(Prediction::Classes(vec![1, 0])));
         assert!(Prediction::looks_like_classes(&scores));
         let values = tensor(DataType::Fp32, vec![2, 1], [1.5f32, -2.0].map(f32::to_le_bytes).concat());

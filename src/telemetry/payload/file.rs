@@ -71,10 +71,20 @@ impl FileWriter {
                 Next::Idle => {}
                 Next::Stop => break,
             }
+            // A file ends at its size limit (past it by less than a line), however lines are gathered.
+            let written = self.open.as_ref().map_or(0, |f| f.written);
+            if written + self.buffer.len() as u64 >= self.max_file_bytes {
+                self.write();
+                self.close();
+                continue;
+            }
             if self.buffer.len() >= FLUSH_BYTES || self.last_write.elapsed() >= FLUSH_EVERY {
                 self.write();
             }
-            if self.open.as_ref().is_some_and(|f| f.written >= self.max_file_bytes || f.opened.elapsed() >= self.max_file_age)
+            if self
+                .open
+                .as_ref()
+                .is_some_and(|f| f.written >= self.max_file_bytes || f.opened.elapsed() >= self.max_file_age)
             {
                 self.close();
             }

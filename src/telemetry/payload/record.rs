@@ -39,7 +39,12 @@ struct JsonTensor<'a> {
 
 fn tensors(list: &[(String, Tensor)]) -> Vec<JsonTensor<'_>> {
     list.iter()
-        .map(|(name, tensor)| JsonTensor { name, datatype: tensor.dtype(), shape: tensor.shape(), data: JsonData(tensor) })
+        .map(|(name, tensor)| JsonTensor {
+            name,
+            datatype: tensor.dtype(),
+            shape: tensor.shape(),
+            data: JsonData(tensor),
+        })
         .collect()
 }
 
@@ -145,8 +150,9 @@ mod tests {
     use super::*;
 
     fn record() -> PayloadRecord {
-        let x = Tensor::new(DataType::Fp32, vec![1, 2], bytes::Bytes::from([1.5f32, -2.0].map(f32::to_le_bytes).concat()))
-            .unwrap();
+        let x =
+            Tensor::new(DataType::Fp32, vec![1, 2], bytes::Bytes::from([1.5f32, -2.0].map(f32::to_le_bytes).concat()))
+                .unwrap();
         let label = Tensor::new(DataType::Int64, vec![1], bytes::Bytes::from(2i64.to_le_bytes().to_vec())).unwrap();
         PayloadRecord {
             id: "r-1".into(),
