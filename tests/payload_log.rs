@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 /// The checks start servers and one measures latencies: they run one at a time, not on each other's cores.
@@ -17,28 +16,10 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Runs one check of payload_log_clients.py in a fresh work folder; it must exit 0 and say it passed.
 async fn run_check(check: &str) {
     let _serial = SERIAL.lock().await;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = common::temp_dir(&format!("payload-log-{check}"));
-    let run = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/interop/payload_log_clients.py"))
-        .args(["--check", check, "--infergate", env!("CARGO_BIN_EXE_infergate")])
-        .arg("--models")
-        .arg(common::bundled_models())
-        .arg("--work")
-        .arg(&work)
-        .kill_on_drop(true)
-        .output();
-    // The script stops every server it starts; a hang is a failure, not a stuck suite.
-    let output = tokio::time::timeout(Duration::from_secs(300), run)
-        .await
-        .unwrap_or_else(|_| panic!("payload_log_clients.py --check {check} did not finish within 5 minutes"))
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    assert!(output.status.success(), "payload_log_clients.py --check {check} failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains(&format!("payload log {check}: all checks passed")), "{stdout}");
-    std::fs::remove_dir_all(&work).unwrap();
+    let passed = format!("payload log {check}: all checks passed");
+    let (script, binary, limit) = ("payload_log_clients.py", env!("CARGO_BIN_EXE_infergate"), Duration::from_secs(300));
+    common::run_interop_script(script, &["--check", check], binary, &work, limit, &passed).await;
 }
 
 /// Ids from the body, the x-request-id header or gRPC metadata, or generated (UUIDv7), answered in the body and the

@@ -6,31 +6,10 @@
 
 mod common;
 
-use std::path::Path;
-
 #[tokio::test]
 #[ignore = "needs opentelemetry-proto and tritonclient in .venv; scripts/test installs and runs it"]
 async fn request_spans_reach_an_otlp_collector() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = common::temp_dir("tracing");
-    let run = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/interop/tracing_clients.py"))
-        .args(["--infergate", env!("CARGO_BIN_EXE_infergate")])
-        .arg("--models")
-        .arg(common::bundled_models())
-        .arg("--work")
-        .arg(&work)
-        .kill_on_drop(true)
-        .output();
-    // The script stops every server it starts; a hang is a failure, not a stuck suite.
-    let output = tokio::time::timeout(std::time::Duration::from_secs(600), run)
-        .await
-        .expect("tracing_clients.py did not finish within 10 minutes")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    assert!(output.status.success(), "tracing_clients.py failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("tracing: all checks passed"), "{stdout}");
-    std::fs::remove_dir_all(&work).unwrap();
+    let (binary, limit) = (env!("CARGO_BIN_EXE_infergate"), std::time::Duration::from_secs(600));
+    common::run_interop_script("tracing_clients.py", &[], binary, &work, limit, "tracing: all checks passed").await;
 }

@@ -295,3 +295,38 @@ pub fn make_certificates(dir: &Path) {
         );
     }
 }
+
+/// Runs `tests/interop/<script>` with the test environment's Python against the infergate binary `infergate` and
+/// the bundled models, in the fresh folder `work` (`--infergate`, `--models`, `--work`, then `args`); it must exit
+/// 0 within `limit` and print `passed` (its closing line). Prints the script's output; removes `work` on success.
+pub async fn run_interop_script(
+    script: &str,
+    args: &[&str],
+    infergate: &str,
+    work: &Path,
+    limit: Duration,
+    passed: &str,
+) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/interop").join(script))
+        .args(["--infergate", infergate])
+        .arg("--models")
+        .arg(bundled_models())
+        .arg("--work")
+        .arg(work)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    // The script stops every server it starts; a hang is a failure, not a stuck suite.
+    let output = tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| panic!("{script} {args:?} did not finish within {limit:?}"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(output.status.success(), "{script} {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(passed), "{stdout}");
+    std::fs::remove_dir_all(work).unwrap();
+}
