@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::request_id::MAX_ID_BYTES;
 use super::{ApiError, Gateway};
 use crate::lifecycle::LookupError;
-use crate::telemetry::feedback::{Lookup, Prediction};
+use crate::telemetry::feedback::{FEEDBACK_RESULTS, Lookup, Prediction};
 
 /// One label: the request's id and its true class or value (one per row of the request, or a single value for a
 /// one-row request).
@@ -172,12 +172,8 @@ fn apply(gateway: &Gateway, model: &str, checked: Vec<Checked>) -> FeedbackSumma
             }
         }
     }
-    for (result, n) in [
-        ("matched", summary.matched),
-        ("unknown_id", summary.unknown_id),
-        ("expired", summary.expired),
-        ("duplicate", summary.duplicate),
-    ] {
+    let counts = [summary.matched, summary.unknown_id, summary.expired, summary.duplicate];
+    for (result, n) in FEEDBACK_RESULTS.into_iter().zip(counts) {
         metrics.count(model, result, n);
     }
     summary

@@ -9,7 +9,7 @@ use super::Gateway;
 use super::pipeline::{InferResponse, NamedTensor};
 use crate::lifecycle::ServingVersion;
 use crate::repository::{FeedbackTask, LogMode, LogSink};
-use crate::routing::random_u64;
+use crate::routing::random_unit;
 use crate::telemetry::feedback::Prediction;
 use crate::telemetry::payload::{PayloadRecord, Sink};
 use crate::tensor::{DataType, Tensor};
@@ -28,8 +28,7 @@ pub(super) struct Sampled {
 /// share the request's bytes).
 pub(super) fn sample(serving: &ServingVersion, inputs: &[NamedTensor]) -> Option<Sampled> {
     let logging = serving.model_config.logging.as_ref()?;
-    let draw = (random_u64() >> 11) as f64 / (1u64 << 53) as f64 * 100.0;
-    if logging.percent < 100.0 && draw >= logging.percent {
+    if logging.percent < 100.0 && random_unit() * 100.0 >= logging.percent {
         return None;
     }
     let excluded = |input: &NamedTensor| {

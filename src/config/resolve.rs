@@ -28,7 +28,7 @@ impl Config {
         let set = args.over(file);
         let defaults = Config::default();
         let payload_log = payload_log_settings(&set, &defaults.payload_log)?;
-        let feedback = feedback_settings(&set, &defaults.feedback)?;
+        let feedback = feedback_settings(&set, &defaults.feedback);
         let mlflow = mlflow_settings(set.mlflow)?;
         let host = set.host.unwrap_or(defaults.http_host);
         let config = Config {
@@ -103,58 +103,31 @@ fn payload_log_settings(set: &ServeArgs, defaults: &PayloadLogSettings) -> Resul
             )));
         }
     }
-    let positive = |name: &str, value: Option<u64>, default: u64| match value {
-        Some(0) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
-        value => Ok(value.unwrap_or(default)),
-    };
     let source = set.payload_log_source.clone().unwrap_or_else(|| defaults.source.clone());
     if source.trim().is_empty() || !source.chars().all(|c| (' '..='~').contains(&c)) {
         return Err(ConfigError::Invalid("--payload-log-source must be printable ASCII, not empty".into()));
     }
+    // Zeros are refused with the other limits, in `Config::validate`.
     Ok(PayloadLogSettings {
         dir: set.payload_log_dir.clone(),
         url: set.payload_log_url.clone(),
         source,
-        queue: positive("--payload-log-queue", set.payload_log_queue.map(|q| q as u64), defaults.queue as u64)?
-            as usize,
-        max_file_bytes: positive(
-            "--payload-log-max-file-bytes",
-            set.payload_log_max_file_bytes,
-            defaults.max_file_bytes,
-        )?,
-        max_file_age: Duration::from_secs(positive(
-            "--payload-log-max-file-age-secs",
-            set.payload_log_max_file_age_secs,
-            defaults.max_file_age.as_secs(),
-        )?),
-        max_disk_bytes: positive(
-            "--payload-log-max-disk-bytes",
-            set.payload_log_max_disk_bytes,
-            defaults.max_disk_bytes,
-        )?,
+        queue: set.payload_log_queue.unwrap_or(defaults.queue),
+        max_file_bytes: set.payload_log_max_file_bytes.unwrap_or(defaults.max_file_bytes),
+        max_file_age: set.payload_log_max_file_age_secs.map_or(defaults.max_file_age, Duration::from_secs),
+        max_disk_bytes: set.payload_log_max_disk_bytes.unwrap_or(defaults.max_disk_bytes),
     })
 }
 
-/// How many predictions are kept for feedback, for how long and in how much memory.
-fn feedback_settings(set: &ServeArgs, defaults: &FeedbackSettings) -> Result<FeedbackSettings, ConfigError> {
-    let positive = |name: &str, value: Option<usize>, default: usize| match value {
-        Some(0) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
-        value => Ok(value.unwrap_or(default)),
-    };
-    Ok(FeedbackSettings {
-        max_predictions: positive(
-            "--feedback-max-predictions",
-            set.feedback_max_predictions,
-            defaults.max_predictions,
-        )?,
-        max_age: Duration::from_secs(positive(
-            "--feedback-max-age-secs",
-            set.feedback_max_age_secs.map(|s| s as usize),
-            defaults.max_age.as_secs() as usize,
-        )? as u64),
-        max_bytes: positive("--feedback-max-bytes", set.feedback_max_bytes, defaults.max_bytes)?,
-        max_batch: positive("--feedback-max-batch", set.feedback_max_batch, defaults.max_batch)?,
-    })
+/// How many predictions are kept for feedback, for how long and in how much memory (zeros are refused with the
+/// other limits, in `Config::validate`).
+fn feedback_settings(set: &ServeArgs, defaults: &FeedbackSettings) -> FeedbackSettings {
+    FeedbackSettings {
+        max_predictions: set.feedback_max_predictions.unwrap_or(defaults.max_predictions),
+        max_age: set.feedback_max_age_secs.map_or(defaults.max_age, Duration::from_secs),
+        max_bytes: set.feedback_max_bytes.unwrap_or(defaults.max_bytes),
+        max_batch: set.feedback_max_batch.unwrap_or(defaults.max_batch),
+    }
 }
 
 /// The MLflow settings; `None` when no layer names a tracking server. Models come from `--mlflow-model` when it

@@ -73,6 +73,17 @@ impl Config {
             ("--max-request-rows", self.request_limits.max_request_rows),
             ("--max-bytes-element", self.request_limits.max_bytes_element),
             ("--max-model-bytes", usize::try_from(self.max_model_bytes).unwrap_or(usize::MAX)),
+            ("--payload-log-queue", self.payload_log.queue),
+            ("--payload-log-max-file-bytes", usize::try_from(self.payload_log.max_file_bytes).unwrap_or(usize::MAX)),
+            (
+                "--payload-log-max-file-age-secs",
+                usize::try_from(self.payload_log.max_file_age.as_secs()).unwrap_or(usize::MAX),
+            ),
+            ("--payload-log-max-disk-bytes", usize::try_from(self.payload_log.max_disk_bytes).unwrap_or(usize::MAX)),
+            ("--feedback-max-predictions", self.feedback.max_predictions),
+            ("--feedback-max-age-secs", usize::try_from(self.feedback.max_age.as_secs()).unwrap_or(usize::MAX)),
+            ("--feedback-max-bytes", self.feedback.max_bytes),
+            ("--feedback-max-batch", self.feedback.max_batch),
         ];
         if let Some((flag, _)) = limits.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Invalid(format!("{flag} must be at least 1")));

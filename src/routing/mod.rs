@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-pub use policy::{Policy, Variant, random_u64};
+pub use policy::{Policy, Variant, random_u64, random_unit};
 pub use rollout::{Decision, RolloutStatus};
 pub use window::{PREDICTION_BINS, VariantWindow, WindowSummary};
 

@@ -106,7 +106,7 @@ fn splitmix64(mut x: u64) -> u64 {
 }
 
 /// A uniform draw in [0, 1) from the per-thread generator.
-fn random_unit() -> f64 {
+pub fn random_unit() -> f64 {
     (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
