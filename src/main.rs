@@ -2,7 +2,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use infergate::backend::Backends;
-use infergate::config::{BackendsArgs, Cli, Command, Config, LogFormat, OtlpProtocol, ReferenceArgs};
+use infergate::config::{
+    BackendsArgs, Cli, Command, Config, DocsArgs, DocsPage, LogFormat, OtlpProtocol, ReferenceArgs,
+};
 use infergate::server::{Server, ShutdownTrigger};
 use infergate::telemetry::trace::{self, LogStyle, TraceExport};
 
@@ -11,6 +13,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args,
         Command::Reference(args) => return reference(&args),
         Command::Backends(args) => return backends(&args),
+        Command::Docs(args) => return docs(&args),
     };
     let config = match Config::resolve(args) {
         Ok(config) => config,
@@ -56,6 +59,22 @@ fn install_tracing(config: &Config) -> Result<trace::Tracing, trace::TraceError>
     });
     // The filter was checked by Config::validate.
     trace::install(&config.log_level, style, export.as_ref())
+}
+
+/// `infergate docs PAGE`: prints a generated page of the documentation.
+fn docs(args: &DocsArgs) -> ExitCode {
+    match args.page {
+        DocsPage::Config => match infergate::config::configuration_reference() {
+            Ok(page) => {
+                print!("{page}");
+                ExitCode::SUCCESS
+            }
+            Err(undocumented) => {
+                eprintln!("infergate docs: these have no description: {}", undocumented.join(", "));
+                ExitCode::FAILURE
+            }
+        },
+    }
 }
 
 /// `infergate reference`: writes the reference.json of a version from sample traffic.

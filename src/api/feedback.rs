@@ -86,7 +86,7 @@ fn check(gateway: &Gateway, model: &str, record: FeedbackRecord) -> Result<Check
         Lookup::Found(kept) => {
             if values.len() != kept.prediction.rows() {
                 return Err(format!(
-                    "the request '{}' had {} rows; the target gives {} values",
+                    "the request '{}' had {} rows; the target's length is {}",
                     record.id,
                     kept.prediction.rows(),
                     values.len()

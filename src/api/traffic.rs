@@ -1,4 +1,4 @@
-//! The traffic management extension: a model's traffic policy (read by anyone, changed with the admin token) and
+//! The traffic management extension: a model's traffic policy (read like metadata, changed with the admin token) and
 //! the state of its rollout.
 
 use serde::Serialize;

@@ -27,6 +27,23 @@ pub enum Command {
     Reference(ReferenceArgs),
     /// Show which backends and execution providers this machine can use, and why not.
     Backends(BackendsArgs),
+    /// Print a page of the documentation that is generated from the code.
+    Docs(DocsArgs),
+}
+
+/// Flags of `infergate docs`.
+#[derive(Debug, Clone, Args)]
+pub struct DocsArgs {
+    /// The page: `config` is docs/configuration-reference.md, every flag, variable and key.
+    #[arg(value_enum)]
+    pub page: DocsPage,
+}
+
+/// A generated page of the documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DocsPage {
+    /// Every flag, environment variable, config file key and `model.toml` key, with default and meaning.
+    Config,
 }
 
 /// Flags of `infergate backends`.

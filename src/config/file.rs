@@ -3,19 +3,24 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, ServeArgs};
 use crate::repository::ModelConfig;
 
 /// `[[mlflow.models]]`: a registered model, the aliases to serve and, in `[mlflow.models.config]`, the settings
 /// a `model.toml` would hold.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MlflowModelFile {
+    /// The registered model's name in MLflow.
     pub(super) name: String,
+    /// The aliases to serve (`latest` is the newest version); the first answers requests that name no version.
     pub(super) aliases: Vec<String>,
+    /// The name it is served under [default: the registered name]
     pub(super) serve_as: Option<String>,
+    /// `[mlflow.models.config]`: the settings a `model.toml` would hold, with the same keys (below).
     pub(super) config: Option<ModelConfig>,
 }
 

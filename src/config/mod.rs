@@ -6,6 +6,7 @@
 //! invalid combination.
 
 mod cli;
+mod docs;
 mod file;
 mod layering;
 mod resolve;
@@ -20,17 +21,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::repository::mlflow::{MlflowAuth, MlflowModel};
 use crate::telemetry::feedback::FeedbackSettings;
 use crate::telemetry::payload::PayloadLogSettings;
 
-pub use cli::{BackendsArgs, Cli, Command, ReferenceArgs};
+pub use cli::{BackendsArgs, Cli, Command, DocsArgs, DocsPage, ReferenceArgs};
+pub use docs::configuration_reference;
 pub use serve_args::{MlflowArgs, ServeArgs};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelControlMode {
     /// Load everything at start, then watch the repository.
@@ -42,7 +45,7 @@ pub enum ModelControlMode {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -50,7 +53,7 @@ pub enum LogFormat {
 }
 
 /// The wire protocol of the OpenTelemetry collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum OtlpProtocol {
     /// OTLP over gRPC.

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::file::MlflowModelFile;
@@ -16,7 +17,7 @@ use super::{LogFormat, ModelControlMode, OtlpProtocol};
 layered_settings! {
     /// Flags of `infergate serve`, and the keys of its `--config` file (the field names). Every one is optional here
     /// so that an unset flag falls back to the config file, and an unset key to the default.
-    #[derive(Debug, Clone, Default, Args, Deserialize)]
+    #[derive(Debug, Clone, Default, Args, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields, default)]
     pub struct ServeArgs {
         /// Server configuration file (TOML); flags and environment variables override it.
@@ -207,7 +208,7 @@ layered_settings! {
 
 layered_settings! {
     /// The `--mlflow-*` flags, and the `[mlflow]` table of the config file (the field names without `mlflow_`).
-    #[derive(Debug, Clone, Default, Args, Deserialize)]
+    #[derive(Debug, Clone, Default, Args, Deserialize, JsonSchema)]
     // Type errors in `[mlflow]` still say "expected struct MlflowFile", as before this struct also took the flags.
     #[serde(deny_unknown_fields, default, expecting = "struct MlflowFile")]
     pub struct MlflowArgs {
@@ -233,8 +234,8 @@ layered_settings! {
         #[arg(long, env = "INFERGATE_MLFLOW_WEBHOOK_SECRET", hide_env_values = true)]
         #[serde(rename = "webhook_secret")]
         pub mlflow_webhook_secret: Option<String>,
-        /// `[[mlflow.models]]`, the file's form of `--mlflow-model` (a non-empty flag list replaces it, see
-        /// `resolve`): a model's settings do not fit in a flag.
+        /// The file's form of `--mlflow-model`, which also holds each model's settings; a non-empty `--mlflow-model`
+        /// list replaces it.
         #[arg(skip)]
         #[serde(rename = "models")]
         pub(super) registry_models: Vec<MlflowModelFile>,

@@ -149,7 +149,7 @@ fn mlflow_models_from_flags_and_file() {
 fn cli_parses_with_and_without_subcommand() {
     let port = |args: &[&str]| match Cli::try_parse_from(args).unwrap().into_command() {
         Command::Serve(serve) => serve.http_port,
-        Command::Reference(_) | Command::Backends(_) => panic!("not serve"),
+        Command::Reference(_) | Command::Backends(_) | Command::Docs(_) => panic!("not serve"),
     };
     assert_eq!(port(&["infergate", "--http-port", "1234"]), Some(1234));
     assert_eq!(port(&["infergate", "serve", "--http-port", "4321"]), Some(4321));

@@ -1,5 +1,6 @@
 //! Where a model computes, as `model.toml` says it.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Serialize;
@@ -44,5 +45,24 @@ impl<'de> serde::Deserialize<'de> for Device {
 impl Serialize for Device {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
+    }
+}
+
+/// In the configuration reference, a device is the string `model.toml` holds.
+impl schemars::JsonSchema for Device {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("Device")
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(cpu|cuda:[0-9]+)$",
+            "x-kind": "`\"cpu\"` or `\"cuda:N\"`",
+        })
+    }
+
+    fn inline_schema() -> bool {
+        true
     }
 }

@@ -1,13 +1,14 @@
 //! The per-model `model.toml`. Unknown keys are refused, so a typo never silently falls back to a default.
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::Device;
 use super::observe_config::{FeedbackConfig, LoggingConfig};
 use super::traffic_config::{RolloutConfig, TrafficConfig};
 
 /// Which backend computes a model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     /// ONNX Runtime when its library loaded, else tract.
@@ -20,7 +21,7 @@ pub enum BackendChoice {
 }
 
 /// Which of a model's versions are served.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VersionPolicy {
     /// The N highest version numbers.
@@ -56,7 +57,7 @@ impl VersionPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     #[serde(default)]
@@ -64,7 +65,7 @@ pub struct ModelConfig {
     /// `"cpu"` or `"cuda:N"` (ONNX Runtime's CUDA provider; never a silent CPU fallback).
     #[serde(default)]
     pub device: Device,
-    /// ONNX Runtime intra-op threads per instance (see `backend::onnxruntime` for why 1).
+    /// ONNX Runtime intra-op threads per instance; `[batching] instances` adds runs in parallel instead.
     #[serde(default = "one")]
     pub intra_op_threads: usize,
     #[serde(default)]
@@ -88,7 +89,7 @@ pub struct ModelConfig {
     #[serde(default)]
     pub rollout: Option<RolloutConfig>,
     /// Most bytes the version's weights may need; larger versions are refused at load [default: the server's
-    /// --max-model-bytes].
+    /// --max-model-bytes]
     #[serde(default)]
     pub max_model_bytes: Option<u64>,
     /// `[logging]`: a sample of the answered requests written to a payload log.
@@ -100,13 +101,15 @@ pub struct ModelConfig {
 }
 
 /// `[cuda]`: how ONNX Runtime's CUDA provider runs this model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CudaConfig {
     /// Most GPU memory the provider's arena may take, in MiB; 0 = no limit.
     pub memory_limit_mb: u64,
+    /// How the provider's memory arena grows: by powers of two, or by what each allocation asks.
     pub arena_extend_strategy: ArenaStrategy,
-    /// How cuDNN picks convolution algorithms; unset: see [`ModelConfig::conv_search`].
+    /// How cuDNN picks convolution algorithms [default: `exhaustive` for a version that is not batched, `default`
+    /// for one that is; see `ModelConfig::conv_search`]
     pub cudnn_conv_algo_search: Option<ConvSearch>,
     /// CUDA graphs capture the whole run once and replay it; only for models whose shapes never change.
     pub cuda_graphs: bool,
@@ -127,7 +130,7 @@ impl Default for CudaConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ArenaStrategy {
     #[default]
@@ -135,7 +138,7 @@ pub enum ArenaStrategy {
     SameAsRequested,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConvSearch {
     #[default]
@@ -145,7 +148,7 @@ pub enum ConvSearch {
 }
 
 /// `[warmup]`: inferences each instance runs before the version takes traffic.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WarmupConfig {
     /// Runs per instance and batch size, on inputs of zeros shaped by the signature; 0 turns warm-up off.
@@ -186,7 +189,7 @@ fn one() -> usize {
 }
 
 /// `[monitoring]`: which outputs' predictions are counted.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitoringConfig {
     /// `false` turns prediction tracking off for the model.
@@ -202,17 +205,19 @@ impl Default for MonitoringConfig {
 }
 
 /// `[[monitoring.outputs]]`: one watched output.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputMonitoring {
+    /// The output's name, as the model's signature has it.
     pub name: String,
+    /// How its predictions are counted.
     pub distribution: DistributionChoice,
     /// Histogram bucket bounds, ascending; empty means scores in [0, 1] by tenths.
     #[serde(default)]
     pub buckets: Vec<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DistributionChoice {
     /// A counter per predicted class: the value of a label output, or the highest column of a score output.
@@ -222,7 +227,7 @@ pub enum DistributionChoice {
 }
 
 /// `[batching]`: how requests wait for and share a backend run.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchingConfig {
     /// How long the first request of a batch may wait for company, in microseconds; 0 = eager.

@@ -1,10 +1,11 @@
 //! `[logging]` and `[feedback]` of `model.toml`: which answered requests are written to a payload log, and whether
 //! predictions are kept so that ground truth sent later can be joined to them.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `[logging]`: a sample of the model's answered requests, written to one of the server's payload-log sinks.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
     /// Share of the answered requests logged, in percent.
@@ -25,7 +26,7 @@ pub struct LoggingConfig {
 }
 
 /// What a record holds of a request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogMode {
     Request,
@@ -45,7 +46,7 @@ impl LogMode {
 }
 
 /// Where records go: the server's folder of JSON-lines files, or its CloudEvents HTTP endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogSink {
     File,
@@ -53,14 +54,14 @@ pub enum LogSink {
 }
 
 /// `[feedback]`: predictions are kept for the server's feedback window, so labels sent later are joined to them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeedbackConfig {
     pub task: FeedbackTask,
 }
 
 /// What a prediction is, read from the model's first output.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FeedbackTask {
     /// An integer or boolean output is a label, a float output of two or more columns is class scores (the

@@ -1,14 +1,17 @@
 //! `[traffic]` and `[rollout]` of `model.toml`; the same shapes are what the traffic management API takes.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::is_valid_model_name;
 
 /// `[traffic]`: how requests that pin no version are split across variants, and what is copied to a shadow.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrafficConfig {
+    /// `[[traffic.variants]]`: the named shares of the requests; their weights sum to 100.
     pub variants: Vec<VariantConfig>,
+    /// `[traffic.shadow]`: where a copy of some requests goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowConfig>,
 }
@@ -24,12 +27,15 @@ pub struct Target {
 
 /// One named share of the traffic: `model` (another model with the same signature; this one when absent) and
 /// `version` (its unpinned default when absent).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VariantConfig {
+    /// The variant's name, in metrics, the `x-infergate-variant` header and `[rollout]`.
     pub name: String,
+    /// Another model with the same signature [default: this model]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// A version of that model [default: the version its unpinned requests go to]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
     /// Percent of the requests; the weights of a policy sum to 100.
@@ -37,14 +43,18 @@ pub struct VariantConfig {
 }
 
 /// A copy of `percent` of the requests goes to the shadow; its answers are recorded and discarded.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowConfig {
+    /// The shadow's name, in metrics.
     pub name: String,
+    /// Another model with the same signature [default: this model]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// A version of that model [default: the version its unpinned requests go to]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// Percent of the requests copied to the shadow.
     pub percent: f64,
 }
 
@@ -62,10 +72,12 @@ impl ShadowConfig {
 
 /// `[rollout]`: the candidate variant's share grows step by step while it compares well with the baseline; a
 /// breach sets it to 0, passing the last step below 100 promotes it.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RolloutConfig {
+    /// The variant the candidate is compared with (required).
     pub baseline: String,
+    /// The variant whose share grows step by step (required).
     pub candidate: String,
     /// The candidate's share of the two variants' traffic at each step, in percent, rising to 100.
     pub steps: Vec<u32>,
@@ -86,8 +98,9 @@ pub struct RolloutConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_accuracy_drop: Option<f64>,
     /// Labels each variant needs in a step before its accuracy is judged; a step with `max_accuracy_drop` does not
-    /// pass without them. Left out of the serialized form at its default, like `max_accuracy_drop` when unset, so
-    /// that a rollout saved before these keys existed is still the same rollout.
+    /// pass without them [default: 100]
+    // Left out of the serialized form at its default, like `max_accuracy_drop` when unset, so that a rollout saved
+    // before these keys existed is still the same rollout.
     #[serde(skip_serializing_if = "is_default_min_feedback")]
     pub min_feedback: u64,
 }

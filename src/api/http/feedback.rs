@@ -1,22 +1,21 @@
 //! `POST /v2/models/{model}/feedback`: ground truth for earlier requests, one record or a JSON array of them.
 
-use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
-use axum::routing::post;
 
 use super::body::{Keyed, ReadBody};
+use super::routes::{PathParam, Routes};
 use super::{AppState, json_body};
 use crate::api::{self, ApiError, FeedbackRecord};
 
-pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
-    router.route("/v2/models/{model}/feedback", post(feedback))
+pub(super) fn routes(table: Routes<AppState>) -> Routes<AppState> {
+    table.post("/v2/models/{model}/feedback", feedback)
 }
 
 async fn feedback(
     _: Keyed,
     State(state): State<AppState>,
-    Path(model): Path<String>,
+    PathParam(model): PathParam<String>,
     ReadBody(body): ReadBody,
 ) -> Result<Response, ApiError> {
     let records = parse(&body)?;

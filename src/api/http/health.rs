@@ -1,24 +1,23 @@
 //! Health: liveness, readiness (with the detail of the model sources) and a model's readiness. Never keyed, so
 //! probes need no credentials.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Serialize;
 
 use super::metadata::{RoutePath, route};
+use super::routes::Routes;
 use super::{AppState, json_body};
 use crate::api::{self, ApiError};
 use crate::lifecycle::{MlflowStatus, ModelTable};
 
-pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
-    router
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
+pub(super) fn routes(table: Routes<AppState>) -> Routes<AppState> {
+    table
+        .get("/v2/health/live", live)
+        .get("/v2/health/ready", ready)
+        .get("/v2/models/{model}/ready", model_ready)
+        .get("/v2/models/{model}/versions/{version}/ready", model_ready)
 }
 
 #[derive(Serialize)]

@@ -13,6 +13,7 @@ use percent_encoding::percent_decode_str;
 use tracing::Instrument;
 
 use super::body::{authorize, read_body};
+use super::routes::Route;
 use super::{AppState, body_with_type, json, json_bytes, wrong_method};
 use crate::api::{self, ApiError, Call, Gateway, InferRequest, Protocol, pipeline};
 use crate::telemetry::trace;
@@ -34,6 +35,14 @@ static TRACESTATE: HeaderName = HeaderName::from_static(trace::TRACESTATE);
 
 /// The model and version segments of `/v2/models/{model}[/versions/{version}]/infer`, still percent-encoded.
 pub(super) type InferPath<'a> = (&'a str, Option<&'a str>);
+
+/// The inference paths [`path`] matches, as route templates.
+const PATHS: [&str; 2] = ["/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"];
+
+/// The inference routes, for the list of what the REST listener serves.
+pub(super) fn routes() -> Vec<Route> {
+    PATHS.iter().map(|&path| Route { method: Method::POST, path }).collect()
+}
 
 /// The model and version of an inference path; `None` for any other path.
 pub(super) fn path(path: &str) -> Option<InferPath<'_>> {
@@ -178,6 +187,14 @@ mod tests {
         ] {
             assert_eq!(path(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn the_listed_routes_are_the_matched_paths() {
+        let filled: Vec<String> =
+            PATHS.iter().map(|template| template.replace("{model}", "m").replace("{version}", "7")).collect();
+        assert_eq!(path(&filled[0]), Some(("m", None)));
+        assert_eq!(path(&filled[1]), Some(("m", Some("7"))));
     }
 
     #[test]

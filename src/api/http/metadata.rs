@@ -1,27 +1,26 @@
 //! Metadata: the server's, a model's, its configuration (Triton's model configuration extension) and its
 //! statistics (Triton's statistics extension).
 
-use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use axum::routing::get;
 use serde::Deserialize;
 
 use super::body::Keyed;
+use super::routes::Routes;
 use super::{AppState, json_body};
 use crate::api::{self, ApiError};
 
-pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
-    router
-        .route("/v2", get(server_metadata))
-        .route("/v2/models/stats", get(all_statistics))
-        .route("/v2/models/{model}/stats", get(model_statistics))
-        .route("/v2/models/{model}/versions/{version}/stats", get(model_statistics))
-        .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
-        .route("/v2/models/{model}/config", get(model_config))
-        .route("/v2/models/{model}/versions/{version}/config", get(model_config))
+pub(super) fn routes(table: Routes<AppState>) -> Routes<AppState> {
+    table
+        .get("/v2", server_metadata)
+        .get("/v2/models/stats", all_statistics)
+        .get("/v2/models/{model}/stats", model_statistics)
+        .get("/v2/models/{model}/versions/{version}/stats", model_statistics)
+        .get("/v2/models/{model}", model_metadata)
+        .get("/v2/models/{model}/versions/{version}", model_metadata)
+        .get("/v2/models/{model}/config", model_config)
+        .get("/v2/models/{model}/versions/{version}/config", model_config)
 }
 
 /// `{model}` or `{model}/versions/{version}` of a model route.

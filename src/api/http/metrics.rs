@@ -7,18 +7,23 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 
-use super::{health, not_found};
+use super::routes::{Route, Routes};
+use super::{health, method_not_allowed, not_found};
 use crate::lifecycle::ModelTable;
 
+/// The metrics listener's router.
 pub fn metrics_router(table: Arc<ModelTable>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/v2/health/live", get(health::live))
-        .route("/v2/health/ready", get(ready))
-        .fallback(not_found)
-        .with_state(table)
+    routes().router().fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(table)
+}
+
+/// What the metrics listener serves.
+pub fn metrics_routes() -> Vec<Route> {
+    routes().served()
+}
+
+fn routes() -> Routes<Arc<ModelTable>> {
+    Routes::new().get("/metrics", metrics).get("/v2/health/live", health::live).get("/v2/health/ready", ready)
 }
 
 async fn ready(State(table): State<Arc<ModelTable>>) -> Response {

@@ -11,6 +11,7 @@ mod json;
 mod metadata;
 mod metrics;
 mod repository;
+mod routes;
 mod shared_memory;
 mod traffic;
 
@@ -28,7 +29,8 @@ use tower::ServiceExt;
 
 pub use body::Limits;
 pub use json::{EncodedResponse, OutputFormat, decode_request, encode_response};
-pub use metrics::metrics_router;
+pub use metrics::{metrics_router, metrics_routes};
+pub use routes::Route;
 
 use crate::api::{ApiError, Gateway};
 
@@ -42,15 +44,27 @@ struct AppState {
 /// The REST API of a gateway. Bodies are read whole, within `limits`.
 pub fn router(gateway: Arc<Gateway>, limits: Limits) -> RestApi {
     let state = AppState { gateway, limits };
-    let table = Router::new();
+    let table = route_table().router();
+    let table = table.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state.clone());
+    RestApi(Arc::new((table, state)))
+}
+
+/// What the REST listener serves: the inference routes, matched by hand, and the route table's.
+pub fn rest_routes() -> Vec<Route> {
+    let mut routes = inference::routes();
+    routes.extend(route_table().served());
+    routes
+}
+
+/// Every route but inference's, one resource at a time.
+fn route_table() -> routes::Routes<AppState> {
+    let table = routes::Routes::new();
     let table = health::routes(table);
     let table = metadata::routes(table);
     let table = traffic::routes(table);
     let table = repository::routes(table);
     let table = shared_memory::routes(table);
-    let table = feedback::routes(table);
-    let table = table.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state.clone());
-    RestApi(Arc::new((table, state)))
+    feedback::routes(table)
 }
 
 /// The REST API as a service: an inference path goes to the inference handler, everything else through the

@@ -1,22 +1,21 @@
 //! The repository extension (index, load, unload) and MLflow webhook deliveries.
 
-use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use serde::Deserialize;
 
 use super::body::{Keyed, ReadBody, authorization};
+use super::routes::{PathParam, Routes};
 use super::{AppState, json_body};
 use crate::api::{self, ApiError};
 
-pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
-    router
-        .route("/v2/repository/index", post(repository_index))
-        .route("/v2/repository/models/{model}/load", post(load_model))
-        .route("/v2/repository/models/{model}/unload", post(unload_model))
-        .route("/v2/mlflow/webhook", post(mlflow_webhook))
+pub(super) fn routes(table: Routes<AppState>) -> Routes<AppState> {
+    table
+        .post("/v2/repository/index", repository_index)
+        .post("/v2/repository/models/{model}/load", load_model)
+        .post("/v2/repository/models/{model}/unload", unload_model)
+        .post("/v2/mlflow/webhook", mlflow_webhook)
 }
 
 /// `POST /v2/repository/index`, with an optional body `{"ready": true}` to list only ready versions.
@@ -41,7 +40,7 @@ async fn repository_index(
 /// `POST /v2/repository/models/{model}/load` (the body, Triton's optional parameters, is not used).
 async fn load_model(
     State(state): State<AppState>,
-    Path(model): Path<String>,
+    PathParam(model): PathParam<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let gateway = &state.gateway;
@@ -51,7 +50,7 @@ async fn load_model(
 
 async fn unload_model(
     State(state): State<AppState>,
-    Path(model): Path<String>,
+    PathParam(model): PathParam<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let gateway = &state.gateway;

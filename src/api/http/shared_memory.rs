@@ -1,22 +1,21 @@
 //! Triton's system shared-memory extension: register, unregister and status of regions.
 
-use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
-use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::body::{Keyed, ReadBody};
+use super::routes::{PathParam, Routes};
 use super::{AppState, json_body};
 use crate::api::ApiError;
 
-pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
-    router
-        .route("/v2/systemsharedmemory/status", get(status_all))
-        .route("/v2/systemsharedmemory/region/{name}/status", get(status))
-        .route("/v2/systemsharedmemory/region/{name}/register", post(register))
-        .route("/v2/systemsharedmemory/region/{name}/unregister", post(unregister))
-        .route("/v2/systemsharedmemory/unregister", post(unregister_all))
+pub(super) fn routes(table: Routes<AppState>) -> Routes<AppState> {
+    table
+        .get("/v2/systemsharedmemory/status", status_all)
+        .get("/v2/systemsharedmemory/region/{name}/status", status)
+        .post("/v2/systemsharedmemory/region/{name}/register", register)
+        .post("/v2/systemsharedmemory/region/{name}/unregister", unregister)
+        .post("/v2/systemsharedmemory/unregister", unregister_all)
 }
 
 /// `{"key": "/name", "offset": 0, "byte_size": 1024}`.
@@ -32,7 +31,7 @@ struct RegisterBody {
 async fn register(
     _: Keyed,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     ReadBody(body): ReadBody,
 ) -> Result<Response, ApiError> {
     let request: RegisterBody = serde_json::from_slice(&body)
@@ -41,7 +40,11 @@ async fn register(
     Ok(json_body(&serde_json::json!({})))
 }
 
-async fn unregister(_: Keyed, State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn unregister(
+    _: Keyed,
+    State(state): State<AppState>,
+    PathParam(name): PathParam<String>,
+) -> Result<Response, ApiError> {
     state.gateway.shared_memory.unregister(Some(&name))?;
     Ok(json_body(&serde_json::json!({})))
 }
@@ -51,7 +54,11 @@ async fn unregister_all(_: Keyed, State(state): State<AppState>) -> Result<Respo
     Ok(json_body(&serde_json::json!({})))
 }
 
-async fn status(_: Keyed, State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn status(
+    _: Keyed,
+    State(state): State<AppState>,
+    PathParam(name): PathParam<String>,
+) -> Result<Response, ApiError> {
     Ok(json_body(&state.gateway.shared_memory.status(Some(&name))?))
 }
 
