@@ -21,6 +21,12 @@ pub fn resolve(body: Option<String>, transport: Option<&str>) -> Result<String, 
     }
 }
 
+/// The id of a refused request's answer: the request's own when it was read and is valid, else a new one, so that
+/// an error too can be named in a support request or matched to the caller's logs.
+pub fn for_refusal(body: Option<String>, transport: Option<&str>) -> String {
+    resolve(body, transport).unwrap_or_else(|_| generate())
+}
+
 fn check(id: String) -> Result<String, ApiError> {
     if id.len() > MAX_ID_BYTES {
         return Err(ApiError::invalid_input(format!(
@@ -74,6 +80,15 @@ mod tests {
         let millis = u64::from_str_radix(&new[..13].replace('-', ""), 16).unwrap();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
         assert!(now - millis < 5_000, "the first 48 bits are the time in milliseconds: {new}");
+    }
+
+    #[test]
+    fn a_refusal_gets_the_request_id_unless_it_is_invalid() {
+        assert_eq!(for_refusal(Some("b".into()), Some("h")), "b");
+        assert_eq!(for_refusal(None, Some("h")), "h");
+        let replaced = for_refusal(Some("bad\nid".into()), None);
+        assert_eq!((replaced.len(), &replaced[14..15]), (36, "7"), "{replaced}");
+        assert_eq!(for_refusal(None, None).len(), 36);
     }
 
     #[test]

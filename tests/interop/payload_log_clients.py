@@ -209,6 +209,44 @@ def check_refused_ids(gateway):
     print("ids over 256 bytes or with control characters: 400 / INVALID_ARGUMENT: ok")
 
 
+def check_error_ids(gateway):
+    """A refused request's answer carries an id too: the body's, else the caller's, else a new one (also in place
+    of an invalid one)."""
+    client = Client(gateway.http)
+    # A body that cannot be decoded (3 values for a [1, 4] tensor) has no id the server could read.
+    wrong_length = [[1.0, 2.0, 3.0]]
+    for model, version, rows, body_id, headers, expected in (
+            ("iris", "9", [IRIS_ROW], "error-body", {"x-request-id": "error-header"}, "error-body"),
+            ("iris", None, wrong_length, "unread-body", {"x-request-id": "error-header"}, "error-header"),
+            ("no-such-model", None, [IRIS_ROW], None, {"x-request-id": "error-unknown"}, "error-unknown"),
+            ("no-such-model", None, [IRIS_ROW], None, None, None),
+            ("iris", None, [IRIS_ROW], "bad\nid", None, None)):
+        status, answer, header = client.infer(model, rows, body_id, headers, version)
+        assert status in (400, 404), (model, status, answer)
+        if expected:
+            assert header == expected, (model, body_id, headers, header)
+        else:
+            assert_uuid7(header)
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for body_id, metadata, expected in (("grpc-error-body", "grpc-error-meta", "grpc-error-body"),
+                                            ("", "grpc-error-meta", "grpc-error-meta"), ("", None, None)):
+            request = service_pb2.ModelInferRequest(model_name="iris", id=body_id)
+            tensor = request.inputs.add(name="X", datatype="FP32", shape=[1, 3])
+            tensor.contents.fp32_contents.extend([1.0, 2.0, 3.0])
+            try:
+                stub.ModelInfer(request, metadata=[("x-request-id", metadata)] if metadata else None, timeout=30)
+                raise AssertionError("a wrong shape was answered")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+                sent = dict(e.initial_metadata() or ()) | dict(e.trailing_metadata() or ())
+                if expected:
+                    assert sent.get("x-request-id") == expected, sent
+                else:
+                    assert_uuid7(sent.get("x-request-id"))
+    print("refused requests: their answers carry the body's id, the caller's, or a new one: ok")
+
+
 def check_events(events, expected, started):
     """Exactly one request and one response event per request, with its id, extensions and tensors."""
     by_key = {}
@@ -255,6 +293,7 @@ def check_http_sink(binary, models, work):
         expected = rest_requests(gateway) + grpc_requests(gateway)
         assert len({want["id"] for want in expected}) == len(expected), "an id was given to two requests"
         check_refused_ids(gateway)
+        check_error_ids(gateway)
 
         def delivered():
             assert not sink.errors, f"POSTs the CloudEvents SDK refused: {sink.errors[:3]}"

@@ -124,6 +124,20 @@ impl From<ApiError> for Status {
 
 type GrpcResult<T> = Result<Response<T>, Status>;
 
+/// The id a request's body brings, if any.
+fn body_id(request: &proto::ModelInferRequest) -> Option<String> {
+    (!request.id.is_empty()).then(|| request.id.clone())
+}
+
+/// A refused inference's status, with a request id in its metadata like every answer (see `api::request_id`).
+fn with_request_id(mut status: Status, body: Option<String>, transport: Option<&str>) -> Status {
+    if let Ok(mut id) = api::request_id::for_refusal(body, transport).parse::<AsciiMetadataValue>() {
+        id.set_sensitive(true);
+        status.metadata_mut().insert(api::REQUEST_ID_HEADER, id);
+    }
+    status
+}
+
 /// An empty version string means "the version unversioned requests reach".
 fn version(text: &str) -> Option<&str> {
     (!text.is_empty()).then_some(text)
@@ -241,9 +255,23 @@ impl GrpcInferenceService for GrpcApi {
     }
 
     async fn model_infer(&self, request: Request<proto::ModelInferRequest>) -> GrpcResult<proto::ModelInferResponse> {
-        self.keyed(&request)?;
-        let metadata = CallMetadata::of(&request)?;
-        let (response, variant) = infer(&self.gateway, request.into_inner(), &metadata).await?;
+        let refused = |status: Status, request: &Request<proto::ModelInferRequest>| {
+            let transport = request.metadata().get(&*REQUEST_ID).and_then(|v| v.to_str().ok());
+            with_request_id(status, body_id(request.get_ref()), transport)
+        };
+        if let Err(status) = self.keyed(&request) {
+            return Err(refused(status, &request));
+        }
+        let metadata = match CallMetadata::of(&request) {
+            Ok(metadata) => metadata,
+            Err(status) => return Err(refused(status, &request)),
+        };
+        // Kept only for a refusal's answer; most callers send no id in the body, and then this costs nothing.
+        let body_id = body_id(request.get_ref());
+        let (response, variant) = match infer(&self.gateway, request.into_inner(), &metadata).await {
+            Ok(answered) => answered,
+            Err(error) => return Err(with_request_id(error.into(), body_id, metadata.request_id.as_deref())),
+        };
         let variant = variant.as_deref().and_then(|v| v.parse::<AsciiMetadataValue>().ok());
         // Ids are printable ASCII (the pipeline refuses others), so every one is a valid metadata value.
         let id = response.id.parse::<AsciiMetadataValue>().ok();

@@ -70,7 +70,7 @@ where
     }
     let answer = async {
         if parts.method != Method::POST {
-            return Err(wrong_method(&parts.method, parts.uri.path()));
+            return Err(Refused::from(wrong_method(&parts.method, parts.uri.path())));
         }
         authorize(state, &parts.headers)?;
         let (model, version) = (decode_segment(model)?, version.map(decode_segment).transpose()?);
@@ -78,8 +78,33 @@ where
         run(state, &model, version.as_deref(), &parts.headers, body).await
     };
     let answered = answer.instrument(span.clone()).await;
-    trace::record_outcome(&span, answered.as_ref().err().map(ApiError::error_type));
-    answered.unwrap_or_else(IntoResponse::into_response)
+    trace::record_outcome(&span, answered.as_ref().err().map(|refused| refused.error.error_type()));
+    answered.unwrap_or_else(|refused| refused.into_response(&parts.headers))
+}
+
+/// A refused inference, with the id the request brought in its body when it was read that far.
+struct Refused {
+    error: ApiError,
+    body_id: Option<String>,
+}
+
+impl From<ApiError> for Refused {
+    fn from(error: ApiError) -> Refused {
+        Refused { error, body_id: None }
+    }
+}
+
+impl Refused {
+    /// The error's answer, which carries a request id like every answer.
+    fn into_response(self, headers: &HeaderMap) -> Response {
+        let transport = headers.get(&REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
+        let id = api::request_id::for_refusal(self.body_id, transport);
+        let mut response = self.error.into_response();
+        if let Ok(id) = HeaderValue::from_maybe_shared(Bytes::from(id)) {
+            response.headers_mut().insert(REQUEST_ID_HEADER.clone(), id);
+        }
+        response
+    }
 }
 
 /// A path segment as a name: percent-decoded, and UTF-8.
@@ -95,8 +120,10 @@ async fn run(
     version: Option<&str>,
     headers: &HeaderMap,
     body: Result<Bytes, ApiError>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refused> {
     let decoded = decode(body, headers, &state.gateway).instrument(tracing::debug_span!("decode")).await;
+    // Kept only for a refusal's answer; most callers send no id in the body, and then this costs nothing.
+    let body_id = decoded.as_ref().ok().and_then(|(request, ..)| request.id.clone());
     let (request, format, deadline) = match decoded {
         Ok((request, format, deadline)) => (Ok(request), format, deadline),
         Err(e) => (Err(e), json::OutputFormat::default(), None),
@@ -104,7 +131,10 @@ async fn run(
     let routing_key = headers.get(&ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
     let request_id = headers.get(&REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
     let call = Call { model, version, routing_key, deadline, protocol: Protocol::Rest, request_id };
-    let response = pipeline::infer(&state.gateway, call, request).await?;
+    let response = match pipeline::infer(&state.gateway, call, request).await {
+        Ok(response) => response,
+        Err(error) => return Err(Refused { error, body_id }),
+    };
     let encoded = tracing::debug_span!("encode").in_scope(|| json::encode_response(&response, &format))?;
     let mut reply = match encoded.header_length {
         None => json_bytes(encoded.body),
