@@ -258,6 +258,32 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The calls of the gRPC services this server declares (`proto/*.proto`) that `docs/grpc-api.md` does not name.
+fn undocumented_calls(protos: &[String], page: &str) -> Vec<String> {
+    protos
+        .iter()
+        .flat_map(|proto| proto.lines())
+        .filter_map(|line| line.trim_start().strip_prefix("rpc "))
+        .filter_map(|rest| rest.split(['(', ' ']).next())
+        .filter(|call| !page.split(|c: char| !c.is_ascii_alphanumeric()).any(|word| word == *call))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_grpc_call_is_documented() {
+    let protos: Vec<String> = ["proto/inference.proto", "proto/health.proto"]
+        .iter()
+        .map(|p| std::fs::read_to_string(root().join(p)).unwrap())
+        .collect();
+    let page = std::fs::read_to_string(root().join("docs/grpc-api.md")).unwrap();
+    let missing = undocumented_calls(&protos, &page);
+    assert!(missing.is_empty(), "calls of proto/*.proto not named in docs/grpc-api.md: {missing:?}");
+    // Planted: a call the page does not name.
+    let planted = format!("{}\n  rpc ModelExplain(ExplainRequest) returns (ExplainResponse) {{}}", protos[0]);
+    assert_eq!(undocumented_calls(&[planted], &page), ["ModelExplain"]);
+}
+
 /// The README and every page of `docs/`.
 fn pages() -> Vec<PathBuf> {
     let mut pages = vec![root().join("README.md")];

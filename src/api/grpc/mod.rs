@@ -185,11 +185,13 @@ async fn infer(
 
 async fn answer(
     gateway: &Gateway,
-    request: proto::ModelInferRequest,
+    mut request: proto::ModelInferRequest,
     metadata: &CallMetadata,
 ) -> Result<(proto::ModelInferResponse, Option<String>), ApiError> {
-    let model = request.model_name.clone();
-    let pinned = version(&request.model_version).map(str::to_owned);
+    // Taken, not copied: decoding the tensors needs neither.
+    let model = std::mem::take(&mut request.model_name);
+    let pinned = std::mem::take(&mut request.model_version);
+    let pinned = version(&pinned);
     let (decoded, targets) =
         tracing::debug_span!("decode").in_scope(|| match convert::infer_request(request, &gateway.shared_memory) {
             Ok((request, targets)) => (Ok(request), targets),
@@ -197,7 +199,7 @@ async fn answer(
         });
     let call = Call {
         model: &model,
-        version: pinned.as_deref(),
+        version: pinned,
         routing_key: metadata.routing_key.as_deref(),
         deadline: metadata.deadline,
         protocol: Protocol::Grpc,
