@@ -52,6 +52,25 @@ fn first_difference(committed: &str, generated: &str) -> Option<String> {
     unreachable!()
 }
 
+/// A table row broken over two lines, or an unescaped `<name>` that Markdown would take for an HTML tag, spoils the
+/// page though it equals the generator's output.
+#[test]
+fn the_configuration_reference_renders() {
+    let page = infergate::config::configuration_reference().unwrap();
+    let mut in_table = false;
+    for line in page.lines() {
+        if line.starts_with('|') {
+            in_table = true;
+            assert!(line.ends_with('|') && line.len() > 1, "a table row broken over lines: {line:?}");
+            let outside_code: String = line.split('`').step_by(2).collect();
+            assert!(!outside_code.contains('<'), "a bare '<' outside code: {line:?}");
+        } else {
+            assert!(!in_table || line.is_empty(), "a line glued to a table: {line:?}");
+            in_table = false;
+        }
+    }
+}
+
 #[test]
 fn a_setting_missing_from_the_page_is_caught() {
     let generated = infergate::config::configuration_reference().unwrap();

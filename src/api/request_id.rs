@@ -21,10 +21,12 @@ pub fn resolve(body: Option<String>, transport: Option<&str>) -> Result<String, 
     }
 }
 
-/// The id of a refused request's answer: the request's own when it was read and is valid, else a new one, so that
-/// an error too can be named in a support request or matched to the caller's logs.
+/// The id of a refused request's answer, so that an error too can be matched to the caller's logs: the body's when
+/// it was read and is valid, else the transport's when valid, else a new one.
 pub fn for_refusal(body: Option<String>, transport: Option<&str>) -> String {
-    resolve(body, transport).unwrap_or_else(|_| generate())
+    let body = body.filter(|id| !id.is_empty()).and_then(|id| check(id).ok());
+    let transport = || transport.filter(|id| !id.is_empty()).and_then(|id| check(id.to_owned()).ok());
+    body.or_else(transport).unwrap_or_else(generate)
 }
 
 fn check(id: String) -> Result<String, ApiError> {
@@ -86,7 +88,8 @@ mod tests {
     fn a_refusal_gets_the_request_id_unless_it_is_invalid() {
         assert_eq!(for_refusal(Some("b".into()), Some("h")), "b");
         assert_eq!(for_refusal(None, Some("h")), "h");
-        let replaced = for_refusal(Some("bad\nid".into()), None);
+        assert_eq!(for_refusal(Some("bad\nid".into()), Some("h")), "h");
+        let replaced = for_refusal(Some("bad\nid".into()), Some("bad\theader"));
         assert_eq!((replaced.len(), &replaced[14..15]), (36, "7"), "{replaced}");
         assert_eq!(for_refusal(None, None).len(), 36);
     }

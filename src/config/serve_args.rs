@@ -185,7 +185,8 @@ layered_settings! {
         /// The file sink closes its file and starts a new one at this size [default: 67108864]
         #[arg(long, env = "INFERGATE_PAYLOAD_LOG_MAX_FILE_BYTES")]
         pub payload_log_max_file_bytes: Option<u64>,
-        /// ... or at this age [default: 3600]
+        /// The file sink also closes its file and starts a new one when the file is this many seconds old
+        /// [default: 3600]
         #[arg(long, env = "INFERGATE_PAYLOAD_LOG_MAX_FILE_AGE_SECS")]
         pub payload_log_max_file_age_secs: Option<u64>,
         /// The file sink deletes its oldest closed files past this total [default: 1073741824]

@@ -109,9 +109,10 @@ pub struct CudaConfig {
     /// How the provider's memory arena grows: by powers of two, or by what each allocation asks.
     pub arena_extend_strategy: ArenaStrategy,
     /// How cuDNN picks convolution algorithms [default: `exhaustive` for a version that is not batched, `default`
-    /// for one that is; see `ModelConfig::conv_search`]
+    /// for one that is]
     pub cudnn_conv_algo_search: Option<ConvSearch>,
-    /// CUDA graphs capture the whole run once and replay it; only for models whose shapes never change.
+    /// CUDA graphs (capture a run once, replay it): must be false; `true` is refused, since ONNX Runtime replays a
+    /// graph only for inputs and outputs bound in GPU memory and infergate passes host tensors.
     pub cuda_graphs: bool,
     /// TF32 tensor cores for FP32 matrix products and convolutions (ONNX Runtime's default): faster, with about
     /// 10 bits of mantissa in the products; `false` keeps full FP32 precision.

@@ -220,6 +220,7 @@ def check_error_ids(gateway):
             ("iris", None, wrong_length, "unread-body", {"x-request-id": "error-header"}, "error-header"),
             ("no-such-model", None, [IRIS_ROW], None, {"x-request-id": "error-unknown"}, "error-unknown"),
             ("no-such-model", None, [IRIS_ROW], None, None, None),
+            ("iris", None, [IRIS_ROW], "bad\nid", {"x-request-id": "error-fallback"}, "error-fallback"),
             ("iris", None, [IRIS_ROW], "bad\nid", None, None)):
         status, answer, header = client.infer(model, rows, body_id, headers, version)
         assert status in (400, 404), (model, status, answer)

@@ -190,8 +190,8 @@ async fn answer(
 ) -> Result<(proto::ModelInferResponse, Option<String>), ApiError> {
     // Taken, not copied: decoding the tensors needs neither.
     let model = std::mem::take(&mut request.model_name);
-    let pinned = std::mem::take(&mut request.model_version);
-    let pinned = version(&pinned);
+    let version_text = std::mem::take(&mut request.model_version);
+    let pinned = version(&version_text);
     let (decoded, targets) =
         tracing::debug_span!("decode").in_scope(|| match convert::infer_request(request, &gateway.shared_memory) {
             Ok((request, targets)) => (Ok(request), targets),
@@ -269,10 +269,10 @@ impl GrpcInferenceService for GrpcApi {
             Err(status) => return Err(refused(status, &request)),
         };
         // Kept only for a refusal's answer; most callers send no id in the body, and then this costs nothing.
-        let body_id = body_id(request.get_ref());
+        let kept_id = body_id(request.get_ref());
         let (response, variant) = match infer(&self.gateway, request.into_inner(), &metadata).await {
             Ok(answered) => answered,
-            Err(error) => return Err(with_request_id(error.into(), body_id, metadata.request_id.as_deref())),
+            Err(error) => return Err(with_request_id(error.into(), kept_id, metadata.request_id.as_deref())),
         };
         let variant = variant.as_deref().and_then(|v| v.parse::<AsciiMetadataValue>().ok());
         // Ids are printable ASCII (the pipeline refuses others), so every one is a valid metadata value.

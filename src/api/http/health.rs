@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::metadata::{RoutePath, route};
-use super::routes::Routes;
+use super::metadata::RoutePath;
+use super::routes::{PathParam, Routes};
 use super::{AppState, json_body};
 use crate::api::{self, ApiError};
 use crate::lifecycle::{MlflowStatus, ModelTable};
@@ -55,8 +55,7 @@ pub(super) fn server_ready(table: &ModelTable) -> Response {
     (status, json_body(&ServerReady { ready, mlflow })).into_response()
 }
 
-async fn model_ready(State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
-    let r = route(path)?;
+async fn model_ready(State(state): State<AppState>, PathParam(r): RoutePath) -> Result<Response, ApiError> {
     api::model_ready(state.gateway.table(), &r.model, r.version.as_deref())?;
     Ok(json_body(&Ready { ready: true }))
 }

@@ -135,7 +135,10 @@ async fn run(
         Ok(response) => response,
         Err(error) => return Err(Refused { error, body_id }),
     };
-    let encoded = tracing::debug_span!("encode").in_scope(|| json::encode_response(&response, &format))?;
+    let encoded = tracing::debug_span!("encode")
+        .in_scope(|| json::encode_response(&response, &format))
+        // The answer's id is already in the payload log and the feedback store: the refusal keeps it.
+        .map_err(|error| Refused { error, body_id: response.id.clone() })?;
     let mut reply = match encoded.header_length {
         None => json_bytes(encoded.body),
         Some(length) => {

@@ -1,13 +1,12 @@
 //! Metadata: the server's, a model's, its configuration (Triton's model configuration extension) and its
 //! statistics (Triton's statistics extension).
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::body::Keyed;
-use super::routes::Routes;
+use super::routes::{PathParam, Routes};
 use super::{AppState, json_body};
 use crate::api::{self, ApiError};
 
@@ -31,23 +30,22 @@ pub(super) struct ModelRoute {
     pub version: Option<String>,
 }
 
-pub(super) type RoutePath = Result<Path<ModelRoute>, PathRejection>;
-
-pub(super) fn route(path: RoutePath) -> Result<ModelRoute, ApiError> {
-    path.map(|Path(route)| route).map_err(|e| ApiError::malformed(format!("invalid path: {}", e.body_text())))
-}
+/// A model route's path parameters; one that cannot be decoded is a 400, like every path's (see [`PathParam`]).
+pub(super) type RoutePath = PathParam<ModelRoute>;
 
 async fn server_metadata(_: Keyed, State(state): State<AppState>) -> Response {
     json_body(&api::server_metadata(state.gateway.shared_memory.enabled()))
 }
 
-async fn model_metadata(_: Keyed, State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
-    let r = route(path)?;
+async fn model_metadata(
+    _: Keyed,
+    State(state): State<AppState>,
+    PathParam(r): RoutePath,
+) -> Result<Response, ApiError> {
     Ok(json_body(&api::model_metadata(state.gateway.table(), &r.model, r.version.as_deref())?))
 }
 
-async fn model_config(_: Keyed, State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
-    let r = route(path)?;
+async fn model_config(_: Keyed, State(state): State<AppState>, PathParam(r): RoutePath) -> Result<Response, ApiError> {
     Ok(json_body(&api::model_config(state.gateway.table(), &r.model, r.version.as_deref())?))
 }
 
@@ -55,7 +53,10 @@ async fn all_statistics(_: Keyed, State(state): State<AppState>) -> Result<Respo
     Ok(json_body(&api::statistics(state.gateway.table(), None, None)?))
 }
 
-async fn model_statistics(_: Keyed, State(state): State<AppState>, path: RoutePath) -> Result<Response, ApiError> {
-    let r = route(path)?;
+async fn model_statistics(
+    _: Keyed,
+    State(state): State<AppState>,
+    PathParam(r): RoutePath,
+) -> Result<Response, ApiError> {
     Ok(json_body(&api::statistics(state.gateway.table(), Some(&r.model), r.version.as_deref())?))
 }

@@ -68,13 +68,30 @@ impl Page {
     }
 
     fn heading(&mut self, heading: &str) {
-        self.line("");
+        if !self.text.ends_with("\n\n") {
+            self.line("");
+        }
         self.line(heading);
         self.line("");
     }
 
+    /// A table row: each cell on one line, its `|` escaped, and `<` and `>` outside code spans written as entities
+    /// (a bare `<repository>` would be taken for an HTML tag and not shown).
     fn row(&mut self, cells: &[String]) {
-        let cells: Vec<String> = cells.iter().map(|c| c.replace('|', "\\|")).collect();
+        let cell = |text: &String| {
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|");
+            let parts: Vec<String> = text
+                .split('`')
+                .enumerate()
+                .map(
+                    |(i, part)| {
+                        if i % 2 == 0 { part.replace('<', "&lt;").replace('>', "&gt;") } else { part.to_owned() }
+                    },
+                )
+                .collect();
+            parts.join("`")
+        };
+        let cells: Vec<String> = cells.iter().map(cell).collect();
         self.line(&format!("| {} |", cells.join(" | ")));
     }
 
@@ -106,7 +123,10 @@ impl Page {
         let mlflow = file.property("mlflow");
         self.header(&["flag", "environment variable", "config file key", "default", "meaning"]);
         let command = built_command();
-        let Some(serve) = command.find_subcommand("serve") else { return };
+        let Some(serve) = command.find_subcommand("serve") else {
+            self.undocumented.push("the serve subcommand (not found)".to_owned());
+            return;
+        };
         for arg in visible_args(serve) {
             let id = arg.get_id().as_str();
             let key = if file.property(id).is_some() {
@@ -117,7 +137,8 @@ impl Page {
                 "—".to_owned()
             };
             let (help, default) = defaults_of(arg);
-            let meaning = self.meaning(&flag_of(arg), Some(with_values(help, arg)));
+            let meaning = self.meaning(&flag_of(arg), Some(help));
+            let meaning = if meaning.is_empty() { meaning } else { with_values(meaning, arg) };
             self.row(&[format!("`{}`", flag_of(arg)), env_of(arg), key, default, meaning]);
         }
     }
@@ -138,7 +159,8 @@ impl Page {
             self.header(&["argument", "environment variable", "default", "meaning"]);
             for arg in args {
                 let (help, default) = defaults_of(arg);
-                let meaning = self.meaning(&flag_of(arg), Some(with_values(help, arg)));
+                let meaning = self.meaning(&flag_of(arg), Some(help));
+                let meaning = if meaning.is_empty() { meaning } else { with_values(meaning, arg) };
                 self.row(&[format!("`{}`", flag_of(arg)), env_of(arg), default, meaning]);
             }
         }

@@ -157,6 +157,7 @@ impl Node {
                     Some(Value::String(value)) => format!("\"{value}\""),
                     _ => variant.get("properties")?.as_object()?.keys().next()?.clone(),
                 };
+                let description = description.split_whitespace().collect::<Vec<_>>().join(" ");
                 Some(format!("`{name}`: {}", description.trim_end_matches('.')))
             })
             .collect();
