@@ -111,6 +111,14 @@ impl Page {
         }
     }
 
+    /// A flag's default and meaning (its help, with the values it takes); a flag without help is noted.
+    fn flag_words(&mut self, arg: &Arg) -> (String, String) {
+        let (help, default) = defaults_of(arg);
+        let meaning = self.meaning(&flag_of(arg), Some(help));
+        let meaning = if meaning.is_empty() { meaning } else { with_values(meaning, arg) };
+        (default, meaning)
+    }
+
     fn serve_flags(&mut self) {
         self.heading("## infergate serve");
         self.line(
@@ -136,9 +144,7 @@ impl Page {
             } else {
                 "—".to_owned()
             };
-            let (help, default) = defaults_of(arg);
-            let meaning = self.meaning(&flag_of(arg), Some(help));
-            let meaning = if meaning.is_empty() { meaning } else { with_values(meaning, arg) };
+            let (default, meaning) = self.flag_words(arg);
             self.row(&[format!("`{}`", flag_of(arg)), env_of(arg), key, default, meaning]);
         }
     }
@@ -158,9 +164,7 @@ impl Page {
             self.line("");
             self.header(&["argument", "environment variable", "default", "meaning"]);
             for arg in args {
-                let (help, default) = defaults_of(arg);
-                let meaning = self.meaning(&flag_of(arg), Some(help));
-                let meaning = if meaning.is_empty() { meaning } else { with_values(meaning, arg) };
+                let (default, meaning) = self.flag_words(arg);
                 self.row(&[format!("`{}`", flag_of(arg)), env_of(arg), default, meaning]);
             }
         }
@@ -192,10 +196,7 @@ impl Page {
         self.heading("### [[mlflow.models]]");
         self.table_intro(&models);
         // `config` holds the keys of model.toml, described in their own section.
-        let start = self.text.len();
-        self.keys("mlflow.models", &models.item_table());
-        let rows = self.text.split_off(start).replace("(#mlflowmodelsconfig)", "(#modeltoml)");
-        self.text.push_str(&rows);
+        self.keys("mlflow.models", &models.item_table(), Some("modeltoml"));
     }
 
     fn model_toml(&mut self) {
@@ -207,15 +208,15 @@ impl Page {
         );
         self.line("");
         let schema = schema_of::<ModelConfig>();
+        // Depth first: each sub-table right after the table that holds it, in key order.
         let mut tables = vec![(String::new(), schema)];
-        while !tables.is_empty() {
-            let (name, table) = tables.remove(0);
+        while let Some((name, table)) = tables.pop() {
             if !name.is_empty() {
                 self.heading(&format!("### {name}"));
                 self.table_intro(&table);
             }
-            let nested = self.keys(name.trim_matches(['[', ']']), &table);
-            tables.splice(0..0, nested);
+            let nested = self.keys(name.trim_matches(['[', ']']), &table, None);
+            tables.extend(nested.into_iter().rev());
         }
     }
 
@@ -227,35 +228,29 @@ impl Page {
         }
     }
 
-    /// One row per key of `table`; its sub-tables are returned, to be described after it.
-    fn keys(&mut self, path: &str, table: &Node) -> Vec<(String, Node)> {
+    /// One row per key of `table`; its sub-tables are returned, to be described after it, and linked from their row:
+    /// to their own section, or to `anchor` where one describes them elsewhere.
+    fn keys(&mut self, path: &str, table: &Node, anchor: Option<&str>) -> Vec<(String, Node)> {
         let dotted = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
         let mut nested = Vec::new();
         self.header(&["key", "type", "default", "meaning"]);
         for (key, node) in table.properties() {
             let required = table.required(&key);
-            if let Some(sub) = node.sub_table() {
-                let heading = format!("[{}]", dotted(&key));
+            let sub_table = match (node.sub_table(), node.array_of_tables()) {
+                (Some(sub), _) => Some((format!("[{}]", dotted(&key)), "table", sub)),
+                (None, Some(item)) => Some((format!("[[{}]]", dotted(&key)), "tables", item)),
+                (None, None) => None,
+            };
+            if let Some((heading, kind, sub)) = sub_table {
                 let meaning = self.meaning(&dotted(&key), node.description());
-                let link = heading.replace(['[', ']', '.'], "");
+                let link = anchor.map_or_else(|| heading.replace(['[', ']', '.'], ""), str::to_owned);
                 self.row(&[
                     format!("`{heading}`"),
-                    "table".to_owned(),
+                    kind.to_owned(),
                     "—".to_owned(),
                     format!("{meaning} [Keys](#{link})."),
                 ]);
                 nested.push((heading, sub.with_description(node.description())));
-            } else if let Some(item) = node.array_of_tables() {
-                let heading = format!("[[{}]]", dotted(&key));
-                let meaning = self.meaning(&dotted(&key), node.description());
-                let link = heading.replace(['[', ']', '.'], "");
-                self.row(&[
-                    format!("`{heading}`"),
-                    "tables".to_owned(),
-                    "—".to_owned(),
-                    format!("{meaning} [Keys](#{link})."),
-                ]);
-                nested.push((heading, item.with_description(node.description())));
             } else {
                 let (description, default) = split_default(&node.description().unwrap_or_default());
                 let meaning = self.meaning(&dotted(&key), Some(description));

@@ -39,6 +39,17 @@ pub(super) struct Node {
     defs: std::sync::Arc<Map<String, Value>>,
 }
 
+/// A key's own description and default win over those of the type it refers to or wraps.
+fn keep_own_words(target: &mut Value, own: &Value) {
+    if let (Some(fields), Some(own)) = (target.as_object_mut(), own.as_object()) {
+        for key in ["description", "default"] {
+            if let Some(value) = own.get(key) {
+                fields.insert(key.to_owned(), value.clone());
+            }
+        }
+    }
+}
+
 impl Node {
     fn at(&self, schema: &Value) -> Node {
         Node { schema: schema.clone(), defs: self.defs.clone() }
@@ -51,13 +62,7 @@ impl Node {
             return self.clone();
         };
         let mut target = self.defs.get(name).cloned().unwrap_or(Value::Null);
-        if let (Some(fields), Value::Object(own)) = (target.as_object_mut(), &self.schema) {
-            for key in ["description", "default"] {
-                if let Some(value) = own.get(key) {
-                    fields.insert(key.to_owned(), value.clone());
-                }
-            }
-        }
+        keep_own_words(&mut target, &self.schema);
         self.at(&target).resolved()
     }
 
@@ -69,13 +74,7 @@ impl Node {
                 let rest: Vec<&Value> = variants.iter().filter(|v| v.get("type") != Some(&"null".into())).collect();
                 if rest.len() == 1 {
                     let mut inner = node.at(rest[0]).resolved();
-                    if let (Some(fields), Some(own)) = (inner.schema.as_object_mut(), node.schema.as_object()) {
-                        for key in ["description", "default"] {
-                            if let Some(value) = own.get(key) {
-                                fields.insert(key.to_owned(), value.clone());
-                            }
-                        }
-                    }
+                    keep_own_words(&mut inner.schema, &node.schema);
                     return inner;
                 }
             }
