@@ -58,6 +58,7 @@ fn response(count: usize) -> InferResponse {
             tensor: Tensor::new(DataType::Fp32, vec![1, count], Bytes::from(data)).unwrap(),
         }],
         variant: None,
+        cold_start: None,
     }
 }
 

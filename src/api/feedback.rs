@@ -49,8 +49,14 @@ enum Row {
 pub fn feedback(gateway: &Gateway, model: &str, records: Vec<FeedbackRecord>) -> Result<FeedbackSummary, ApiError> {
     match gateway.table.resolve(model, None) {
         Err(e @ (LookupError::ModelNotFound { .. } | LookupError::VersionNotFound { .. })) => return Err(e.into()),
-        // A model that is loading or failed still takes labels for the predictions it made.
-        Ok(_) | Err(LookupError::Unavailable { .. } | LookupError::Followed { .. }) => {}
+        // A model that is loading, failed or evicted still takes labels for the predictions it made.
+        Ok(_)
+        | Err(
+            LookupError::Unavailable { .. }
+            | LookupError::Followed { .. }
+            | LookupError::NotLoaded { .. }
+            | LookupError::LoadPending { .. },
+        ) => {}
     }
     let max_batch = gateway.predictions.settings().max_batch;
     if records.is_empty() {

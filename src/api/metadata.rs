@@ -2,7 +2,7 @@
 
 use super::ApiError;
 use crate::backend::{Device, TensorSpec};
-use crate::lifecycle::{ModelTable, VersionState};
+use crate::lifecycle::{LookupError, ModelTable, VersionState};
 
 /// The platform name Triton's clients know for ONNX models.
 pub const PLATFORM: &str = "onnxruntime_onnx";
@@ -81,6 +81,9 @@ pub fn model_metadata(table: &ModelTable, model: &str, version: Option<&str>) ->
 
 /// Whether the model (or the given version) can take requests now.
 pub fn model_ready(table: &ModelTable, model: &str, version: Option<&str>) -> Result<(), ApiError> {
-    table.resolve(model, version).map(|_| ())?;
-    Ok(())
+    match table.resolve(model, version) {
+        // An on-demand version not loaded yet answers its first request (which loads it): it is ready to.
+        Ok(_) | Err(LookupError::NotLoaded { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }

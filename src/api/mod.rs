@@ -30,7 +30,10 @@ pub use metadata::{
     MetadataParameters, ModelMetadata, PLATFORM, ServerMetadata, model_metadata, model_ready, server_metadata,
 };
 pub use model_config::{ModelConfigView, VersionPolicyView, model_config};
-pub use pipeline::{Call, InferRequest, InferResponse, NamedTensor, ROUTING_KEY_HEADER, VARIANT_HEADER};
+pub use pipeline::{
+    COLD_START_HEADER, Call, InferRequest, InferResponse, NamedTensor, ROUTING_KEY_HEADER, VARIANT_HEADER,
+    cold_start_millis,
+};
 pub use repository::{IndexRow, load_model, repository_index, unload_model};
 pub use request_id::{REQUEST_ID_HEADER, generate as generate_request_id};
 pub use shared_memory::SharedMemory;
@@ -120,6 +123,10 @@ pub enum ApiError {
     ModelNotFound(String),
     #[error("{0}")]
     ModelUnavailable(String),
+    /// An on-demand version that cannot answer yet (its load is awaited, or backs off after a failure): worth
+    /// retrying after `retry_after_secs`.
+    #[error("{message}")]
+    LoadPending { message: String, retry_after_secs: u64 },
     /// The request cannot be decoded (malformed JSON, bad tensor data).
     #[error("{0}")]
     MalformedRequest(String),
@@ -164,6 +171,7 @@ impl ApiError {
             | ApiError::Overloaded { .. }
             | ApiError::DeadlineExceeded
             | ApiError::ModelUnavailable(_)
+            | ApiError::LoadPending { .. }
             | ApiError::ShuttingDown => true,
             ApiError::ModelNotFound(_)
             | ApiError::MalformedRequest(_)
@@ -191,6 +199,7 @@ impl ApiError {
         match self {
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::ModelUnavailable(_) => "model_unavailable",
+            ApiError::LoadPending { .. } => "load_pending",
             ApiError::MalformedRequest(_) => "malformed_request",
             ApiError::InvalidInput(_) => "invalid_input",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
@@ -216,6 +225,12 @@ impl From<LookupError> for ApiError {
             }
             LookupError::Unavailable { .. } => ApiError::ModelUnavailable(e.to_string()),
             LookupError::Followed { .. } => ApiError::InvalidInput(e.to_string()),
+            // A request loads what is not loaded before it gets here; a version evicted again meanwhile is retried.
+            LookupError::NotLoaded { .. } => ApiError::LoadPending { message: e.to_string(), retry_after_secs: 1 },
+            LookupError::LoadPending { retry_after, .. } => {
+                let retry_after_secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                ApiError::LoadPending { message: e.to_string(), retry_after_secs }
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The one inference pipeline. Both transports decode a request into [`InferRequest`], call [`infer`] with what
 //! they know besides the body ([`Call`]: model, pinned version, routing key, deadline, protocol) and encode what it
 //! returns. In order, and nowhere else: limits, routing (once, the transport's key and the body's `routing_key`
-//! together), the shadow copy, the scheduler (after the signature check), and the recording of the outcome
+//! together; an on-demand version chosen that is not loaded is loaded, the request waiting for it within its
+//! deadline), the shadow copy, the scheduler (after the signature check), and the recording of the outcome
 //! (request metrics, the variant's metrics and window, statistics, predictions and drift, the payload log and the
 //! prediction kept for feedback). Every answer carries the request's id (see [`request_id`]).
 
@@ -12,8 +13,8 @@ use tracing::Instrument;
 use super::inputs::{order_inputs, select_outputs};
 use super::limits::check_limits;
 use super::{ApiError, Gateway, observe, request_id, scheduler_error};
-use crate::lifecycle::ServingVersion;
-use crate::routing::{Shadow, VariantWindow};
+use crate::lifecycle::{LookupError, ServingVersion};
+use crate::routing::{Routed, Shadow, VariantWindow};
 use crate::telemetry::{Protocol, TrafficMetrics, trace};
 use crate::tensor::Tensor;
 
@@ -21,6 +22,12 @@ use crate::tensor::Tensor;
 pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
 /// The header (REST) or metadata key (gRPC) naming the traffic variant that answered.
 pub const VARIANT_HEADER: &str = "x-infergate-variant";
+/// The header (REST) or metadata key (gRPC) of an answer that waited for its on-demand version to load: how long,
+/// in milliseconds.
+pub const COLD_START_HEADER: &str = "x-infergate-cold-start-ms";
+/// Loads one request may wait for: its version evicted again before it answered, or a variant that failed to load
+/// making way for the next.
+const MAX_LOADS_PER_REQUEST: usize = 3;
 
 /// A named input or output tensor.
 #[derive(Debug, Clone)]
@@ -50,6 +57,8 @@ pub struct InferResponse {
     pub outputs: Vec<NamedTensor>,
     /// The traffic variant that answered, when the model has a policy.
     pub variant: Option<String>,
+    /// How long the request waited for its on-demand version to load.
+    pub cold_start: Option<Duration>,
 }
 
 /// What a transport knows of a request besides its body.
@@ -92,10 +101,16 @@ pub async fn infer(
     request.id = Some(request_id::resolve(request.id.take(), call.request_id)?);
     check_limits(&gateway.limits, &request.inputs)?;
     let key = call.routing_key.or(request.routing_key.as_deref());
-    let routed = gateway.traffic.route(&gateway.table, call.model, call.version, key)?;
     request.timeout = shorter(request.timeout, call.deadline);
-    if let Some(shadow) = gateway.traffic.shadow(&gateway.table, call.model, &routed) {
-        send_shadow(gateway.traffic.metrics(), call.model, shadow, request.clone(), call.protocol);
+    let (routed, cold_start) = route(gateway, &call, key, request.timeout.map(|timeout| arrived + timeout)).await?;
+    match gateway.traffic.shadow(&gateway.table, call.model, &routed) {
+        Some(Ok(shadow)) => send_shadow(gateway.traffic.metrics(), call.model, shadow, request.clone(), call.protocol),
+        // The shadow counts as a use: its version loads in the background, and later copies go to it.
+        Some(Err(LookupError::NotLoaded { model, version })) => {
+            let table = std::sync::Arc::clone(&gateway.table);
+            tokio::spawn(async move { table.load_on_demand(&model, version, None).await });
+        }
+        Some(Err(_)) | None => {}
     }
     let window = routed.window();
     let sampled = observe::sample(&routed.serving, &request.inputs);
@@ -114,13 +129,63 @@ pub async fn infer(
     if let Some(sampled) = sampled {
         observe::log(gateway, sampled, serving, variant, &response, arrived);
     }
-    Ok(InferResponse { variant: routed.variant.as_deref().map(str::to_owned), ..response })
+    Ok(InferResponse { variant: routed.variant.as_deref().map(str::to_owned), cold_start, ..response })
+}
+
+/// The cold-start header's value: whole milliseconds waited, at least 1 (the request did wait).
+pub fn cold_start_millis(waited: Duration) -> u64 {
+    u64::try_from(waited.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Routes the request. A version chosen that is on demand and not loaded is loaded first, the request waiting
+/// until `deadline` (else the cold-start timeout); a version that failed to load makes way for the next variant
+/// or the default version. Returns how long the request waited for loads.
+async fn route(
+    gateway: &Gateway,
+    call: &Call<'_>,
+    key: Option<&str>,
+    deadline: Option<Instant>,
+) -> Result<(Routed, Option<Duration>), ApiError> {
+    let mut waited: Option<Duration> = None;
+    let mut failed = None;
+    for _ in 0..MAX_LOADS_PER_REQUEST {
+        match gateway.traffic.route(&gateway.table, call.model, call.version, key) {
+            Ok(routed) => {
+                let metrics = &gateway.table.telemetry().on_demand;
+                match waited {
+                    Some(waited) => {
+                        metrics.request(false);
+                        metrics.cold_start.observe(waited.as_secs_f64());
+                    }
+                    None if routed.serving.evictable => metrics.request(true),
+                    None => {}
+                }
+                return Ok((routed, waited));
+            }
+            Err(LookupError::NotLoaded { model, version }) => {
+                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    break;
+                }
+                let started = Instant::now();
+                let loaded = gateway.table.load_on_demand(&model, version, deadline).await;
+                *waited.get_or_insert_default() += started.elapsed();
+                failed = loaded.err().map(ApiError::from);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(failed.unwrap_or_else(|| ApiError::LoadPending {
+        message: format!("model '{}' could not be loaded in time for this request; retry", call.model),
+        retry_after_secs: 1,
+    }))
 }
 
 /// The error for a body that could not be decoded: the model's lookup error when the model cannot answer,
 /// else the decoding error, counted against the version the request was meant for.
 fn undecodable(gateway: &Gateway, call: &Call<'_>, error: ApiError, arrived: Instant) -> ApiError {
     match gateway.traffic.route(&gateway.table, call.model, call.version, call.routing_key) {
+        // The model is known, and loading it would not help a body that cannot be read.
+        Err(LookupError::NotLoaded { .. }) => error,
         Err(lookup) => lookup.into(),
         Ok(routed) => {
             routed.serving.metrics.observe_error(call.protocol, error.error_type(), arrived.elapsed());
@@ -173,6 +238,7 @@ async fn run(
         id: request.id,
         outputs,
         variant: None,
+        cold_start: None,
     };
     Ok(Answered { response, rows, first_output })
 }

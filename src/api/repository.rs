@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::{ApiError, ModelControl};
 use crate::lifecycle::ModelTable;
 use crate::repository::is_valid_model_name;
+use crate::telemetry::payload::format_time;
 
 /// One row of the repository index, in Triton's shape.
 #[derive(Debug, Clone, Serialize)]
@@ -19,6 +20,9 @@ pub struct IndexRow {
     /// MLflow aliases naming the version.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The last use of an on-demand version (loaded or evicted), RFC 3339 in UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_use: Option<String>,
 }
 
 /// Every model of the repository folder and every version the server knows, with its state; `ready_only` keeps
@@ -34,6 +38,7 @@ pub fn repository_index(table: &ModelTable, ready_only: bool) -> Vec<IndexRow> {
             state: entry.state,
             reason: entry.reason,
             aliases: entry.aliases,
+            last_use: entry.last_use.map(format_time),
         })
         .collect()
 }

@@ -43,6 +43,11 @@ pub enum ModelControlMode {
     Explicit,
     /// Load everything at start, once.
     None,
+    /// List the repository at start and load each model on its first request; evict idle versions, least recently
+    /// used first, to fit --max-loaded-bytes and --max-loaded-models; watch the repository as poll does.
+    #[serde(rename = "on-demand")]
+    #[value(name = "on-demand")]
+    OnDemand,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, ValueEnum)]
@@ -120,6 +125,8 @@ pub struct Config {
     pub repository_settle: Duration,
     /// Explicit mode's models to load at start.
     pub load_models: Vec<String>,
+    /// How on-demand models load and what stays loaded.
+    pub on_demand: OnDemandSettings,
     /// Non-empty: inference and metadata calls need one of these keys.
     pub api_keys: Vec<Secret>,
     /// Set: REST and gRPC are served over TLS.
@@ -169,6 +176,27 @@ impl Default for ConnectionLimits {
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
             max_concurrent_streams: 1024,
+        }
+    }
+}
+
+/// How on-demand models load, and how many bytes and versions may be loaded at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnDemandSettings {
+    /// Most bytes of loaded versions (each as measured at its load); `None`: no limit.
+    pub max_loaded_bytes: Option<u64>,
+    /// Most versions loaded at once; `None`: no limit.
+    pub max_loaded_models: Option<usize>,
+    /// How long a request without a deadline waits for its version to load.
+    pub cold_start_timeout: Duration,
+}
+
+impl Default for OnDemandSettings {
+    fn default() -> Self {
+        OnDemandSettings {
+            max_loaded_bytes: None,
+            max_loaded_models: None,
+            cold_start_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -242,6 +270,7 @@ impl Default for Config {
             repository_poll: Duration::from_secs(5),
             repository_settle: Duration::from_secs(2),
             load_models: Vec::new(),
+            on_demand: OnDemandSettings::default(),
             api_keys: Vec::new(),
             tls: None,
             connections: ConnectionLimits::default(),

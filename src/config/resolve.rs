@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::file::read_file;
 use super::layering::Layer;
 use super::{
-    Config, ConfigError, ConnectionLimits, MlflowArgs, MlflowSettings, OtlpProtocol, RequestLimits, Secret, ServeArgs,
-    TlsSettings, TracingSettings,
+    Config, ConfigError, ConnectionLimits, MlflowArgs, MlflowSettings, OnDemandSettings, OtlpProtocol, RequestLimits,
+    Secret, ServeArgs, TlsSettings, TracingSettings,
 };
 use crate::repository::ModelConfig;
 use crate::repository::mlflow::{MlflowAuth, MlflowModel};
@@ -56,6 +56,12 @@ impl Config {
             repository_settle: seconds("--repository-settle-secs", set.repository_settle_secs)?
                 .unwrap_or(defaults.repository_settle),
             load_models: set.load_models,
+            on_demand: OnDemandSettings {
+                max_loaded_bytes: set.max_loaded_bytes,
+                max_loaded_models: set.max_loaded_models,
+                cold_start_timeout: timeout("--cold-start-timeout-secs", set.cold_start_timeout_secs)?
+                    .unwrap_or(defaults.on_demand.cold_start_timeout),
+            },
             api_keys: set.api_keys.into_iter().map(Secret).collect(),
             tls: tls_settings(set.tls_cert, set.tls_key, set.tls_client_ca)?,
             connections: ConnectionLimits {

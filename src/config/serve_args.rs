@@ -89,7 +89,9 @@ layered_settings! {
         #[arg(long, env = "INFERGATE_STATE_DIR")]
         pub state_dir: Option<PathBuf>,
         /// How the served models follow the repository: poll (watch it and load new versions), explicit (only the
-        /// load/unload API and --load-model), none (load once at start) [default: poll]
+        /// load/unload API and --load-model), none (load once at start), on-demand (list it at start, load each
+        /// model on its first request, evict under --max-loaded-bytes and --max-loaded-models, and watch it as
+        /// poll does) [default: poll]
         #[arg(long, env = "INFERGATE_MODEL_CONTROL_MODE", value_enum)]
         pub model_control_mode: Option<ModelControlMode>,
         /// Seconds between two looks at the repository in poll mode [default: 5]
@@ -102,6 +104,19 @@ layered_settings! {
         /// With --model-control-mode explicit: a model to load at start (repeatable).
         #[arg(long = "load-model", env = "INFERGATE_LOAD_MODELS", value_delimiter = ',')]
         pub load_models: Vec<String>,
+        /// Most bytes the loaded model versions may take together, as measured at each load (resident memory
+        /// before and after); idle on-demand versions are evicted, least recently used first, to fit a new load
+        /// [default: no limit]
+        #[arg(long, env = "INFERGATE_MAX_LOADED_BYTES")]
+        pub max_loaded_bytes: Option<u64>,
+        /// Most model versions loaded at once; idle on-demand versions are evicted, least recently used first, to
+        /// fit a new load [default: no limit]
+        #[arg(long, env = "INFERGATE_MAX_LOADED_MODELS")]
+        pub max_loaded_models: Option<usize>,
+        /// Seconds a request without a deadline of its own waits for its on-demand version to load (and for room
+        /// under the budget) before it is answered 503 with Retry-After [default: 30]
+        #[arg(long, env = "INFERGATE_COLD_START_TIMEOUT_SECS")]
+        pub cold_start_timeout_secs: Option<f64>,
         /// The `--mlflow-*` flags, and the `[mlflow]` table of the file.
         #[command(flatten)]
         pub mlflow: MlflowArgs,

@@ -101,6 +101,11 @@ impl Config {
                 }
             }
         }
+        if self.on_demand.max_loaded_bytes == Some(0) || self.on_demand.max_loaded_models == Some(0) {
+            return Err(ConfigError::Invalid(
+                "--max-loaded-bytes and --max-loaded-models must be at least 1 (leave them unset for no limit)".into(),
+            ));
+        }
         if !self.load_models.is_empty() && self.model_control_mode != ModelControlMode::Explicit {
             return Err(ConfigError::Invalid(
                 "--load-model only applies with --model-control-mode explicit (the other modes load every model)"

@@ -2,27 +2,48 @@
 //! metrics and drift trackers, start its instances and warm them up. Blocking work runs off the async workers.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime};
 
-use super::{ServingVersion, VersionState};
+use super::{ServingVersion, VersionState, budget};
 use crate::backend::{BackendError, Backends, Signature};
 use crate::repository::local::FileStamp;
 use crate::repository::{self, DeclaredSignature, DistributionChoice, ModelConfig, ModelSpec, MonitoringConfig};
 use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig, Warmup};
-use crate::telemetry::{self, DriftMonitor, MonitorSpec, OutputShape, Reference, Telemetry, Watched};
+use crate::telemetry::{self, DriftMonitor, MonitorSpec, OutputShape, Reference, Statistics, Telemetry, Watched};
 use crate::tensor::{DataType, Tensor};
 
+/// What a load carries over besides the spec.
+#[derive(Debug, Default)]
+pub(super) struct LoadOptions {
+    /// An on-demand version, which the budget may evict.
+    pub evictable: bool,
+    /// The statistics of the version's evicted copy, which its counts go on from.
+    pub statistics: Option<Arc<Statistics>>,
+}
+
 /// Loads one version; `warming` is called once the backend has loaded, before its instances warm up (the
-/// caller shows the version as warming up then).
+/// caller shows the version as warming up then). The version's cost is measured as the growth of the process's
+/// resident memory across the load, and is at least the model file's size; loads run one at a time under the
+/// table's control lock, so the measure is the load's.
 pub(super) async fn load_spec(
     spec: ModelSpec,
     backends: &Arc<Backends>,
     telemetry: &Arc<Telemetry>,
     warming: impl Fn() + Send + 'static,
+    options: LoadOptions,
 ) -> VersionState {
     let (name, version) = (spec.name.clone(), spec.version);
     let (telemetry, backends) = (Arc::clone(telemetry), Arc::clone(backends));
-    match tokio::task::spawn_blocking(move || load_version(&spec, &backends, &telemetry, &warming)).await {
+    let load = move || {
+        let before = budget::resident_bytes();
+        let mut serving = load_version(&spec, &backends, &telemetry, &warming, options)?;
+        let file = std::fs::metadata(&serving.spec.model_path).map_or(0, |m| m.len());
+        let grown = before.zip(budget::resident_bytes()).map_or(0, |(before, after)| after.saturating_sub(before));
+        serving.cost = grown.max(file);
+        Ok::<_, BackendError>(serving)
+    };
+    match tokio::task::spawn_blocking(load).await {
         Ok(Ok(serving)) => VersionState::Ready(Arc::new(serving)),
         Ok(Err(e)) => {
             tracing::error!(model = %name, version, error = %e, "version failed to load");
@@ -42,6 +63,7 @@ fn load_version(
     backends: &Backends,
     telemetry: &Telemetry,
     warming: &dyn Fn(),
+    options: LoadOptions,
 ) -> Result<ServingVersion, BackendError> {
     let started = Instant::now();
     let stamp = FileStamp::of(&spec.model_path);
@@ -61,7 +83,10 @@ fn load_version(
         .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
     let drift = drift_monitor(spec, backend.signature(), &monitors, telemetry.window())
         .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
-    let metrics = telemetry.version(&spec.name, spec.version, &monitors, drift);
+    let mut metrics = telemetry.version(&spec.name, spec.version, &monitors, drift);
+    if let Some(statistics) = options.statistics {
+        metrics.statistics = statistics;
+    }
     let scheduling = scheduler_config(config, backend.signature())
         .map_err(|reason| BackendError::Load { path: spec.model_path.display().to_string(), reason })?;
     if scheduling.warmup.is_some() {
@@ -87,6 +112,11 @@ fn load_version(
         signature: backend.signature().clone(),
         scheduler,
         metrics,
+        spec: Arc::new(spec.clone()),
+        cost: 0,
+        evictable: options.evictable,
+        last_use: AtomicU64::new(super::unix_millis(SystemTime::now())),
+        backend: Arc::downgrade(&backend),
     })
 }
 

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::loader::load_spec;
+use super::listed::Listed;
+use super::loader::{LoadOptions, load_spec};
 use super::version_set::{self, keep_serving, same_serving_config};
 use super::{LookupError, ModelEntry, ModelTable, VersionSet, VersionState};
 use crate::repository::local::{FileStamp, FolderFollower, ModelFingerprint};
@@ -13,8 +14,9 @@ use crate::repository::{self, ModelListing};
 use crate::telemetry::Telemetry;
 
 impl ModelTable {
-    /// Loads every model of a local repository folder. Broken models and versions are logged and recorded with
-    /// their reason; the others serve regardless. Every model is listed (as loading) before the first one loads.
+    /// Loads every model of a local repository folder (on-demand models are listed, not loaded). Broken models and
+    /// versions are logged and recorded with their reason; the others serve regardless. Every model is listed (as
+    /// loading, or not loaded) before the first one loads.
     pub async fn load_local_repository(self: &Arc<Self>) {
         let root = self.repository.clone();
         let listings = match tokio::task::spawn_blocking(move || repository::local::scan(&root)).await {
@@ -32,17 +34,22 @@ impl ModelTable {
         for listing in &listings {
             let mut set = VersionSet::default();
             if let Ok(versions) = &listing.versions {
-                for v in versions.iter().filter(|v| v.spec.is_ok()) {
-                    set.versions.insert(v.version, VersionState::Loading);
-                    self.telemetry.set_version_state(&listing.name, v.version, "loading");
+                for (version, spec) in versions.iter().filter_map(|v| v.spec.as_ref().ok().map(|s| (v.version, s))) {
+                    let state = match self.is_on_demand(&spec.config) {
+                        true => VersionState::Listed(Listed::new(spec.clone())),
+                        false => VersionState::Loading,
+                    };
+                    self.telemetry.set_version_state(&listing.name, version, state.name());
+                    set.versions.insert(version, state);
                 }
             }
             self.models.insert(listing.name.clone(), Arc::new(ModelEntry::new(&listing.name, set)));
         }
         for listing in listings {
             let _control = self.control.lock().await;
-            self.apply_listing(listing, true).await;
+            self.apply_listing(listing, false).await;
         }
+        self.publish_budget();
         self.startup_done();
         tracing::info!(models = self.models.len(), "model repository loaded");
     }
@@ -85,7 +92,9 @@ impl ModelTable {
 
     /// Makes a source's listing of one model what is served: every listed version is loaded (with `reload`, even
     /// those already serving the same file), then the new set of versions replaces the old one in one store
-    /// (`version_set`'s rules decide what stays and what drains). The caller holds `control`.
+    /// (`version_set`'s rules decide what stays and what drains). An on-demand model none of whose versions is
+    /// loaded is only listed (unless `reload` asks for a load); one that serves loads its new versions like any
+    /// other, so a swap has no cold start. The caller holds `control`.
     pub(super) async fn apply_listing(&self, listing: ModelListing, reload: bool) {
         let name = listing.name.as_str();
         let entry = self.models.get(name).map(|e| Arc::clone(e.value()));
@@ -107,8 +116,16 @@ impl ModelTable {
         let listed_config = listing.versions.as_ref().ok().and_then(|versions| {
             versions.iter().find_map(|v| v.spec.as_ref().ok()).map(|spec| Arc::clone(&spec.config))
         });
+        let serves =
+            previous.as_ref().is_some_and(|set| set.versions.values().any(|s| matches!(s, VersionState::Ready(_))));
+        let list_only = !reload && !serves && listed_config.as_deref().is_some_and(|c| self.is_on_demand(c));
+        let listed_before = |version: u64| match previous.as_ref().and_then(|set| set.versions.get(&version)) {
+            Some(VersionState::Listed(listed)) => Some(listed.clone()),
+            _ => None,
+        };
         let mut set =
             VersionSet { aliases: listing.aliases, default_version: listing.default_version, ..Default::default() };
+        let mut loads = false;
         match listing.versions {
             Err(e) => {
                 tracing::error!(model = name, error = %e, "model cannot be served");
@@ -133,6 +150,16 @@ impl ModelTable {
                             {
                                 set.versions.insert(v.version, VersionState::Ready(serving));
                             }
+                            None if list_only => {
+                                // What it measured and counted before carries over; a failure is tried afresh.
+                                let before = listed_before(v.version);
+                                let listed = Listed {
+                                    cost: before.as_ref().and_then(|b| b.cost),
+                                    evicted: before.and_then(|b| b.evicted),
+                                    ..Listed::new(spec)
+                                };
+                                set.versions.insert(v.version, VersionState::Listed(listed));
+                            }
                             current => to_load.push((spec, current)),
                         },
                     }
@@ -141,13 +168,20 @@ impl ModelTable {
                 let loading: Vec<u64> =
                     to_load.iter().filter(|(_, current)| current.is_none()).map(|(spec, _)| spec.version).collect();
                 publish_states(&entry, &self.telemetry, &loading, &VersionState::Loading);
+                loads = !to_load.is_empty();
                 for (spec, current) in to_load {
                     let version = spec.version;
                     let warming = {
                         let (entry, telemetry) = (Arc::clone(&entry), Arc::clone(&self.telemetry));
                         move || publish_states(&entry, &telemetry, &[version], &VersionState::WarmingUp)
                     };
-                    let state = load_spec(spec, &self.backends, &self.telemetry, warming).await;
+                    let evictable = self.is_on_demand(&spec.config);
+                    if !self.limits().is_unlimited() {
+                        let estimate = self.estimate_cost(&Listed::new(spec.clone()));
+                        self.make_room_now(name, version, estimate);
+                    }
+                    let options = LoadOptions { evictable, statistics: None };
+                    let state = load_spec(spec, &self.backends, &self.telemetry, warming, options).await;
                     set.versions.insert(version, keep_serving(name, version, state, current));
                 }
             }
@@ -163,6 +197,9 @@ impl ModelTable {
             self.telemetry.set_version_state(name, version, state.name());
         }
         entry.versions.store(Arc::new(set));
+        if loads {
+            self.publish_budget();
+        }
         tracing::info!(model = name, "model versions updated");
         if let (Some(observer), Some(config)) = (&self.observer, listed_config) {
             observer.listing_applied(self, &entry, &config);

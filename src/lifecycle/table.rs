@@ -9,10 +9,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 
-use super::{IndexEntry, ListingObserver, LookupError, MlflowStatus, ModelEntry, ServingVersion, VersionState};
+use super::{
+    IndexEntry, Listed, ListingObserver, LookupError, MlflowStatus, ModelEntry, ServingVersion, VersionSet,
+    VersionState,
+};
 use crate::backend::Backends;
+use crate::config::OnDemandSettings;
 use crate::repository;
 use crate::telemetry::Telemetry;
+
+/// Which models load on demand, and the budget.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct OnDemand {
+    /// `--model-control-mode on-demand`: every model unless its `model.toml` says otherwise.
+    pub all: bool,
+    pub settings: OnDemandSettings,
+}
 
 /// name → model, shared by every request.
 #[derive(Debug)]
@@ -28,8 +40,10 @@ pub struct ModelTable {
     pub(super) repository: PathBuf,
     /// Hears of every listing applied (the traffic table applies `model.toml`'s traffic settings so).
     pub(super) observer: Option<Arc<dyn ListingObserver>>,
-    /// Serialises loads and unloads, so two changes of one model never interleave.
+    /// Serialises loads and unloads, so two changes of one model never interleave (and on-demand loads, so that
+    /// concurrent first requests share one load and each load's memory is measured alone).
     pub(super) control: tokio::sync::Mutex<()>,
+    pub(super) on_demand: OnDemand,
 }
 
 impl ModelTable {
@@ -44,7 +58,15 @@ impl ModelTable {
             repository,
             observer: None,
             control: tokio::sync::Mutex::new(()),
+            on_demand: OnDemand::default(),
         }
+    }
+
+    /// Loads models on demand: every model when `all` (else those whose `model.toml` says `on_demand = true`),
+    /// within `settings`' budget.
+    pub fn with_on_demand(mut self, all: bool, settings: OnDemandSettings) -> ModelTable {
+        self.on_demand = OnDemand { all, settings };
+        self
     }
 
     /// `observer` hears of every listing the table applies.
@@ -123,19 +145,24 @@ impl ModelTable {
         if let Some(error) = &set.model_error {
             return Err(unavailable(error.clone()));
         }
-        match version {
-            None => set.default_ready().cloned().ok_or_else(|| unavailable(set.unavailable_reason())),
+        let (number, state) = match version {
+            None => set.default_servable().ok_or_else(|| none_servable(model, &set))?,
             Some(text) => {
                 let not_found = || LookupError::VersionNotFound { model: model.to_owned(), version: text.to_owned() };
                 let number: u64 = match text.parse() {
                     Ok(number) => number,
                     Err(_) => *set.aliases.get(text).ok_or_else(not_found)?,
                 };
-                match set.versions.get(&number).ok_or_else(not_found)? {
-                    VersionState::Ready(v) => Ok(Arc::clone(v)),
-                    state => Err(unavailable(state.describe(number))),
-                }
+                (number, set.versions.get(&number).ok_or_else(not_found)?)
             }
+        };
+        match state {
+            VersionState::Ready(v) => {
+                v.touch();
+                Ok(Arc::clone(v))
+            }
+            VersionState::Listed(listed) => Err(not_loaded(model, number, listed)),
+            state => Err(unavailable(state.describe(number))),
         }
     }
 
@@ -155,6 +182,7 @@ impl ModelTable {
                 state,
                 reason,
                 aliases,
+                last_use: None,
             };
             let Ok(entry) = self.entry(&name) else {
                 index.push(row(None, "UNAVAILABLE", "not loaded".to_owned(), Vec::new()));
@@ -166,16 +194,25 @@ impl ModelTable {
             }
             let draining = entry.draining();
             for (&version, state) in &set.versions {
-                let (state, reason) = match state {
-                    VersionState::Ready(_) => ("READY", String::new()),
-                    VersionState::Loading => ("LOADING", String::new()),
-                    VersionState::WarmingUp => ("LOADING", "warming up".to_owned()),
-                    VersionState::Failed(reason) => ("UNAVAILABLE", reason.clone()),
+                let (state, reason, last_use) = match state {
+                    VersionState::Ready(v) => ("READY", String::new(), v.last_use()),
+                    VersionState::Loading => ("LOADING", String::new(), None),
+                    VersionState::WarmingUp => ("LOADING", "warming up".to_owned(), None),
+                    VersionState::Failed(reason) => ("UNAVAILABLE", reason.clone(), None),
                     // Its draining copy gets its own row below.
                     VersionState::Unloaded if draining.iter().any(|&(v, _)| v == version) => continue,
-                    VersionState::Unloaded => ("UNAVAILABLE", "unloaded".to_owned()),
+                    VersionState::Unloaded => ("UNAVAILABLE", "unloaded".to_owned(), None),
+                    VersionState::Listed(listed) => {
+                        let last_use = listed.evicted.as_ref().map(|evicted| evicted.last_use);
+                        match (&listed.failed, &listed.evicted) {
+                            _ if listed.loading => ("LOADING", "loading on demand".to_owned(), last_use),
+                            (Some(_), _) => ("UNAVAILABLE", listed.describe(version), last_use),
+                            (None, Some(_)) => ("UNLOADED", "evicted".to_owned(), last_use),
+                            (None, None) => ("UNLOADED", "not loaded yet; loads on its first request".to_owned(), None),
+                        }
+                    }
                 };
-                index.push(row(Some(version), state, reason, set.aliases_of(version)));
+                index.push(IndexEntry { last_use, ..row(Some(version), state, reason, set.aliases_of(version)) });
             }
             for (version, holders) in draining {
                 let reason = format!("draining: {holders} request(s) in flight");
@@ -183,5 +220,35 @@ impl ModelTable {
             }
         }
         index
+    }
+}
+
+/// The error for an unversioned request when no version can answer: a pending load's when a listed version backs
+/// off after a failed load (worth retrying once the back-off is over), else why none is available.
+fn none_servable(model: &str, set: &VersionSet) -> LookupError {
+    let retry_after = set
+        .versions
+        .values()
+        .filter_map(|state| match state {
+            VersionState::Listed(listed) => listed.retry_after(),
+            _ => None,
+        })
+        .min();
+    let reason = set.unavailable_reason();
+    match retry_after {
+        Some(retry_after) => LookupError::LoadPending { model: model.to_owned(), reason, retry_after },
+        None => LookupError::Unavailable { model: model.to_owned(), reason },
+    }
+}
+
+/// The error for a request to a listed version: load it, unless its last load failed and backs off.
+fn not_loaded(model: &str, version: u64, listed: &Listed) -> LookupError {
+    if listed.may_load_now() {
+        return LookupError::NotLoaded { model: model.to_owned(), version };
+    }
+    LookupError::LoadPending {
+        model: model.to_owned(),
+        reason: listed.describe(version),
+        retry_after: listed.retry_after().unwrap_or_default(),
     }
 }

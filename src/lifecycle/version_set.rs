@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::ServingVersion;
+pub use super::listed::Listed;
 use crate::repository::{ModelConfig, VersionPolicy};
 
 /// A ready version's handle: compared by identity, so a swap can tell a version kept from a new copy of it.
@@ -29,6 +30,8 @@ pub enum VersionState<V = Arc<ServingVersion>> {
     Failed(String),
     /// Taken out of service by the repository API; requests in flight on it finish.
     Unloaded,
+    /// Known, not loaded: an on-demand version loads on its first request, and comes back here when evicted.
+    Listed(Listed),
 }
 
 impl<V> VersionState<V> {
@@ -40,6 +43,8 @@ impl<V> VersionState<V> {
             VersionState::Ready(_) => "ready",
             VersionState::Failed(_) => "failed",
             VersionState::Unloaded => "unloaded",
+            VersionState::Listed(listed) if listed.failed.is_some() => "failed",
+            VersionState::Listed(_) => "listed",
         }
     }
 
@@ -51,6 +56,7 @@ impl<V> VersionState<V> {
             VersionState::Failed(reason) => format!("version {version} failed: {reason}"),
             VersionState::Ready(_) => format!("version {version} is ready"),
             VersionState::Unloaded => format!("version {version} is unloaded"),
+            VersionState::Listed(listed) => listed.describe(version),
         }
     }
 
@@ -91,6 +97,22 @@ impl<V: Served> VersionSet<V> {
         match self.default_version {
             Some(version) => self.versions.get(&version).and_then(VersionState::ready).map(|s| (version, s)),
             None => self.versions.iter().rev().find_map(|(&version, state)| state.ready().map(|s| (version, s))),
+        }
+    }
+
+    /// The version unversioned requests go to, loaded or not: the default version, or without one the highest
+    /// version that is ready or may load on demand now (one whose last load failed waits out its back-off).
+    pub fn default_servable(&self) -> Option<(u64, &VersionState<V>)> {
+        let servable = |state: &VersionState<V>| match state {
+            VersionState::Ready(_) => true,
+            VersionState::Listed(listed) => listed.may_load_now(),
+            _ => false,
+        };
+        match self.default_version {
+            Some(version) => self.versions.get(&version).filter(|state| servable(state)).map(|state| (version, state)),
+            None => {
+                self.versions.iter().rev().find(|(_, state)| servable(state)).map(|(&version, state)| (version, state))
+            }
         }
     }
 
@@ -198,10 +220,17 @@ pub fn unload_all<V: Served>(set: &VersionSet<V>) -> (VersionSet<V>, Vec<(u64, V
 }
 
 /// Whether a version loaded with `loaded` can keep serving under `new`: everything but the version policy and the
-/// traffic settings (which only decide which versions serve and who gets which requests) must be the same.
+/// traffic settings (which only decide which versions serve and who gets which requests) and when it is loaded and
+/// evicted must be the same.
 pub fn same_serving_config(loaded: &ModelConfig, new: &ModelConfig) -> bool {
-    let policy_free =
-        |c: &ModelConfig| ModelConfig { version_policy: VersionPolicy::All, traffic: None, rollout: None, ..c.clone() };
+    let policy_free = |c: &ModelConfig| ModelConfig {
+        version_policy: VersionPolicy::All,
+        traffic: None,
+        rollout: None,
+        on_demand: None,
+        keep_loaded: false,
+        ..c.clone()
+    };
     policy_free(loaded) == policy_free(new)
 }
 

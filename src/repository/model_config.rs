@@ -98,6 +98,14 @@ pub struct ModelConfig {
     /// `[feedback]`: predictions kept so that ground truth sent later is joined to them.
     #[serde(default)]
     pub feedback: Option<FeedbackConfig>,
+    /// Load the model on its first request instead of at start, and let its versions be evicted, least recently
+    /// used first, to fit the server's --max-loaded-bytes and --max-loaded-models [default: true under
+    /// `--model-control-mode on-demand`, else false]
+    #[serde(default)]
+    pub on_demand: Option<bool>,
+    /// Never evict the model's versions; under `--model-control-mode on-demand` they load at start.
+    #[serde(default)]
+    pub keep_loaded: bool,
 }
 
 /// `[cuda]`: how ONNX Runtime's CUDA provider runs this model.
@@ -181,6 +189,8 @@ impl Default for ModelConfig {
             max_model_bytes: None,
             logging: None,
             feedback: None,
+            on_demand: None,
+            keep_loaded: false,
         }
     }
 }
@@ -298,6 +308,11 @@ impl ModelConfig {
         if self.max_model_bytes == Some(0) {
             return Err("max_model_bytes must be at least 1".to_owned());
         }
+        if self.on_demand == Some(true) && self.keep_loaded {
+            return Err("on_demand = true and keep_loaded = true contradict each other: a model kept loaded is \
+                        loaded at start and never evicted"
+                .to_owned());
+        }
         if self.max_batch_size > MAX_BATCH_SIZE_LIMIT {
             return Err(format!("max_batch_size must be at most {MAX_BATCH_SIZE_LIMIT}, got {}", self.max_batch_size));
         }
@@ -397,6 +412,10 @@ mod tests {
         assert_eq!(c.version_policy, VersionPolicy::Specific(vec![3, 1]));
         let c = ModelConfig::parse("version_policy = \"all\"").unwrap();
         assert_eq!(c.version_policy, VersionPolicy::All);
+        let c = ModelConfig::parse("on_demand = true").unwrap();
+        assert_eq!((c.on_demand, c.keep_loaded), (Some(true), false));
+        let refused = ModelConfig::parse("on_demand = true\nkeep_loaded = true").unwrap_err();
+        assert!(refused.contains("contradict"), "{refused}");
     }
 
     #[test]

@@ -92,20 +92,30 @@ impl TrafficTable {
             return table.resolve(model, None).map(plain);
         };
         for variant in policy.order(key) {
-            if let Ok(serving) = resolve_target(table, model, &variant.target) {
-                let name = Arc::clone(&variant.name);
-                return Ok(Routed { serving, variant: Some(name), policy: Some(policy) });
+            match resolve_target(table, model, &variant.target) {
+                Ok(serving) => {
+                    let name = Arc::clone(&variant.name);
+                    return Ok(Routed { serving, variant: Some(name), policy: Some(policy) });
+                }
+                // An on-demand version is loaded for the variant, not passed over.
+                Err(e @ LookupError::NotLoaded { .. }) => return Err(e),
+                Err(_) => {}
             }
         }
         table.resolve(model, None).map(plain)
     }
 
-    /// The shadow's version for a request routed by `routed`'s policy, when this request is drawn for a copy.
-    pub fn shadow(&self, table: &ModelTable, model: &str, routed: &Routed) -> Option<Shadow> {
+    /// The shadow's version for a request routed by `routed`'s policy, when this request is drawn for a copy
+    /// (`None` when it is not); an error when the shadow's version cannot take it.
+    pub fn shadow(&self, table: &ModelTable, model: &str, routed: &Routed) -> Option<Result<Shadow, LookupError>> {
         let policy = routed.policy.as_ref()?;
         let variant = policy.shadow_draw()?;
-        let serving = resolve_target(table, model, &variant.target).ok()?;
-        Some(Shadow { name: Arc::clone(&variant.name), serving, policy: Arc::clone(policy) })
+        let shadow = resolve_target(table, model, &variant.target).map(|serving| Shadow {
+            name: Arc::clone(&variant.name),
+            serving,
+            policy: Arc::clone(policy),
+        });
+        Some(shadow)
     }
 
     /// The policy in force for `model`, if any.

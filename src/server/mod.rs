@@ -156,6 +156,7 @@ impl Server {
         let table = Arc::new(
             ModelTable::new(telemetry, Arc::new(backends), config.model_repository.clone())
                 .with_mlflow_models(followed)
+                .with_on_demand(config.model_control_mode == ModelControlMode::OnDemand, config.on_demand)
                 .with_listing_observer(Arc::clone(&traffic) as Arc<dyn crate::lifecycle::ListingObserver>),
         );
         let (shutdown, stop) = watch::channel(false);
@@ -170,9 +171,11 @@ impl Server {
             let before = loader.fingerprints().await;
             match mode {
                 ModelControlMode::Explicit => loader.load_named(&explicit).await,
-                ModelControlMode::Poll | ModelControlMode::None => loader.load_local_repository().await,
+                ModelControlMode::Poll | ModelControlMode::None | ModelControlMode::OnDemand => {
+                    loader.load_local_repository().await
+                }
             }
-            if mode == ModelControlMode::Poll {
+            if matches!(mode, ModelControlMode::Poll | ModelControlMode::OnDemand) {
                 loader.watch(poll, settle, before, watch_stop).await;
             }
         });

@@ -9,6 +9,7 @@ mod drift;
 pub mod feedback;
 mod latency;
 mod latency_window;
+mod on_demand;
 pub mod payload;
 mod plan;
 mod predictions;
@@ -27,6 +28,7 @@ use prometheus::{
 pub use drift::{DriftMonitor, MAX_FEATURES, Reference, ReferenceDistribution, build_reference};
 pub use latency::LatencyHistogram;
 pub use latency_window::LatencyWindow;
+pub use on_demand::OnDemandMetrics;
 pub use plan::{OutputShape, Watched, monitor_plan};
 pub use predictions::{Distribution, MAX_CLASSES, MonitorSpec, PredictionMonitor};
 pub(crate) use predictions::{for_each_class, for_each_value};
@@ -90,6 +92,7 @@ pub struct Telemetry {
     mlflow_alias: IntGaugeVec,
     pub traffic: TrafficMetrics,
     pub feedback: feedback::FeedbackMetrics,
+    pub on_demand: OnDemandMetrics,
     window: Duration,
 }
 
@@ -331,6 +334,7 @@ impl Telemetry {
                 ),
             },
             feedback: feedback::FeedbackMetrics::register(&registry, window),
+            on_demand: OnDemandMetrics::register(&registry),
             window,
             registry,
         }

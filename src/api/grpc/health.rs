@@ -49,7 +49,9 @@ fn status(gateway: &Gateway, service: &str, stopping: bool) -> Result<Option<Ser
     }
     match api::model_ready(table, service, None) {
         Ok(()) if !stopping => Ok(Some(ServingStatus::Serving)),
-        Ok(()) | Err(ApiError::ModelUnavailable(_)) => Ok(Some(ServingStatus::NotServing)),
+        Ok(()) | Err(ApiError::ModelUnavailable(_) | ApiError::LoadPending { .. }) => {
+            Ok(Some(ServingStatus::NotServing))
+        }
         Err(ApiError::ModelNotFound(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }

@@ -103,7 +103,7 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let code = match &e {
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => Code::NotFound,
-            ApiError::ModelUnavailable(_) | ApiError::ShuttingDown => Code::Unavailable,
+            ApiError::ModelUnavailable(_) | ApiError::LoadPending { .. } | ApiError::ShuttingDown => Code::Unavailable,
             ApiError::MalformedRequest(_) | ApiError::InvalidInput(_) | ApiError::LimitExceeded(_) => {
                 Code::InvalidArgument
             }
@@ -169,13 +169,21 @@ fn authorization<T>(request: &Request<T>) -> Option<&str> {
     request.metadata().get(&*AUTHORIZATION).and_then(|value| value.to_str().ok())
 }
 
-/// One inference, as both the unary and the streaming calls run it, in its request span: the response, and the
-/// traffic variant that answered.
+/// An inference's answer, with what the unary call also puts in the response metadata.
+struct Reply {
+    response: proto::ModelInferResponse,
+    /// The traffic variant that answered.
+    variant: Option<String>,
+    /// How long the request waited for its on-demand version to load.
+    cold_start: Option<std::time::Duration>,
+}
+
+/// One inference, as both the unary and the streaming calls run it, in its request span.
 async fn infer(
     gateway: &Gateway,
     request: proto::ModelInferRequest,
     metadata: &CallMetadata,
-) -> Result<(proto::ModelInferResponse, Option<String>), ApiError> {
+) -> Result<Reply, ApiError> {
     let span = trace::request_span(Protocol::Grpc, &request.model_name);
     trace::adopt_remote_parent(&span, metadata.traceparent.as_deref(), metadata.tracestate.as_deref());
     let answered = answer(gateway, request, metadata).instrument(span.clone()).await;
@@ -187,7 +195,7 @@ async fn answer(
     gateway: &Gateway,
     mut request: proto::ModelInferRequest,
     metadata: &CallMetadata,
-) -> Result<(proto::ModelInferResponse, Option<String>), ApiError> {
+) -> Result<Reply, ApiError> {
     // Taken, not copied: decoding the tensors needs neither.
     let model = std::mem::take(&mut request.model_name);
     let version_text = std::mem::take(&mut request.model_version);
@@ -206,10 +214,10 @@ async fn answer(
         request_id: metadata.request_id.as_deref(),
     };
     let mut response = pipeline::infer(gateway, call, decoded).await?;
-    let variant = response.variant.take();
+    let (variant, cold_start) = (response.variant.take(), response.cold_start);
     let encoded =
         tracing::debug_span!("encode").in_scope(|| convert::infer_response(response, variant.clone(), &targets))?;
-    Ok((encoded, variant))
+    Ok(Reply { response: encoded, variant, cold_start })
 }
 
 #[tonic::async_trait]
@@ -227,7 +235,7 @@ impl GrpcInferenceService for GrpcApi {
         // Like Triton: an unknown model is an error, a known but unavailable one is "not ready".
         let ready = match api::model_ready(self.table(), &request.name, version(&request.version)) {
             Ok(()) => true,
-            Err(ApiError::ModelUnavailable(_)) => false,
+            Err(ApiError::ModelUnavailable(_) | ApiError::LoadPending { .. }) => false,
             Err(e) => return Err(e.into()),
         };
         Ok(Response::new(proto::ModelReadyResponse { ready }))
@@ -252,6 +260,7 @@ impl GrpcInferenceService for GrpcApi {
     ) -> GrpcResult<proto::ModelMetadataResponse> {
         self.keyed(&request)?;
         let request = request.into_inner();
+        self.gateway.table().ensure_loaded(&request.name, version(&request.version)).await.map_err(ApiError::from)?;
         let metadata = api::model_metadata(self.table(), &request.name, version(&request.version))?;
         Ok(Response::new(convert::model_metadata(metadata)))
     }
@@ -270,8 +279,9 @@ impl GrpcInferenceService for GrpcApi {
         };
         // Kept only for a refusal's answer; most callers send no id in the body, and then this costs nothing.
         let kept_id = body_id(request.get_ref());
-        let (response, variant) = match infer(&self.gateway, request.into_inner(), &metadata).await {
-            Ok(answered) => answered,
+        let Reply { response, variant, cold_start } = match infer(&self.gateway, request.into_inner(), &metadata).await
+        {
+            Ok(reply) => reply,
             Err(error) => return Err(with_request_id(error.into(), kept_id, metadata.request_id.as_deref())),
         };
         let variant = variant.as_deref().and_then(|v| v.parse::<AsciiMetadataValue>().ok());
@@ -280,6 +290,9 @@ impl GrpcInferenceService for GrpcApi {
         let mut response = Response::new(response);
         if let Some(variant) = variant {
             response.metadata_mut().insert(api::VARIANT_HEADER, variant);
+        }
+        if let Some(waited) = cold_start {
+            response.metadata_mut().insert(api::COLD_START_HEADER, api::cold_start_millis(waited).into());
         }
         if let Some(mut id) = id {
             // Never indexed by HPACK: an id is new in every response, and indexing each one would push the headers
@@ -310,9 +323,9 @@ impl GrpcInferenceService for GrpcApi {
                     let request = message?;
                     let id = request.id.clone();
                     Ok(match infer(&gateway, request, &metadata).await {
-                        Ok((response, _)) => proto::ModelStreamInferResponse {
+                        Ok(reply) => proto::ModelStreamInferResponse {
                             error_message: String::new(),
-                            infer_response: Some(response),
+                            infer_response: Some(reply.response),
                         },
                         Err(e) => proto::ModelStreamInferResponse {
                             error_message: e.to_string(),
@@ -331,6 +344,7 @@ impl GrpcInferenceService for GrpcApi {
     ) -> GrpcResult<proto::ModelConfigResponse> {
         self.keyed(&request)?;
         let request = request.into_inner();
+        self.gateway.table().ensure_loaded(&request.name, version(&request.version)).await.map_err(ApiError::from)?;
         let config = api::model_config(self.table(), &request.name, version(&request.version))?;
         Ok(Response::new(proto::ModelConfigResponse { config: Some(convert::model_config(config)) }))
     }

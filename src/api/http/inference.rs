@@ -25,6 +25,7 @@ const INLINE_DECODE_LIMIT: usize = 256 * 1024;
 // Header names are built once: a name given as a string is parsed again at every lookup.
 static ROUTING_KEY_HEADER: HeaderName = HeaderName::from_static(api::ROUTING_KEY_HEADER);
 static VARIANT_HEADER: HeaderName = HeaderName::from_static(api::VARIANT_HEADER);
+static COLD_START_HEADER: HeaderName = HeaderName::from_static(api::COLD_START_HEADER);
 static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(api::REQUEST_ID_HEADER);
 /// The binary tensor extension's header: the body is this many bytes of JSON, then the tensors.
 static HEADER_LENGTH: HeaderName = HeaderName::from_static(json::HEADER_LENGTH);
@@ -149,6 +150,9 @@ async fn run(
     };
     if let Some(variant) = response.variant.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
         reply.headers_mut().insert(VARIANT_HEADER.clone(), variant);
+    }
+    if let Some(waited) = response.cold_start {
+        reply.headers_mut().insert(COLD_START_HEADER.clone(), HeaderValue::from(api::cold_start_millis(waited)));
     }
     // Ids are printable ASCII (the pipeline refuses others), so every one is a valid header value; its bytes move
     // into the header, not copied.

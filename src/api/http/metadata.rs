@@ -42,10 +42,12 @@ async fn model_metadata(
     State(state): State<AppState>,
     PathParam(r): RoutePath,
 ) -> Result<Response, ApiError> {
+    state.gateway.table().ensure_loaded(&r.model, r.version.as_deref()).await?;
     Ok(json_body(&api::model_metadata(state.gateway.table(), &r.model, r.version.as_deref())?))
 }
 
 async fn model_config(_: Keyed, State(state): State<AppState>, PathParam(r): RoutePath) -> Result<Response, ApiError> {
+    state.gateway.table().ensure_loaded(&r.model, r.version.as_deref()).await?;
     Ok(json_body(&api::model_config(state.gateway.table(), &r.model, r.version.as_deref())?))
 }
 

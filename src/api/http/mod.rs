@@ -104,8 +104,8 @@ where
 /// What an error's response carries besides its status and body.
 enum Hint {
     None,
-    /// Worth retrying soon: a full queue drains in moments.
-    RetryAfter,
+    /// Worth retrying after this many seconds: a full queue drains in moments, a load takes a while.
+    RetryAfter(u64),
     /// Credentials are missing or wrong: how to present them.
     Authenticate,
 }
@@ -116,13 +116,16 @@ impl ApiError {
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => (StatusCode::NOT_FOUND, Hint::None),
             // A model that failed to load will not recover by itself, so it gets no Retry-After.
             ApiError::ModelUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, Hint::None),
-            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Hint::RetryAfter),
+            ApiError::LoadPending { retry_after_secs, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, Hint::RetryAfter(*retry_after_secs))
+            }
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Hint::RetryAfter(1)),
             ApiError::MalformedRequest(_) | ApiError::InvalidInput(_) => (StatusCode::BAD_REQUEST, Hint::None),
             ApiError::PayloadTooLarge { .. } | ApiError::LimitExceeded(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, Hint::None)
             }
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, Hint::None),
-            ApiError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, Hint::RetryAfter),
+            ApiError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, Hint::RetryAfter(1)),
             ApiError::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, Hint::None),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, Hint::None),
             ApiError::Inference(_) => (StatusCode::INTERNAL_SERVER_ERROR, Hint::None),
@@ -148,7 +151,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, json_body(&ErrorBody { error: self.to_string() })).into_response();
         let header = match hint {
             Hint::None => None,
-            Hint::RetryAfter => Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+            Hint::RetryAfter(secs) => Some((header::RETRY_AFTER, HeaderValue::from(secs))),
             Hint::Authenticate => Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
         };
         if let Some((name, value)) = header {

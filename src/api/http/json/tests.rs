@@ -50,6 +50,7 @@ fn every_datatype_decodes_and_encodes() {
             id: None,
             outputs: vec![NamedTensor { name: "x".into(), tensor }],
             variant: None,
+            cold_start: None,
         };
         let encoded = encode_response(&response, &OutputFormat::default()).unwrap();
         assert_eq!(encoded.header_length, None);
@@ -136,6 +137,7 @@ fn binary_inputs_and_outputs_round_trip() {
         id: None,
         outputs: request.inputs.into_iter().map(|i| NamedTensor { name: i.name, tensor: i.tensor }).collect(),
         variant: Some("b".into()),
+        cold_start: None,
     };
     let encoded = encode_response(&response, &format).unwrap();
     let len = encoded.header_length.unwrap();

@@ -1,0 +1,282 @@
+//! On-demand loading: a listed version loads on its first request, which waits for it. Loads are serialised by
+//! the table's control lock, so concurrent first requests share one load: the first to get the lock loads, the
+//! others find the version ready. Before a load, idle versions are evicted, least recently used first, to fit the
+//! budget (`budget::plan`); an evicted version goes back to [`Listed`] with its cost and statistics, and drains
+//! like an unloaded one when requests still hold it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::budget::{self, Limits, Plan, Snapshot};
+use super::listed::{Evicted, Listed};
+use super::loader::{LoadOptions, load_spec};
+use super::{LookupError, ModelEntry, ModelTable, VersionSet, VersionState};
+use crate::repository::{ModelConfig, ModelSpec};
+
+/// How often a load waiting for room under the budget looks again (what drains is freed within moments).
+const ROOM_POLL: Duration = Duration::from_millis(5);
+/// What a caller refused for want of room is told to wait before retrying.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether room was made for a load.
+enum Room {
+    Made,
+    /// Not now: what drains is not freed yet, or nothing idle can be evicted.
+    NotYet,
+}
+
+impl ModelTable {
+    /// Whether a model of this `model.toml` loads on demand: its `on_demand`, else the server's mode; a model kept
+    /// loaded never does.
+    pub(super) fn is_on_demand(&self, config: &ModelConfig) -> bool {
+        !config.keep_loaded && config.on_demand.unwrap_or(self.on_demand.all)
+    }
+
+    pub(super) fn limits(&self) -> Limits {
+        let settings = &self.on_demand.settings;
+        Limits { max_bytes: settings.max_loaded_bytes, max_versions: settings.max_loaded_models }
+    }
+
+    /// Loads `model`'s listed `version` for a request that waits until `deadline` (else the cold-start timeout).
+    /// The load runs as a task of its own, so a caller that gives up (deadline, disconnect) leaves it to finish
+    /// and the next request finds the version ready.
+    pub async fn load_on_demand(
+        self: &Arc<Self>,
+        model: &str,
+        version: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), LookupError> {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.on_demand.settings.cold_start_timeout);
+        let (table, name) = (Arc::clone(self), model.to_owned());
+        let task = tokio::spawn(async move { table.demand(&name, version, deadline).await });
+        match tokio::time::timeout_at(deadline.into(), task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => {
+                Err(LookupError::Unavailable { model: model.to_owned(), reason: format!("its load failed: {e}") })
+            }
+            Err(_) => Err(timed_out(model, version)),
+        }
+    }
+
+    /// Loads the version `version` names (else the one unversioned requests reach) when it is on demand and not
+    /// loaded, waiting up to the cold-start timeout: for the calls that describe a version (metadata, its
+    /// configuration). Other lookup errors are left to the call's own lookup.
+    pub async fn ensure_loaded(self: &Arc<Self>, model: &str, version: Option<&str>) -> Result<(), LookupError> {
+        if let Err(LookupError::NotLoaded { version, .. }) = self.resolve(model, version) {
+            self.load_on_demand(model, version, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn demand(&self, model: &str, version: u64, deadline: Instant) -> Result<(), LookupError> {
+        loop {
+            let control = tokio::time::timeout_at(deadline.into(), self.control.lock())
+                .await
+                .map_err(|_| timed_out(model, version))?;
+            let entry = self.entry(model)?;
+            let listed = match entry.versions.load().versions.get(&version) {
+                Some(VersionState::Ready(_)) => return Ok(()),
+                Some(VersionState::Listed(listed)) if listed.may_load_now() => listed.clone(),
+                Some(VersionState::Listed(listed)) => return Err(pending(model, version, listed)),
+                Some(state) => {
+                    return Err(LookupError::Unavailable { model: model.to_owned(), reason: state.describe(version) });
+                }
+                None => {
+                    return Err(LookupError::VersionNotFound { model: model.to_owned(), version: version.to_string() });
+                }
+            };
+            if Instant::now() >= deadline {
+                return Err(timed_out(model, version));
+            }
+            let snapshot = self.snapshot();
+            let limits = self.limits();
+            if let Some(cost) = listed.cost
+                && !budget::can_ever_fit(&snapshot, cost, limits)
+            {
+                let reason = format!(
+                    "version {version} needs {cost} bytes (measured at its last load), more than the budget leaves \
+                     beside the models kept loaded (--max-loaded-bytes, --max-loaded-models)"
+                );
+                return Err(LookupError::Unavailable { model: model.to_owned(), reason });
+            }
+            let estimate = estimate(&listed, &snapshot);
+            if let Room::NotYet = self.make_room(estimate) {
+                drop(control);
+                if Instant::now() + ROOM_POLL >= deadline {
+                    return Err(timed_out(model, version));
+                }
+                tokio::time::sleep(ROOM_POLL).await;
+                continue;
+            }
+            return self.load_listed(&entry, version, listed).await;
+        }
+    }
+
+    /// Loads a listed version and stores what came of it: ready, or listed again with its failure (backing off).
+    /// The caller holds `control` and made room.
+    async fn load_listed(&self, entry: &Arc<ModelEntry>, version: u64, listed: Listed) -> Result<(), LookupError> {
+        let model = entry.name.as_str();
+        // Listed still, so that requests arriving meanwhile wait for this load rather than being refused.
+        let loading = VersionState::Listed(Listed { loading: true, ..listed.clone() });
+        entry.versions.rcu(|set| {
+            let mut next = VersionSet::clone(set);
+            next.versions.insert(version, loading.clone());
+            next
+        });
+        self.telemetry.set_version_state(model, version, "loading");
+        let spec = ModelSpec::clone(&listed.spec);
+        let options = LoadOptions {
+            evictable: self.is_on_demand(&spec.config),
+            statistics: listed.evicted.as_ref().map(|evicted| Arc::clone(&evicted.statistics)),
+        };
+        let warming = {
+            let (name, telemetry) = (entry.name.clone(), Arc::clone(&self.telemetry));
+            move || telemetry.set_version_state(&name, version, "warming_up")
+        };
+        let (state, result) = match load_spec(spec, &self.backends, &self.telemetry, warming, options).await {
+            VersionState::Ready(serving) => (VersionState::Ready(serving), Ok(())),
+            VersionState::Failed(reason) => {
+                let failed = listed.failed(reason);
+                let error = pending(model, version, &failed);
+                (VersionState::Listed(failed), Err(error))
+            }
+            other => (other, Ok(())),
+        };
+        self.telemetry.on_demand.load(result.is_ok());
+        self.telemetry.set_version_state(model, version, state.name());
+        entry.versions.rcu(|set| {
+            let mut next = VersionSet::clone(set);
+            next.versions.insert(version, state.clone());
+            next
+        });
+        self.publish_budget();
+        result
+    }
+
+    /// Evicts idle versions (least recently used first) until a load of `estimate` bytes fits; `NotYet` when what
+    /// drains must be freed first, or nothing can be evicted now. The caller holds `control`.
+    fn make_room(&self, estimate: u64) -> Room {
+        let limits = self.limits();
+        if limits.is_unlimited() {
+            return Room::Made;
+        }
+        match budget::plan(&self.snapshot(), estimate, limits) {
+            Plan::Fits => Room::Made,
+            Plan::Wait => Room::NotYet,
+            Plan::Evict(victims) => {
+                for (model, version) in victims {
+                    self.evict(&model, version);
+                }
+                self.publish_budget();
+                // The victims' memory is freed once their instances have stopped; planning again waits for it.
+                match budget::plan(&self.snapshot(), estimate, limits) {
+                    Plan::Fits => Room::Made,
+                    Plan::Wait | Plan::Evict(_) => Room::NotYet,
+                }
+            }
+        }
+    }
+
+    /// Makes room for a load that does not wait (a new version of a loaded model, a start): evicts what the plan
+    /// says; a load that still does not fit goes ahead over the budget, with a warning. The caller holds `control`.
+    pub(super) fn make_room_now(&self, model: &str, version: u64, estimate: u64) {
+        if let Room::NotYet = self.make_room(estimate) {
+            tracing::warn!(model, version, "no idle version can be evicted now; this load goes over the memory budget");
+        }
+    }
+
+    /// Takes a ready version out of service back to listed, keeping its cost, last use and statistics; requests
+    /// holding it finish on it (it drains). The caller holds `control`.
+    fn evict(&self, model: &str, version: u64) {
+        let Ok(entry) = self.entry(model) else { return };
+        let set = entry.versions.load_full();
+        let Some(VersionState::Ready(serving)) = set.versions.get(&version) else { return };
+        let serving = Arc::clone(serving);
+        let listed = Listed {
+            spec: Arc::clone(&serving.spec),
+            cost: Some(serving.cost),
+            evicted: Some(Evicted {
+                last_use: serving.last_use().unwrap_or_else(std::time::SystemTime::now),
+                statistics: Arc::clone(&serving.metrics.statistics),
+            }),
+            failed: None,
+            loading: false,
+        };
+        let mut next = VersionSet::clone(&set);
+        next.versions.insert(version, VersionState::Listed(listed));
+        drop(set);
+        entry.versions.store(Arc::new(next));
+        self.telemetry.set_version_state(model, version, "listed");
+        self.telemetry.on_demand.evictions.inc();
+        tracing::info!(model, version, cost = serving.cost, "version evicted to fit the memory budget");
+        entry.drain(vec![(version, serving)]);
+    }
+
+    /// Every loaded version as the budget sees it, and what drains.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for entry in self.models.iter() {
+            let set = entry.versions.load();
+            for (&version, state) in &set.versions {
+                if let VersionState::Ready(serving) = state {
+                    snapshot.residents.push(budget::Resident {
+                        model: entry.name.clone(),
+                        version,
+                        cost: serving.cost,
+                        last_use: serving.last_use_millis(),
+                        evictable: serving.evictable,
+                        busy: Arc::strong_count(serving) > 1,
+                    });
+                }
+            }
+            let (bytes, versions) = entry.draining_cost();
+            snapshot.draining_bytes += bytes;
+            snapshot.draining_versions += versions;
+        }
+        snapshot
+    }
+
+    /// The budget's gauges: what is loaded, and the limits.
+    pub(super) fn publish_budget(&self) {
+        let (bytes, versions) = self.snapshot().loaded();
+        let metrics = &self.telemetry.on_demand;
+        metrics.loaded_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        metrics.loaded_versions.set(i64::try_from(versions).unwrap_or(i64::MAX));
+        let limits = self.limits();
+        metrics.max_loaded_bytes.set(limits.max_bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
+        metrics.max_loaded_versions.set(limits.max_versions.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)));
+    }
+
+    /// What loading `listed` is guessed to cost: its last load's measure, else the mean of the loaded versions,
+    /// else its model file's size.
+    pub(super) fn estimate_cost(&self, listed: &Listed) -> u64 {
+        estimate(listed, &self.snapshot())
+    }
+}
+
+fn estimate(listed: &Listed, snapshot: &Snapshot) -> u64 {
+    listed.cost.unwrap_or_else(|| {
+        let file = std::fs::metadata(&listed.spec.model_path).map_or(0, |m| m.len());
+        snapshot.typical_cost(file).max(file)
+    })
+}
+
+/// A listed version whose last load failed: not tried again before its back-off ends.
+fn pending(model: &str, version: u64, listed: &Listed) -> LookupError {
+    LookupError::LoadPending {
+        model: model.to_owned(),
+        reason: listed.describe(version),
+        retry_after: listed.retry_after().unwrap_or(RETRY_AFTER),
+    }
+}
+
+fn timed_out(model: &str, version: u64) -> LookupError {
+    LookupError::LoadPending {
+        model: model.to_owned(),
+        reason: format!(
+            "version {version} did not load before the request's deadline (its load, or room for it under the \
+             memory budget, is still awaited)"
+        ),
+        retry_after: RETRY_AFTER,
+    }
+}
