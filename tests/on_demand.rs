@@ -227,3 +227,78 @@ async fn a_load_with_no_room_waits_then_answers_503_with_retry_after() {
     assert_eq!(metric_sum(&text, "infergate_on_demand_loads_total", &[]), None, "nothing loaded");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A traffic split's variants and its shadow are uses like any other: the first requests load the variant they
+/// are sent to, and the shadow's version loads in the background.
+#[tokio::test]
+async fn a_splits_variants_and_its_shadow_load_on_use() {
+    let root = temp_dir("on-demand-variants");
+    for version in [1, 2, 3] {
+        common::copy_model(&root, "split", version, "mlp/1/model.onnx");
+    }
+    let toml = "version_policy = \"all\"\n[traffic]\nvariants = [{ name = \"one\", version = 1, weight = 50 }, \
+                { name = \"two\", version = 2, weight = 50 }]\nshadow = { name = \"three\", version = 3, percent = 100.0 }\n";
+    std::fs::write(root.join("split/model.toml"), toml).unwrap();
+    let config = Config {
+        repository_poll: Duration::from_millis(200),
+        repository_settle: Duration::from_millis(200),
+        ..on_demand(&root, OnDemandSettings::default())
+    };
+    let server = TestServer::start(config).await;
+    let mut variants = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let response = infer(&server, "split").await;
+        assert_eq!(response.status(), 200);
+        variants.insert(response.headers()["x-infergate-variant"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(variants.into_iter().collect::<Vec<_>>(), ["one", "two"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while loads(&server, "loaded").await < 3.0 {
+        assert!(Instant::now() < deadline, "the shadow's version was not loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = scrape(&server).await;
+    assert!(metric_sum(&text, "infergate_shadow_requests_total", &[("outcome", "ok")]).unwrap() >= 1.0);
+
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A new version of an evicted model, found by the repository watch, is listed and loads only when asked for.
+#[tokio::test]
+async fn a_new_version_of_an_evicted_model_loads_only_when_asked_for() {
+    let root = temp_dir("on-demand-new-version");
+    mlp_models(&root, &["evicted", "serving"]);
+    let config = Config {
+        repository_poll: Duration::from_millis(200),
+        repository_settle: Duration::from_millis(200),
+        ..on_demand(&root, at_most(1))
+    };
+    let server = TestServer::start(config).await;
+    assert_eq!(infer(&server, "evicted").await.status(), 200);
+    assert_eq!(infer(&server, "serving").await.status(), 200);
+    assert_eq!(state(&server, "evicted").await.1, "evicted");
+    assert_eq!(loads(&server, "loaded").await, 2.0);
+
+    common::copy_model(&root, "evicted", 2, "mlp/1/model.onnx");
+    let rows = |index: &Value, model: &str| -> Vec<(String, String)> {
+        let rows = index.as_array().unwrap().iter().filter(|row| row["name"] == model);
+        rows.map(|row| (row["version"].as_str().unwrap().to_owned(), row["state"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let index: Value =
+            server.client.post(server.url("/v2/repository/index")).send().await.unwrap().json().await.unwrap();
+        if rows(&index, "evicted").iter().any(|(version, _)| version == "2") {
+            assert_eq!(rows(&index, "evicted"), [("2".to_owned(), "UNLOADED".to_owned())], "{index}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new version was not listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(loads(&server, "loaded").await, 2.0, "listing the new version loaded nothing");
+    let (status, answer) = server.post_json("/v2/models/evicted/infer", &mlp_request()).await;
+    assert_eq!((status, answer["model_version"].as_str()), (200, Some("2")), "{answer}");
+    assert_eq!(loads(&server, "loaded").await, 3.0);
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -72,13 +72,31 @@ pub enum Plan {
 /// first, least recently used first; no more are chosen than needed, and none while what already drains would
 /// make room by itself.
 pub fn plan(snapshot: &Snapshot, estimate: u64, limits: Limits) -> Plan {
+    plan_room(snapshot, estimate, 1, limits)
+}
+
+/// The idle versions to evict so that what is loaded fits the budget again, when a load measured more than was
+/// guessed; neither the version just loaded (`keep`) nor one that requests hold is among them.
+pub fn trim(snapshot: &Snapshot, keep: (&str, u64), limits: Limits) -> Vec<(String, u64)> {
+    let mut snapshot = snapshot.clone();
+    for resident in snapshot.residents.iter_mut().filter(|r| r.busy || (r.model.as_str(), r.version) == keep) {
+        resident.evictable = false;
+    }
+    match plan_room(&snapshot, 0, 0, limits) {
+        Plan::Evict(victims) => victims,
+        Plan::Fits | Plan::Wait => Vec::new(),
+    }
+}
+
+/// [`plan`] for `extra_versions` more versions of `estimate` bytes in all.
+fn plan_room(snapshot: &Snapshot, estimate: u64, extra_versions: usize, limits: Limits) -> Plan {
     let (bytes, versions) = snapshot.loaded();
-    if limits.fits(bytes.saturating_add(estimate), versions + 1) {
+    if limits.fits(bytes.saturating_add(estimate), versions + extra_versions) {
         return Plan::Fits;
     }
     let live_bytes = bytes - snapshot.draining_bytes;
     let live_versions = versions - snapshot.draining_versions;
-    if limits.fits(live_bytes.saturating_add(estimate), live_versions + 1) {
+    if limits.fits(live_bytes.saturating_add(estimate), live_versions + extra_versions) {
         return Plan::Wait;
     }
     let mut candidates: Vec<&Resident> = snapshot.residents.iter().filter(|r| r.evictable).collect();
@@ -89,7 +107,7 @@ pub fn plan(snapshot: &Snapshot, estimate: u64, limits: Limits) -> Plan {
         victims.push((victim.model.clone(), victim.version));
         bytes -= victim.cost;
         versions -= 1;
-        if limits.fits(bytes.saturating_add(estimate), versions + 1) {
+        if limits.fits(bytes.saturating_add(estimate), versions + extra_versions) {
             return Plan::Evict(victims);
         }
     }
@@ -176,6 +194,18 @@ mod tests {
         assert_eq!(plan(&s, 0, limits), Plan::Wait);
         s.draining_versions = 0;
         assert_eq!(plan(&s, 0, limits), Plan::Fits);
+    }
+
+    #[test]
+    fn a_load_that_measured_more_than_guessed_trims_idle_versions_but_not_itself() {
+        let s = snapshot(vec![
+            resident("old", 30, 1, true, false),
+            resident("busy", 30, 0, true, true),
+            Resident { version: 2, ..resident("new", 60, 9, true, false) },
+        ]);
+        assert_eq!(trim(&s, ("new", 2), BYTES), vec![("old".to_owned(), 1)]);
+        let within = snapshot(vec![resident("a", 50, 1, true, false)]);
+        assert!(trim(&within, ("a", 1), BYTES).is_empty());
     }
 
     #[test]

@@ -149,6 +149,12 @@ impl ModelTable {
             next.versions.insert(version, state.clone());
             next
         });
+        if result.is_ok() {
+            // It measured more than was guessed: idle versions make up the difference.
+            for (victim, victim_version) in budget::trim(&self.snapshot(), (model, version), self.limits()) {
+                self.evict(&victim, victim_version);
+            }
+        }
         self.publish_budget();
         result
     }

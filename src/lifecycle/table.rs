@@ -66,6 +66,7 @@ impl ModelTable {
     /// within `settings`' budget.
     pub fn with_on_demand(mut self, all: bool, settings: OnDemandSettings) -> ModelTable {
         self.on_demand = OnDemand { all, settings };
+        self.publish_budget();
         self
     }
 
