@@ -256,6 +256,7 @@ fn every_file_key_is_read() {
          max_request_bytes = 4\nshutdown_grace_seconds = 5\nmetrics_window_seconds = 6\nort_library = \"ort.so\"\n\
          admin_token = \"admin-token-0123456789\"\nstate_dir = \"state\"\nmodel_control_mode = \"explicit\"\n\
          repository_poll_secs = 7\nrepository_settle_secs = 8\nload_models = [\"iris\"]\n\
+         max_loaded_bytes = 19\nmax_loaded_models = 20\ncold_start_timeout_secs = 21\n\
          api_keys = [\"api-key-0123456789ab\"]\ntls_cert = \"{d}/cert.pem\"\ntls_key = \"{d}/key.pem\"\n\
          tls_client_ca = \"{d}/ca.pem\"\nmax_connections = 9\nheader_read_timeout_secs = 10\n\
          body_read_timeout_secs = 11\nmax_concurrent_streams = 12\nmax_tensor_elements = 13\n\
@@ -285,6 +286,11 @@ fn every_file_key_is_read() {
     assert_eq!(config.model_control_mode, ModelControlMode::Explicit);
     assert_eq!((config.repository_poll, config.repository_settle), (Duration::from_secs(7), Duration::from_secs(8)));
     assert_eq!(config.load_models, ["iris"]);
+    let on_demand = config.on_demand;
+    assert_eq!(
+        (on_demand.max_loaded_bytes, on_demand.max_loaded_models, on_demand.cold_start_timeout),
+        (Some(19), Some(20), Duration::from_secs(21))
+    );
     assert_eq!(config.api_keys, [Secret("api-key-0123456789ab".into())]);
     let tls = config.tls.unwrap();
     assert_eq!(
@@ -448,4 +454,32 @@ fn sockets_are_checked_at_start() {
     refused(&["--socket-mode", "060"], "read and write for the owner");
     let config = Config::resolve(serve_flags(&["--socket-mode", "0o640"])).unwrap();
     assert_eq!(config.socket_mode, 0o640);
+}
+
+#[test]
+fn on_demand_mode_and_its_budget_are_read_and_checked() {
+    let config = Config::resolve(serve_flags(&[
+        "--model-control-mode",
+        "on-demand",
+        "--max-loaded-bytes",
+        "1000000",
+        "--max-loaded-models",
+        "50",
+        "--cold-start-timeout-secs",
+        "2.5",
+    ]))
+    .unwrap();
+    assert_eq!(config.model_control_mode, ModelControlMode::OnDemand);
+    assert_eq!((config.on_demand.max_loaded_bytes, config.on_demand.max_loaded_models), (Some(1_000_000), Some(50)));
+    assert_eq!(config.on_demand.cold_start_timeout, Duration::from_millis(2500));
+    let defaults = Config::resolve(serve_flags(&[])).unwrap().on_demand;
+    assert_eq!(defaults, crate::config::OnDemandSettings::default());
+    for (flags, refusal) in [
+        (["--max-loaded-bytes", "0"], "must be at least 1"),
+        (["--max-loaded-models", "0"], "must be at least 1"),
+        (["--cold-start-timeout-secs", "0"], "between 0.1 and 3600"),
+    ] {
+        let error = Config::resolve(serve_flags(&flags)).and_then(|c| c.validate().map(|()| c)).unwrap_err();
+        assert!(error.to_string().contains(refusal), "{flags:?}: {error}");
+    }
 }

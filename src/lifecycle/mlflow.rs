@@ -223,10 +223,11 @@ impl ModelTable {
         self.apply_listing(listing, false).await;
     }
 
-    /// A model that serves nothing says why (MLflow down, registered model missing); one that serves keeps serving.
+    /// A model that serves nothing says why (MLflow down, registered model missing); one that serves, or would
+    /// load a cached version on demand, keeps doing so.
     fn note_unserved(&self, name: &str, error: &MlflowError) {
         let Ok(entry) = self.entry(name) else { return };
-        if entry.versions.load().default_ready().is_some() {
+        if entry.versions.load().default_servable().is_some() {
             return;
         }
         entry.versions.rcu(|set| VersionSet { model_error: Some(error.to_string()), ..VersionSet::clone(set) });
