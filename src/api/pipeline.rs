@@ -103,18 +103,18 @@ pub async fn infer(
     let key = call.routing_key.or(request.routing_key.as_deref());
     request.timeout = shorter(request.timeout, call.deadline);
     let (routed, cold_start) = route(gateway, &call, key, request.timeout.map(|timeout| arrived + timeout)).await?;
+    routed.serving.touch();
     match gateway.traffic.shadow(&gateway.table, call.model, &routed) {
         Some(Ok(shadow)) => send_shadow(gateway.traffic.metrics(), call.model, shadow, request.clone(), call.protocol),
         // The shadow counts as a use: its version loads in the background, and later copies go to it.
-        Some(Err(LookupError::NotLoaded { model, version })) => {
-            let table = std::sync::Arc::clone(&gateway.table);
-            tokio::spawn(async move { table.load_on_demand(&model, version, None).await });
-        }
+        Some(Err(LookupError::NotLoaded { model, version })) => drop(gateway.table.start_load(&model, version)),
         Some(Err(_)) | None => {}
     }
     let window = routed.window();
     let sampled = observe::sample(&routed.serving, &request.inputs);
-    let result = run(&routed.serving, request, window, arrived).await;
+    // The version's own default timeout runs from when it could take the request, not across its cold start.
+    let ready = cold_start.map_or(arrived, |waited| arrived + waited);
+    let result = run(&routed.serving, request, window, arrived, ready).await;
     record(&routed.serving, call.protocol, &result, arrived);
     let rows = result.as_ref().map_or(0, |answered| answered.rows);
     trace::record_route(&tracing::Span::current(), routed.serving.version, routed.variant.as_deref(), rows);
@@ -138,40 +138,46 @@ pub fn cold_start_millis(waited: Duration) -> u64 {
 }
 
 /// Routes the request. A version chosen that is on demand and not loaded is loaded first, the request waiting
-/// until `deadline` (else the cold-start timeout); a version that failed to load makes way for the next variant
-/// or the default version. Returns how long the request waited for loads.
+/// until `deadline` (else the cold-start timeout, from now) and answered by it under the variant that chose it; a
+/// version that failed to load makes way for the next variant or the default version. Returns how long the
+/// request waited for loads.
 async fn route(
     gateway: &Gateway,
     call: &Call<'_>,
     key: Option<&str>,
-    deadline: Option<Instant>,
+    mut deadline: Option<Instant>,
 ) -> Result<(Routed, Option<Duration>), ApiError> {
-    let mut waited: Option<Duration> = None;
+    let metrics = &gateway.table.telemetry().on_demand;
+    let mut waited = Duration::ZERO;
     let mut failed = None;
     for _ in 0..MAX_LOADS_PER_REQUEST {
-        match gateway.traffic.route(&gateway.table, call.model, call.version, key) {
-            Ok(routed) => {
-                let metrics = &gateway.table.telemetry().on_demand;
-                match waited {
-                    Some(waited) => {
-                        metrics.request(false);
-                        metrics.cold_start.observe(waited.as_secs_f64());
-                    }
-                    None if routed.serving.evictable => metrics.request(true),
-                    None => {}
+        let (model, version) = match gateway.traffic.route(&gateway.table, call.model, call.version, key) {
+            Ok(routed) if failed.is_none() => {
+                if routed.serving.evictable {
+                    metrics.request(true);
                 }
-                return Ok((routed, waited));
+                return Ok((routed, None));
             }
-            Err(LookupError::NotLoaded { model, version }) => {
-                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                    break;
-                }
-                let started = Instant::now();
-                let loaded = gateway.table.load_on_demand(&model, version, deadline).await;
-                *waited.get_or_insert_default() += started.elapsed();
-                failed = loaded.err().map(ApiError::from);
-            }
+            // A variant that failed to load made way for another version.
+            Ok(routed) => return Ok((routed, Some(waited))),
+            Err(LookupError::NotLoaded { model, version }) => (model, version),
             Err(e) => return Err(e.into()),
+        };
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + gateway.table.cold_start_timeout());
+        if Instant::now() >= deadline {
+            break;
+        }
+        let started = Instant::now();
+        let loaded = gateway.table.load_on_demand(&model, version, Some(deadline)).await;
+        waited += started.elapsed();
+        match loaded {
+            Ok(serving) => {
+                metrics.request(false);
+                metrics.cold_start.observe(waited.as_secs_f64());
+                let routed = gateway.traffic.loaded(call.model, call.version.is_some(), serving);
+                return Ok((routed, Some(waited)));
+            }
+            Err(e) => failed = Some(ApiError::from(e)),
         }
     }
     Err(failed.unwrap_or_else(|| ApiError::LoadPending {
@@ -201,12 +207,13 @@ async fn run(
     request: InferRequest,
     window: Option<&VariantWindow>,
     arrived: Instant,
+    ready: Instant,
 ) -> Result<Answered, ApiError> {
     let output_indices = select_outputs(&serving.signature, &serving.name, request.outputs.as_deref())?;
     let inputs = order_inputs(&serving.signature, &serving.name, request.inputs)?;
     // Input drift counts answered requests only, like prediction drift; the copy shares the tensors' bytes.
     let drift_inputs: Option<Vec<Tensor>> = serving.metrics.drift.tracks_inputs().then(|| inputs.clone());
-    let deadline = deadline(arrived, request.timeout, serving);
+    let deadline = deadline(arrived, ready, request.timeout, serving);
     let (outputs, rows) = serving
         .scheduler
         .infer(inputs, deadline)
@@ -243,10 +250,16 @@ async fn run(
     Ok(Answered { response, rows, first_output })
 }
 
-/// The one place timeouts meet: the caller's (body parameter or transport, already the shorter of the two) and
-/// the version's default; the shorter wins, counted from the request's arrival.
-fn deadline(arrived: Instant, requested: Option<Duration>, serving: &ServingVersion) -> Option<Instant> {
-    shorter(requested, serving.scheduler.config().default_timeout).map(|timeout| arrived + timeout)
+/// The one place timeouts meet: the caller's (body parameter or transport, already the shorter of the two),
+/// counted from the request's arrival, and the version's default, counted from when the version could take it
+/// (`ready`: after its cold start, else the arrival); the earlier wins.
+fn deadline(arrived: Instant, ready: Instant, requested: Option<Duration>, serving: &ServingVersion) -> Option<Instant> {
+    let caller = requested.map(|timeout| arrived + timeout);
+    let version = serving.scheduler.config().default_timeout.map(|timeout| ready + timeout);
+    match (caller, version) {
+        (Some(caller), Some(version)) => Some(caller.min(version)),
+        (caller, version) => caller.or(version),
+    }
 }
 
 /// The shorter of two optional timeouts; `None` is no limit.
@@ -284,6 +297,7 @@ fn record_variant(
 
 /// A copy of the request for the shadow: never waited for, and shed when the shadow's queue is half full.
 fn send_shadow(metrics: &TrafficMetrics, model: &str, shadow: Shadow, request: InferRequest, protocol: Protocol) {
+    shadow.serving.touch();
     let limit = shadow.serving.scheduler.config().policy.max_queue_size / 2;
     if shadow.serving.scheduler.queue_len() >= limit.max(1) {
         metrics.shadow_requests.with_label_values(&[model, &shadow.name, "shed"]).inc();
@@ -296,7 +310,7 @@ fn send_shadow(metrics: &TrafficMetrics, model: &str, shadow: Shadow, request: I
     let copy = async move {
         let arrived = Instant::now();
         let window = shadow.window();
-        let result = run(&shadow.serving, request, window, arrived).await;
+        let result = run(&shadow.serving, request, window, arrived, arrived).await;
         record(&shadow.serving, protocol, &result, arrived);
         metrics.shadow_requests.with_label_values(&[model.as_str(), &shadow.name, outcome(&result)]).inc();
         metrics

@@ -50,10 +50,12 @@ impl Snapshot {
         (bytes, self.residents.len() + self.draining_versions)
     }
 
-    /// What a version never loaded is guessed to cost: the mean of those loaded, else `fallback`.
+    /// What a version never loaded is guessed to cost: the mean of the on-demand versions loaded (models pinned or
+    /// loaded at start may be of another size altogether), else `fallback`.
     pub fn typical_cost(&self, fallback: u64) -> u64 {
-        let total = self.residents.iter().map(|r| r.cost).sum::<u64>();
-        total.checked_div(self.residents.len() as u64).unwrap_or(fallback)
+        let costs = self.residents.iter().filter(|r| r.evictable).map(|r| r.cost);
+        let (total, count) = costs.fold((0u64, 0u64), |(total, count), cost| (total + cost, count + 1));
+        total.checked_div(count).unwrap_or(fallback)
     }
 }
 
@@ -210,7 +212,11 @@ mod tests {
 
     #[test]
     fn a_new_versions_cost_is_guessed_from_those_loaded() {
-        let s = snapshot(vec![resident("a", 10, 1, true, false), resident("b", 30, 1, true, false)]);
+        let s = snapshot(vec![
+            resident("a", 10, 1, true, false),
+            resident("b", 30, 1, true, false),
+            resident("pinned", 900, 1, false, false),
+        ]);
         assert_eq!(s.typical_cost(7), 20);
         assert_eq!(snapshot(vec![]).typical_cost(7), 7);
         assert!(resident_bytes().is_some_and(|bytes| bytes > 0));

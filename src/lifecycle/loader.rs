@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{ServingVersion, VersionState, budget};
+use super::{ServingVersion, VersionState, budget, trim};
 use crate::backend::{BackendError, Backends, Signature};
 use crate::repository::local::FileStamp;
 use crate::repository::{self, DeclaredSignature, DistributionChoice, ModelConfig, ModelSpec, MonitoringConfig};
@@ -20,12 +20,15 @@ pub(super) struct LoadOptions {
     pub evictable: bool,
     /// The statistics of the version's evicted copy, which its counts go on from.
     pub statistics: Option<Arc<Statistics>>,
+    /// What the version's last load measured: the least it is taken to cost again.
+    pub previous_cost: Option<u64>,
 }
 
 /// Loads one version; `warming` is called once the backend has loaded, before its instances warm up (the
 /// caller shows the version as warming up then). The version's cost is measured as the growth of the process's
-/// resident memory across the load, and is at least the model file's size; loads run one at a time under the
-/// table's control lock, so the measure is the load's.
+/// resident memory across the load, once the allocator has handed its free memory back (see `trim`), and is at
+/// least the model file's size and what its last load measured; loads run one at a time under the table's control
+/// lock, so the measure is the load's.
 pub(super) async fn load_spec(
     spec: ModelSpec,
     backends: &Arc<Backends>,
@@ -36,11 +39,13 @@ pub(super) async fn load_spec(
     let (name, version) = (spec.name.clone(), spec.version);
     let (telemetry, backends) = (Arc::clone(telemetry), Arc::clone(backends));
     let load = move || {
+        trim::release_free_memory();
         let before = budget::resident_bytes();
+        let previous = options.previous_cost.unwrap_or(0);
         let mut serving = load_version(&spec, &backends, &telemetry, &warming, options)?;
         let file = std::fs::metadata(&serving.spec.model_path).map_or(0, |m| m.len());
         let grown = before.zip(budget::resident_bytes()).map_or(0, |(before, after)| after.saturating_sub(before));
-        serving.cost = grown.max(file);
+        serving.cost = grown.max(file).max(previous);
         Ok::<_, BackendError>(serving)
     };
     match tokio::task::spawn_blocking(load).await {

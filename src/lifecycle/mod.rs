@@ -15,11 +15,13 @@ mod mlflow;
 mod on_demand;
 mod sync;
 mod table;
+mod trim;
 mod version_set;
 
 pub use listed::{Evicted, Listed, LoadFailure};
 pub use loader::{REFERENCE_FILE, monitor_plan};
 pub use mlflow::{MlflowFollower, MlflowStatus};
+pub use on_demand::LoadOutcome;
 pub use table::ModelTable;
 pub use version_set::{VersionSet, VersionState};
 
@@ -159,7 +161,7 @@ pub struct IndexEntry {
     pub last_use: Option<SystemTime>,
 }
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum LookupError {
     #[error("unknown model '{model}'")]
     ModelNotFound { model: String },

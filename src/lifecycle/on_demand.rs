@@ -4,19 +4,27 @@
 //! budget (`budget::plan`); an evicted version goes back to [`Listed`] with its cost and statistics, and drains
 //! like an unloaded one when requests still hold it.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use super::budget::{self, Limits, Plan, Snapshot};
 use super::listed::{Evicted, Listed};
 use super::loader::{LoadOptions, load_spec};
-use super::{LookupError, ModelEntry, ModelTable, VersionSet, VersionState};
+use super::{LookupError, ModelEntry, ModelTable, ServingVersion, VersionSet, VersionState};
 use crate::repository::{ModelConfig, ModelSpec};
 
 /// How often a load waiting for room under the budget looks again (what drains is freed within moments).
 const ROOM_POLL: Duration = Duration::from_millis(5);
 /// What a caller refused for want of room is told to wait before retrying.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What came of an on-demand load: the version, loaded, or why not.
+pub type LoadOutcome = Result<Arc<ServingVersion>, LookupError>;
+
+/// Loads under way: the requests for one version share its load's outcome.
+pub(super) type PendingLoads = std::sync::Mutex<std::collections::HashMap<(String, u64), watch::Receiver<Option<LoadOutcome>>>>;
 
 /// Whether room was made for a load.
 enum Room {
@@ -37,25 +45,52 @@ impl ModelTable {
         Limits { max_bytes: settings.max_loaded_bytes, max_versions: settings.max_loaded_models }
     }
 
-    /// Loads `model`'s listed `version` for a request that waits until `deadline` (else the cold-start timeout).
-    /// The load runs as a task of its own, so a caller that gives up (deadline, disconnect) leaves it to finish
-    /// and the next request finds the version ready.
+    /// How long a request without a deadline of its own waits for its version to load.
+    pub fn cold_start_timeout(&self) -> Duration {
+        self.on_demand.settings.cold_start_timeout
+    }
+
+    /// Loads `model`'s listed `version` for a request that waits until `deadline` (else the cold-start timeout),
+    /// and returns it loaded. Every request for a version shares its one load (a task of its own, given the
+    /// cold-start timeout): a caller that gives up (deadline, disconnect) leaves it to finish, and the next request
+    /// finds the version ready.
     pub async fn load_on_demand(
         self: &Arc<Self>,
         model: &str,
         version: u64,
         deadline: Option<Instant>,
-    ) -> Result<(), LookupError> {
-        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.on_demand.settings.cold_start_timeout);
-        let (table, name) = (Arc::clone(self), model.to_owned());
-        let task = tokio::spawn(async move { table.demand(&name, version, deadline).await });
-        match tokio::time::timeout_at(deadline.into(), task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => {
-                Err(LookupError::Unavailable { model: model.to_owned(), reason: format!("its load failed: {e}") })
-            }
+    ) -> Result<Arc<ServingVersion>, LookupError> {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.cold_start_timeout());
+        let mut outcome = self.start_load(model, version);
+        match tokio::time::timeout_at(deadline.into(), outcome.wait_for(Option::is_some)).await {
+            Ok(Ok(result)) => result.clone().unwrap_or_else(|| Err(timed_out(model, version))),
+            Ok(Err(_)) => Err(LookupError::Unavailable {
+                model: model.to_owned(),
+                reason: format!("the load of version {version} stopped without an answer"),
+            }),
             Err(_) => Err(timed_out(model, version)),
         }
+    }
+
+    /// Starts loading `model`'s listed `version` unless a load of it is under way; returns where its outcome
+    /// appears. For a shadow's version, which loads in the background.
+    pub fn start_load(self: &Arc<Self>, model: &str, version: u64) -> watch::Receiver<Option<LoadOutcome>> {
+        let key = (model.to_owned(), version);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(outcome) = pending.get(&key) {
+            return outcome.clone();
+        }
+        let (sender, outcome) = watch::channel(None);
+        pending.insert(key.clone(), outcome.clone());
+        let table = Arc::clone(self);
+        let deadline = Instant::now() + self.cold_start_timeout();
+        tokio::spawn(async move {
+            let result = table.demand(&key.0, key.1, deadline).await;
+            // Forgotten before it is told, so a request arriving in between starts afresh (and finds it loaded).
+            table.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+            sender.send_replace(Some(result));
+        });
+        outcome
     }
 
     /// Loads the version `version` names (else the one unversioned requests reach) when it is on demand and not
@@ -68,14 +103,14 @@ impl ModelTable {
         Ok(())
     }
 
-    async fn demand(&self, model: &str, version: u64, deadline: Instant) -> Result<(), LookupError> {
+    async fn demand(&self, model: &str, version: u64, deadline: Instant) -> LoadOutcome {
         loop {
             let control = tokio::time::timeout_at(deadline.into(), self.control.lock())
                 .await
                 .map_err(|_| timed_out(model, version))?;
             let entry = self.entry(model)?;
             let listed = match entry.versions.load().versions.get(&version) {
-                Some(VersionState::Ready(_)) => return Ok(()),
+                Some(VersionState::Ready(serving)) => return Ok(Arc::clone(serving)),
                 Some(VersionState::Listed(listed)) if listed.may_load_now() => listed.clone(),
                 Some(VersionState::Listed(listed)) => return Err(pending(model, version, listed)),
                 Some(state) => {
@@ -100,7 +135,7 @@ impl ModelTable {
                 return Err(LookupError::Unavailable { model: model.to_owned(), reason });
             }
             let estimate = estimate(&listed, &snapshot);
-            if let Room::NotYet = self.make_room(estimate) {
+            if let Room::NotYet = self.make_room(estimate, None) {
                 drop(control);
                 if Instant::now() + ROOM_POLL >= deadline {
                     return Err(timed_out(model, version));
@@ -114,7 +149,7 @@ impl ModelTable {
 
     /// Loads a listed version and stores what came of it: ready, or listed again with its failure (backing off).
     /// The caller holds `control` and made room.
-    async fn load_listed(&self, entry: &Arc<ModelEntry>, version: u64, listed: Listed) -> Result<(), LookupError> {
+    async fn load_listed(&self, entry: &Arc<ModelEntry>, version: u64, listed: Listed) -> LoadOutcome {
         let model = entry.name.as_str();
         // Listed still, so that requests arriving meanwhile wait for this load rather than being refused.
         let loading = VersionState::Listed(Listed { loading: true, ..listed.clone() });
@@ -128,19 +163,23 @@ impl ModelTable {
         let options = LoadOptions {
             evictable: self.is_on_demand(&spec.config),
             statistics: listed.evicted.as_ref().map(|evicted| Arc::clone(&evicted.statistics)),
+            previous_cost: listed.cost,
         };
         let warming = {
             let (name, telemetry) = (entry.name.clone(), Arc::clone(&self.telemetry));
             move || telemetry.set_version_state(&name, version, "warming_up")
         };
         let (state, result) = match load_spec(spec, &self.backends, &self.telemetry, warming, options).await {
-            VersionState::Ready(serving) => (VersionState::Ready(serving), Ok(())),
+            VersionState::Ready(serving) => (VersionState::Ready(Arc::clone(&serving)), Ok(serving)),
             VersionState::Failed(reason) => {
                 let failed = listed.failed(reason);
                 let error = pending(model, version, &failed);
                 (VersionState::Listed(failed), Err(error))
             }
-            other => (other, Ok(())),
+            other => {
+                let reason = other.describe(version);
+                (other, Err(LookupError::Unavailable { model: model.to_owned(), reason }))
+            }
         };
         self.telemetry.on_demand.load(result.is_ok());
         self.telemetry.set_version_state(model, version, state.name());
@@ -160,13 +199,30 @@ impl ModelTable {
     }
 
     /// Evicts idle versions (least recently used first) until a load of `estimate` bytes fits; `NotYet` when what
-    /// drains must be freed first, or nothing can be evicted now. The caller holds `control`.
-    fn make_room(&self, estimate: u64) -> Room {
+    /// drains must be freed first, or nothing can be evicted now. `applying`: a model whose listing is being
+    /// applied, whose versions are not evicted, and the costs of those it loaded that are not stored yet. The
+    /// caller holds `control`.
+    fn make_room(&self, estimate: u64, applying: Option<(&str, &[u64])>) -> Room {
         let limits = self.limits();
         if limits.is_unlimited() {
             return Room::Made;
         }
-        match budget::plan(&self.snapshot(), estimate, limits) {
+        let snapshot = || {
+            let mut snapshot = self.snapshot();
+            if let Some((model, loaded)) = applying {
+                snapshot.residents.iter_mut().filter(|r| r.model == model).for_each(|r| r.evictable = false);
+                snapshot.residents.extend(loaded.iter().map(|&cost| budget::Resident {
+                    model: model.to_owned(),
+                    version: 0,
+                    cost,
+                    last_use: 0,
+                    evictable: false,
+                    busy: true,
+                }));
+            }
+            snapshot
+        };
+        match budget::plan(&snapshot(), estimate, limits) {
             Plan::Fits => Room::Made,
             Plan::Wait => Room::NotYet,
             Plan::Evict(victims) => {
@@ -175,7 +231,7 @@ impl ModelTable {
                 }
                 self.publish_budget();
                 // The victims' memory is freed once their instances have stopped; planning again waits for it.
-                match budget::plan(&self.snapshot(), estimate, limits) {
+                match budget::plan(&snapshot(), estimate, limits) {
                     Plan::Fits => Room::Made,
                     Plan::Wait | Plan::Evict(_) => Room::NotYet,
                 }
@@ -183,10 +239,12 @@ impl ModelTable {
         }
     }
 
-    /// Makes room for a load that does not wait (a new version of a loaded model, a start): evicts what the plan
-    /// says; a load that still does not fit goes ahead over the budget, with a warning. The caller holds `control`.
-    pub(super) fn make_room_now(&self, model: &str, version: u64, estimate: u64) {
-        if let Room::NotYet = self.make_room(estimate) {
+    /// Makes room for a load that does not wait (a new version of a loaded model, a start), as the listing of
+    /// `model` is applied (`loaded`: the costs of the versions it loaded so far): evicts what the plan says, never
+    /// a version of `model`; a load that still does not fit goes ahead over the budget, with a warning. The caller
+    /// holds `control`.
+    pub(super) fn make_room_now(&self, model: &str, version: u64, estimate: u64, loaded: &[u64]) {
+        if let Room::NotYet = self.make_room(estimate, Some((model, loaded))) {
             tracing::warn!(model, version, "no idle version can be evicted now; this load goes over the memory budget");
         }
     }

@@ -118,7 +118,10 @@ impl ModelTable {
         });
         let serves =
             previous.as_ref().is_some_and(|set| set.versions.values().any(|s| matches!(s, VersionState::Ready(_))));
-        let list_only = !reload && !serves && listed_config.as_deref().is_some_and(|c| self.is_on_demand(c));
+        // An on-demand model lists what it does not serve: everything while none of its versions is loaded, else
+        // the versions listed before (a new version of a model that serves loads at once, so a swap has no cold
+        // start). A reload (the load API) loads them all.
+        let on_demand = !reload && listed_config.as_deref().is_some_and(|c| self.is_on_demand(c));
         let listed_before = |version: u64| match previous.as_ref().and_then(|set| set.versions.get(&version)) {
             Some(VersionState::Listed(listed)) => Some(listed.clone()),
             _ => None,
@@ -141,18 +144,18 @@ impl ModelTable {
                             let state = keep_serving(name, v.version, VersionState::Failed(e.to_string()), current);
                             set.versions.insert(v.version, state);
                         }
-                        Ok(spec) => match current {
-                            Some(serving)
+                        Ok(spec) => match (current, listed_before(v.version)) {
+                            (Some(serving), _)
                                 if !reload
                                     && serving.stamp.is_some()
                                     && serving.stamp == FileStamp::of(&spec.model_path)
-                                    && same_serving_config(&serving.model_config, &spec.config) =>
+                                    && same_serving_config(&serving.model_config, &spec.config)
+                                    && serving.evictable == self.is_on_demand(&spec.config) =>
                             {
                                 set.versions.insert(v.version, VersionState::Ready(serving));
                             }
-                            None if list_only => {
+                            (None, before) if on_demand && (!serves || before.is_some()) => {
                                 // What it measured and counted before carries over; a failure is tried afresh.
-                                let before = listed_before(v.version);
                                 let listed = Listed {
                                     cost: before.as_ref().and_then(|b| b.cost),
                                     evicted: before.and_then(|b| b.evicted),
@@ -160,7 +163,7 @@ impl ModelTable {
                                 };
                                 set.versions.insert(v.version, VersionState::Listed(listed));
                             }
-                            current => to_load.push((spec, current)),
+                            (current, _) => to_load.push((spec, current)),
                         },
                     }
                 }
@@ -169,6 +172,8 @@ impl ModelTable {
                     to_load.iter().filter(|(_, current)| current.is_none()).map(|(spec, _)| spec.version).collect();
                 publish_states(&entry, &self.telemetry, &loading, &VersionState::Loading);
                 loads = !to_load.is_empty();
+                // Costs of the versions loaded by this listing, not stored yet: the budget counts them.
+                let mut loaded_here = Vec::new();
                 for (spec, current) in to_load {
                     let version = spec.version;
                     let warming = {
@@ -178,10 +183,13 @@ impl ModelTable {
                     let evictable = self.is_on_demand(&spec.config);
                     if !self.limits().is_unlimited() {
                         let estimate = self.estimate_cost(&Listed::new(spec.clone()));
-                        self.make_room_now(name, version, estimate);
+                        self.make_room_now(name, version, estimate, &loaded_here);
                     }
-                    let options = LoadOptions { evictable, statistics: None };
+                    let options = LoadOptions { evictable, ..LoadOptions::default() };
                     let state = load_spec(spec, &self.backends, &self.telemetry, warming, options).await;
+                    if let VersionState::Ready(serving) = &state {
+                        loaded_here.push(serving.cost);
+                    }
                     set.versions.insert(version, keep_serving(name, version, state, current));
                 }
             }

@@ -44,6 +44,8 @@ pub struct ModelTable {
     /// concurrent first requests share one load and each load's memory is measured alone).
     pub(super) control: tokio::sync::Mutex<()>,
     pub(super) on_demand: OnDemand,
+    /// On-demand loads under way, each shared by the requests waiting for it.
+    pub(super) pending: super::on_demand::PendingLoads,
 }
 
 impl ModelTable {
@@ -59,6 +61,7 @@ impl ModelTable {
             observer: None,
             control: tokio::sync::Mutex::new(()),
             on_demand: OnDemand::default(),
+            pending: Default::default(),
         }
     }
 
@@ -158,10 +161,7 @@ impl ModelTable {
             }
         };
         match state {
-            VersionState::Ready(v) => {
-                v.touch();
-                Ok(Arc::clone(v))
-            }
+            VersionState::Ready(v) => Ok(Arc::clone(v)),
             VersionState::Listed(listed) => Err(not_loaded(model, number, listed)),
             state => Err(unavailable(state.describe(number))),
         }

@@ -66,6 +66,15 @@ impl<V> VersionState<V> {
             _ => None,
         }
     }
+
+    /// Ready, or listed on demand and free to load now.
+    fn servable(&self) -> bool {
+        match self {
+            VersionState::Ready(_) => true,
+            VersionState::Listed(listed) => listed.may_load_now(),
+            _ => false,
+        }
+    }
 }
 
 /// Every version of one model, swapped as a whole.
@@ -103,17 +112,15 @@ impl<V: Served> VersionSet<V> {
     /// The version unversioned requests go to, loaded or not: the default version, or without one the highest
     /// version that is ready or may load on demand now (one whose last load failed waits out its back-off).
     pub fn default_servable(&self) -> Option<(u64, &VersionState<V>)> {
-        let servable = |state: &VersionState<V>| match state {
-            VersionState::Ready(_) => true,
-            VersionState::Listed(listed) => listed.may_load_now(),
-            _ => false,
-        };
         match self.default_version {
-            Some(version) => self.versions.get(&version).filter(|state| servable(state)).map(|state| (version, state)),
-            None => {
-                self.versions.iter().rev().find(|(_, state)| servable(state)).map(|(&version, state)| (version, state))
-            }
+            Some(version) => self.versions.get(&version).filter(|state| state.servable()).map(|state| (version, state)),
+            None => self.versions.iter().rev().find(|(_, state)| state.servable()).map(|(&version, state)| (version, state)),
         }
+    }
+
+    /// Whether `version` takes requests, loaded or on demand.
+    pub fn servable(&self, version: u64) -> bool {
+        self.versions.get(&version).is_some_and(VersionState::servable)
     }
 
     /// Whether `version` takes requests.
@@ -147,35 +154,36 @@ pub fn keep_serving<V>(model: &str, version: u64, state: VersionState<V>, servin
     }
 }
 
-/// Whether a set whose listing was unusable (`model_error`) may replace `previous`: not while `previous` serves.
+/// Whether a set whose listing was unusable (`model_error`) may replace `previous`: not while `previous` serves
+/// (or would load on demand).
 pub fn replaces<V: Served>(previous: Option<&VersionSet<V>>, next: &VersionSet<V>) -> bool {
-    next.model_error.is_none() || previous.is_none_or(|previous| previous.default_ready().is_none())
+    next.model_error.is_none() || previous.is_none_or(|previous| previous.default_servable().is_none())
 }
 
 /// Finishes the set that replaces `previous`, and returns the ready versions of `previous` that leave service
 /// (they drain: freed once their requests in flight are answered). A broken version never replaces a working
-/// one: an alias moved to a version that does not serve keeps naming the one it named, and the version that
+/// one (ready, or listed to load on demand): an alias moved to a version that does not serve keeps naming the one it named, and the version that
 /// answered unversioned requests keeps answering them while the new default does not serve. Versions unloaded
 /// before stay listed as unloaded.
 pub fn settle<V: Served>(model: &str, previous: &VersionSet<V>, next: &mut VersionSet<V>) -> Vec<(u64, V)> {
     let aliases: Vec<(String, u64)> = next.aliases.iter().map(|(a, &v)| (a.clone(), v)).collect();
     for (alias, version) in aliases {
-        if next.serves(version) {
+        if next.servable(version) {
             continue;
         }
         let Some(&before) = previous.aliases.get(&alias) else { continue };
-        let Some(VersionState::Ready(serving)) = previous.versions.get(&before) else { continue };
+        let Some(state) = previous.versions.get(&before).filter(|state| state.servable()) else { continue };
         tracing::warn!(model, %alias, version, kept = before, "the alias's new version does not serve; it keeps naming the one it named");
-        next.versions.insert(before, VersionState::Ready(serving.clone()));
+        next.versions.insert(before, state.clone());
         next.aliases.insert(alias, before);
         if next.default_version == Some(version) {
             next.default_version = Some(before);
         }
     }
-    if let Some((version, before)) = previous.default_ready_entry() {
+    if let Some((version, before)) = previous.default_servable() {
         let new_default_serves = match next.default_version {
-            Some(v) => next.serves(v),
-            None => next.default_ready().is_some(),
+            Some(v) => next.servable(v),
+            None => next.default_servable().is_some(),
         };
         if !new_default_serves {
             tracing::warn!(
@@ -183,8 +191,8 @@ pub fn settle<V: Served>(model: &str, previous: &VersionSet<V>, next: &mut Versi
                 version,
                 "the version that should answer unversioned requests does not serve; this one keeps answering them"
             );
-            if !next.serves(version) {
-                next.versions.insert(version, VersionState::Ready(before.clone()));
+            if !next.servable(version) {
+                next.versions.insert(version, before.clone());
             }
             next.default_version = Some(version);
         }

@@ -118,6 +118,24 @@ impl TrafficTable {
         Some(shadow)
     }
 
+    /// The route of a request to `model` whose chosen version was not loaded and has just been: under the variant
+    /// that targets it (the first, when several do), unless the request pinned its version or no variant does (the
+    /// default version was chosen).
+    pub fn loaded(&self, model: &str, pinned: bool, serving: Arc<ServingVersion>) -> Routed {
+        let policy = if pinned { None } else { self.policy(model) };
+        let variant = policy.as_ref().and_then(|policy| {
+            policy.variants.iter().find(|variant| {
+                let target = &variant.target;
+                target.model.as_deref().unwrap_or(model) == serving.name
+                    && target.version.is_none_or(|version| version == serving.version)
+            })
+        });
+        match variant {
+            Some(variant) => Routed { variant: Some(Arc::clone(&variant.name)), serving, policy },
+            None => Routed { serving, variant: None, policy: None },
+        }
+    }
+
     /// The policy in force for `model`, if any.
     pub fn policy(&self, model: &str) -> Option<Arc<Policy>> {
         self.models.get(model)?.policy.load_full()

@@ -14,8 +14,9 @@ const COLD_START_BUCKETS: [f64; 14] =
 
 #[derive(Debug, Clone)]
 pub struct OnDemandMetrics {
-    /// `result`: `hit` (the on-demand version was loaded) or `miss` (the request waited for a load).
-    requests: IntCounterVec,
+    /// Requests that found their on-demand version loaded, and those that waited for its load.
+    hits: IntCounter,
+    misses: IntCounter,
     /// `outcome`: `loaded` or `failed`.
     loads: IntCounterVec,
     pub evictions: IntCounter,
@@ -38,12 +39,14 @@ impl OnDemandMetrics {
             "How long a request waited for its on-demand version to load, room under the budget included.",
         )
         .buckets(COLD_START_BUCKETS.to_vec());
+        let requests = counter(
+            "infergate_on_demand_requests_total",
+            "Requests to on-demand versions: hit (loaded already) or miss (waited for a load).",
+            &["result"],
+        );
         OnDemandMetrics {
-            requests: counter(
-                "infergate_on_demand_requests_total",
-                "Requests to on-demand versions: hit (loaded already) or miss (waited for a load).",
-                &["result"],
-            ),
+            hits: requests.with_label_values(&["hit"]),
+            misses: requests.with_label_values(&["miss"]),
             loads: counter(
                 "infergate_on_demand_loads_total",
                 "Loads of on-demand versions, by outcome (loaded, failed).",
@@ -76,7 +79,7 @@ impl OnDemandMetrics {
 
     /// A request to an on-demand version found it loaded (`true`) or waited for it.
     pub fn request(&self, hit: bool) {
-        self.requests.with_label_values(&[if hit { "hit" } else { "miss" }]).inc();
+        if hit { &self.hits } else { &self.misses }.inc();
     }
 
     pub fn load(&self, loaded: bool) {

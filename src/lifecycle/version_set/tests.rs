@@ -120,3 +120,34 @@ fn only_the_version_policy_and_traffic_may_change_under_a_serving_version() {
     assert!(same_serving_config(&base, &config(traffic)));
     assert!(!same_serving_config(&base, &config("max_batch_size = 16")));
 }
+
+fn listed(version: u64) -> VersionState<Handle> {
+    VersionState::Listed(Listed::new(crate::repository::ModelSpec {
+        name: "m".into(),
+        version,
+        model_path: "m/1/model.onnx".into(),
+        config: Arc::new(ModelConfig::default()),
+        declared: None,
+    }))
+}
+
+#[test]
+fn a_version_listed_on_demand_counts_as_serving() {
+    // The default: the highest version ready or free to load; one backing off after a failed load is passed over.
+    let mut versions = set(vec![(1, ready("v1")), (2, listed(2))]);
+    assert_eq!(versions.default_servable().map(|(v, _)| v), Some(2));
+    let VersionState::Listed(two) = listed(2) else { unreachable!() };
+    versions.versions.insert(2, VersionState::Listed(two.failed("corrupt".into())));
+    assert_eq!(versions.default_servable().map(|(v, _)| v), Some(1));
+
+    // An unusable listing does not replace a model that would load on demand.
+    let previous = set(vec![(1, listed(1))]);
+    let broken = VersionSet { model_error: Some("invalid model.toml".into()), ..Default::default() };
+    assert!(!replaces(Some(&previous), &broken));
+
+    // A broken new version leaves the listed one answering unversioned requests.
+    let mut next = set(vec![(2, VersionState::Failed("corrupt".into()))]);
+    assert!(settle("m", &previous, &mut next).is_empty());
+    assert!(matches!(next.versions.get(&1), Some(VersionState::Listed(_))));
+    assert_eq!(next.default_version, Some(1));
+}
