@@ -38,10 +38,17 @@ COLD_HEADER = "x-infergate-cold-start-ms"
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)')
 
 
+# The families the report reads; the others (per-model series, thousands of lines) are skipped before parsing, so a
+# scrape costs the driver's event loop little and does not delay the requests it sends.
+WANTED = ("infergate_loaded_", "infergate_on_demand_", "infergate_evictions_", "infergate_max_loaded_")
+
+
 def parse_metrics(text):
-    """Prometheus text → {name: [(labels text, value)]}."""
+    """Prometheus text → {name: [(labels text, value)]}, for the WANTED families."""
     out = {}
     for line in text.splitlines():
+        if not line.startswith(WANTED):
+            continue
         match = SAMPLE_RE.match(line)
         if match and not line.startswith("#"):
             out.setdefault(match[1], []).append((match[2] or "", float(match[3])))
