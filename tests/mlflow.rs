@@ -2,7 +2,8 @@
 //! proxied) started here on 127.0.0.1. The iris models are logged with `mlflow.onnx.log_model` and registered
 //! (tests/mlflow/register.py); aliases are set and moved over MLflow's REST API and infergate follows each move,
 //! through a signed webhook, then through polling alone; a version whose MLmodel signature does not match its
-//! graph never replaces the one its alias named; MLflow going down changes nothing that is served. Needs
+//! graph never replaces the one its alias named; on demand, the aliases' versions load on their first request;
+//! MLflow going down changes nothing that is served. Needs
 //! `.venv-mlflow` (tests/mlflow/requirements.txt), which scripts/test installs.
 #![allow(clippy::unwrap_used)]
 
@@ -253,6 +254,36 @@ async fn infergate_follows_aliases_in_a_real_mlflow_registry() {
     assert_eq!(answered_by(&server, "/v2/models/iris/versions/challenger/infer").await, Err(503));
     mlflow.set_alias("challenger", 2).await;
     until_answered(&server, "/v2/models/iris/versions/challenger/infer", "2", Duration::from_secs(20)).await;
+
+    // On demand, the aliases' versions are fetched and listed, and load on their first request.
+    let on_demand = TestServer::start(infergate::config::Config {
+        mlflow: Some(settings(&mlflow, &cache, Duration::from_millis(500), false)),
+        model_control_mode: infergate::config::ModelControlMode::OnDemand,
+        ..config(&repository)
+    })
+    .await;
+    eventually_in_index(&on_demand, "the aliases' versions listed, not loaded", |rows| {
+        row(rows, "1").is_some_and(|r| r["state"] == "UNLOADED" && r["aliases"] == json!(["champion"]))
+            && row(rows, "2").is_some_and(|r| r["state"] == "UNLOADED" && r["aliases"] == json!(["challenger"]))
+    })
+    .await;
+    let response = on_demand
+        .client
+        .post(on_demand.url("/v2/models/iris/infer"))
+        .json(&golden("iris_v1.json").request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-infergate-cold-start-ms").is_some(), "the first request waited for the load");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["model_version"], "1", "{body}");
+    assert_outputs_match(&body, &golden("iris_v1.json").outputs, TOLERANCE);
+    let rows = index_rows(&on_demand).await;
+    assert_eq!(row(&rows, "1").unwrap()["state"], "READY", "{rows:?}");
+    assert_eq!(row(&rows, "2").unwrap()["state"], "UNLOADED", "the challenger is not asked for: {rows:?}");
+    on_demand.server.shutdown();
+    on_demand.server.wait().await.unwrap();
 
     // MLflow goes down: everything loaded keeps serving; readiness and metrics say MLflow is unreachable.
     mlflow.stop();
