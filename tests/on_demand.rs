@@ -165,6 +165,15 @@ async fn a_pinned_model_survives_pressure_and_statistics_survive_evictions() {
     let (status, stats) = server.get("/v2/models/a/stats").await;
     assert_eq!(status, 200, "{stats}");
     assert_eq!(stats["model_stats"][0]["inference_count"], 3, "a's three requests, across two evictions: {stats}");
+    // An evicted version's counts are shown while it is evicted.
+    for path in ["/v2/models/b/stats", "/v2/models/b/versions/1/stats"] {
+        let (status, stats) = server.get(path).await;
+        assert_eq!(status, 200, "{stats}");
+        assert_eq!(stats["model_stats"][0]["inference_count"], 2, "{path}: {stats}");
+    }
+    let (_, all) = server.get("/v2/models/stats").await;
+    let names: Vec<&str> = all["model_stats"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b", "c", "pinned"], "{all}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

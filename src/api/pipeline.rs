@@ -253,7 +253,12 @@ async fn run(
 /// The one place timeouts meet: the caller's (body parameter or transport, already the shorter of the two),
 /// counted from the request's arrival, and the version's default, counted from when the version could take it
 /// (`ready`: after its cold start, else the arrival); the earlier wins.
-fn deadline(arrived: Instant, ready: Instant, requested: Option<Duration>, serving: &ServingVersion) -> Option<Instant> {
+fn deadline(
+    arrived: Instant,
+    ready: Instant,
+    requested: Option<Duration>,
+    serving: &ServingVersion,
+) -> Option<Instant> {
     let caller = requested.map(|timeout| arrived + timeout);
     let version = serving.scheduler.config().default_timeout.map(|timeout| ready + timeout);
     match (caller, version) {

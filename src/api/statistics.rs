@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use super::ApiError;
-use crate::lifecycle::{ModelTable, ServingVersion};
-use crate::telemetry::{BatchTotals, DurationTotal, WINDOW_PERCENTILES};
+use crate::lifecycle::{Listed, LookupError, ModelTable, ServingVersion, VersionState};
+use crate::telemetry::{BatchTotals, DurationTotal, LatencyWindow, Statistics, WINDOW_PERCENTILES};
 
 #[derive(Debug, Serialize)]
 pub struct StatisticsView {
@@ -46,27 +46,64 @@ pub struct LatencyPercentiles {
     pub p99: Option<u64>,
 }
 
-/// Statistics of every serving version (no model), of every serving version of a model, or of one version.
+/// Statistics of every version (no model), of every version of a model, or of one version: the versions serving,
+/// and the on-demand versions evicted, whose counts go on when they load again (their latency window is empty).
 pub fn statistics(table: &ModelTable, model: Option<&str>, version: Option<&str>) -> Result<StatisticsView, ApiError> {
-    let mut versions = match (model, version) {
-        (Some(model), Some(_)) => vec![table.resolve(model, version)?],
+    let mut rows = match (model, version) {
+        (Some(model), Some(_)) => match table.resolve(model, version) {
+            Ok(serving) => vec![(model.to_owned(), serving.version, serving_statistics(&serving))],
+            Err(LookupError::NotLoaded { version, .. }) => {
+                evicted(table, Some(model)).into_iter().filter(|row| row.1 == version).collect()
+            }
+            Err(e) => return Err(e.into()),
+        },
         (Some(model), None) => {
             table.entry(model)?;
-            table.serving_versions().into_iter().filter(|v| v.name == model).collect()
+            let serving = table.serving_versions().into_iter().filter(|v| v.name == model);
+            serving
+                .map(|v| (v.name.clone(), v.version, serving_statistics(&v)))
+                .chain(evicted(table, Some(model)))
+                .collect()
         }
-        (None, _) => table.serving_versions(),
+        (None, _) => {
+            let serving = table.serving_versions().into_iter();
+            serving.map(|v| (v.name.clone(), v.version, serving_statistics(&v))).chain(evicted(table, None)).collect()
+        }
     };
-    versions.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
-    Ok(StatisticsView { model_stats: versions.iter().map(|v| version_statistics(v)).collect() })
+    rows.sort_by(|a: &(String, u64, ModelStatistics), b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    Ok(StatisticsView { model_stats: rows.into_iter().map(|(_, _, row)| row).collect() })
 }
 
-fn version_statistics(serving: &ServingVersion) -> ModelStatistics {
-    let stats = &serving.metrics.statistics;
-    let [p50, p90, p99] =
-        serving.metrics.latency.quantiles(&WINDOW_PERCENTILES.map(|(_, q)| q)).map(|d| d.map(|d| d.as_micros() as u64));
+/// (model, version, statistics) of every evicted version of `model` (of every model without one).
+fn evicted(table: &ModelTable, model: Option<&str>) -> Vec<(String, u64, ModelStatistics)> {
+    let names = model.map_or_else(|| table.model_names(), |model| vec![model.to_owned()]);
+    let mut rows = Vec::new();
+    for entry in names.iter().filter_map(|name| table.entry(name).ok()) {
+        for (&version, state) in &entry.versions.load().versions {
+            if let VersionState::Listed(Listed { evicted: Some(evicted), .. }) = state {
+                let row = version_statistics(&entry.name, version, &evicted.statistics, None);
+                rows.push((entry.name.clone(), version, row));
+            }
+        }
+    }
+    rows
+}
+
+fn serving_statistics(serving: &ServingVersion) -> ModelStatistics {
+    version_statistics(&serving.name, serving.version, &serving.metrics.statistics, Some(&serving.metrics.latency))
+}
+
+fn version_statistics(
+    name: &str,
+    version: u64,
+    stats: &Statistics,
+    latency: Option<&LatencyWindow>,
+) -> ModelStatistics {
+    let quantiles = latency.map(|latency| latency.quantiles(&WINDOW_PERCENTILES.map(|(_, q)| q)));
+    let [p50, p90, p99] = quantiles.unwrap_or_default().map(|d| d.map(|d| d.as_micros() as u64));
     ModelStatistics {
-        name: serving.name.clone(),
-        version: serving.version.to_string(),
+        name: name.to_owned(),
+        version: version.to_string(),
         last_inference: stats.last_inference_ms(),
         inference_count: stats.inference_count(),
         execution_count: stats.execution_count(),

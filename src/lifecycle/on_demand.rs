@@ -24,7 +24,16 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub type LoadOutcome = Result<Arc<ServingVersion>, LookupError>;
 
 /// Loads under way: the requests for one version share its load's outcome.
-pub(super) type PendingLoads = std::sync::Mutex<std::collections::HashMap<(String, u64), watch::Receiver<Option<LoadOutcome>>>>;
+pub(super) type PendingLoads =
+    std::sync::Mutex<std::collections::HashMap<(String, u64), watch::Receiver<Option<LoadOutcome>>>>;
+
+/// How a request's wait for a load ended.
+enum Waited {
+    Answered(Option<LoadOutcome>),
+    /// The load's task ended without an answer.
+    Stopped,
+    TimedOut,
+}
 
 /// Whether room was made for a load.
 enum Room {
@@ -62,13 +71,26 @@ impl ModelTable {
     ) -> Result<Arc<ServingVersion>, LookupError> {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.cold_start_timeout());
         let mut outcome = self.start_load(model, version);
-        match tokio::time::timeout_at(deadline.into(), outcome.wait_for(Option::is_some)).await {
-            Ok(Ok(result)) => result.clone().unwrap_or_else(|| Err(timed_out(model, version))),
-            Ok(Err(_)) => Err(LookupError::Unavailable {
-                model: model.to_owned(),
-                reason: format!("the load of version {version} stopped without an answer"),
-            }),
-            Err(_) => Err(timed_out(model, version)),
+        let answered = match tokio::time::timeout_at(deadline.into(), outcome.wait_for(Option::is_some)).await {
+            Ok(Ok(result)) => Waited::Answered(result.clone()),
+            Ok(Err(_)) => Waited::Stopped,
+            Err(_) => Waited::TimedOut,
+        };
+        match answered {
+            Waited::Answered(result) => result.unwrap_or_else(|| Err(timed_out(model, version))),
+            Waited::Stopped => {
+                // The load's task ended without an answer (it panicked): forgotten, so the next request tries again.
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let key = (model.to_owned(), version);
+                if pending.get(&key).is_some_and(|other| other.same_channel(&outcome)) {
+                    pending.remove(&key);
+                }
+                Err(LookupError::Unavailable {
+                    model: model.to_owned(),
+                    reason: format!("the load of version {version} stopped without an answer"),
+                })
+            }
+            Waited::TimedOut => Err(timed_out(model, version)),
         }
     }
 

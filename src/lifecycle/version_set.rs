@@ -114,7 +114,9 @@ impl<V: Served> VersionSet<V> {
     pub fn default_servable(&self) -> Option<(u64, &VersionState<V>)> {
         match self.default_version {
             Some(version) => self.versions.get(&version).filter(|state| state.servable()).map(|state| (version, state)),
-            None => self.versions.iter().rev().find(|(_, state)| state.servable()).map(|(&version, state)| (version, state)),
+            None => {
+                self.versions.iter().rev().find(|(_, state)| state.servable()).map(|(&version, state)| (version, state))
+            }
         }
     }
 
