@@ -156,6 +156,15 @@ async fn a_pinned_model_survives_pressure_and_statistics_survive_evictions() {
         assert!(metric(&text, "infergate_loaded_versions").unwrap() <= 3.0, "over the budget after {model}");
     }
     assert_eq!(state(&server, "pinned").await.0, "READY");
+    let index: Value =
+        server.client.post(server.url("/v2/repository/index")).send().await.unwrap().json().await.unwrap();
+    for row in index.as_array().unwrap() {
+        let measured = row["loaded_bytes"].as_u64();
+        match row["name"].as_str().unwrap() {
+            "pinned" => assert!(measured.is_none() && row.get("last_use").is_none(), "{row}"),
+            _ => assert!(measured.is_some_and(|bytes| bytes > 0) && row["last_use"].is_string(), "{row}"),
+        }
+    }
     let (b, reason) = state(&server, "b").await;
     assert_eq!((b.as_str(), reason.as_str()), ("UNLOADED", "evicted"), "b was the least recently used");
     let text = scrape(&server).await;

@@ -23,6 +23,10 @@ pub struct IndexRow {
     /// The last use of an on-demand version (loaded or evicted), RFC 3339 in UTC.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_use: Option<String>,
+    /// What an on-demand version's last load measured, in bytes (resident memory before and after): what the
+    /// memory budget counts for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded_bytes: Option<u64>,
 }
 
 /// Every model of the repository folder and every version the server knows, with its state; `ready_only` keeps
@@ -39,6 +43,7 @@ pub fn repository_index(table: &ModelTable, ready_only: bool) -> Vec<IndexRow> {
             reason: entry.reason,
             aliases: entry.aliases,
             last_use: entry.last_use.map(format_time),
+            loaded_bytes: entry.cost,
         })
         .collect()
 }

@@ -159,6 +159,8 @@ pub struct IndexEntry {
     pub aliases: Vec<String>,
     /// The last use of an on-demand version (loaded or evicted).
     pub last_use: Option<SystemTime>,
+    /// What an on-demand version's last load measured, in bytes: what the memory budget counts for it.
+    pub cost: Option<u64>,
 }
 
 #[derive(Debug, Clone, Error)]

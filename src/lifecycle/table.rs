@@ -184,6 +184,7 @@ impl ModelTable {
                 reason,
                 aliases,
                 last_use: None,
+                cost: None,
             };
             let Ok(entry) = self.entry(&name) else {
                 index.push(row(None, "UNAVAILABLE", "not loaded".to_owned(), Vec::new()));
@@ -195,6 +196,12 @@ impl ModelTable {
             }
             let draining = entry.draining();
             for (&version, state) in &set.versions {
+                // On-demand versions only, as their last use: what the budget's evictions are decided on.
+                let cost = match state {
+                    VersionState::Ready(v) => v.evictable.then_some(v.cost),
+                    VersionState::Listed(listed) => listed.cost,
+                    _ => None,
+                };
                 let (state, reason, last_use) = match state {
                     VersionState::Ready(v) => ("READY", String::new(), v.last_use()),
                     VersionState::Loading => ("LOADING", String::new(), None),
@@ -213,7 +220,7 @@ impl ModelTable {
                         }
                     }
                 };
-                index.push(IndexEntry { last_use, ..row(Some(version), state, reason, set.aliases_of(version)) });
+                index.push(IndexEntry { last_use, cost, ..row(Some(version), state, reason, set.aliases_of(version)) });
             }
             for (version, holders) in draining {
                 let reason = format!("draining: {holders} request(s) in flight");
