@@ -78,7 +78,7 @@ pub fn model_config(table: &ModelTable, model: &str, version: Option<&str>) -> R
         version: serving.version.to_string(),
         platform: super::PLATFORM,
         backend: serving.backend_name,
-        version_policy: match &serving.model_config.version_policy {
+        version_policy: match &serving.spec.config.version_policy {
             VersionPolicy::Latest(n) => VersionPolicyView::Latest { num_versions: *n },
             VersionPolicy::All => VersionPolicyView::All {},
             VersionPolicy::Specific(versions) => VersionPolicyView::Specific { versions: versions.clone() },

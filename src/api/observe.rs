@@ -27,7 +27,7 @@ pub(super) struct Sampled {
 /// Draws whether this request of `serving` is logged; when it is, copies the inputs its record keeps (the copies
 /// share the request's bytes).
 pub(super) fn sample(serving: &ServingVersion, inputs: &[NamedTensor]) -> Option<Sampled> {
-    let logging = serving.model_config.logging.as_ref()?;
+    let logging = serving.spec.config.logging.as_ref()?;
     if logging.percent < 100.0 && random_unit() * 100.0 >= logging.percent {
         return None;
     }
@@ -95,7 +95,7 @@ pub(super) fn remember(
     variant: Option<&Arc<str>>,
     first_output: &Tensor,
 ) {
-    let Some(feedback) = serving.model_config.feedback else { return };
+    let Some(feedback) = serving.spec.config.feedback else { return };
     let prediction = match feedback.task {
         FeedbackTask::Classification => Prediction::classes(first_output),
         FeedbackTask::Regression => Prediction::values(first_output),

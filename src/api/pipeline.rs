@@ -224,7 +224,7 @@ async fn run(
     if let (Some(window), Some(first)) = (window, outputs.first()) {
         window.observe_predictions(first);
     }
-    let first_output = serving.model_config.feedback.and_then(|_| outputs.first().cloned());
+    let first_output = serving.spec.config.feedback.and_then(|_| outputs.first().cloned());
     if let Some(inputs) = drift_inputs {
         serving.metrics.drift.observe_inputs(&inputs);
     }
@@ -261,14 +261,11 @@ fn deadline(
 ) -> Option<Instant> {
     let caller = requested.map(|timeout| arrived + timeout);
     let version = serving.scheduler.config().default_timeout.map(|timeout| ready + timeout);
-    match (caller, version) {
-        (Some(caller), Some(version)) => Some(caller.min(version)),
-        (caller, version) => caller.or(version),
-    }
+    shorter(caller, version)
 }
 
-/// The shorter of two optional timeouts; `None` is no limit.
-fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+/// The shorter of two optional timeouts (or the earlier of two deadlines); `None` is no limit.
+fn shorter<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -359,7 +356,7 @@ mod tests {
         assert_eq!(shorter(Some(ms(5)), Some(ms(3))), Some(ms(3)));
         assert_eq!(shorter(Some(ms(5)), None), Some(ms(5)));
         assert_eq!(shorter(None, Some(ms(7))), Some(ms(7)));
-        assert_eq!(shorter(None, None), None);
+        assert_eq!(shorter::<Duration>(None, None), None);
     }
 
     #[test]

@@ -112,7 +112,6 @@ fn load_version(
         version: spec.version,
         backend_name: backend.name(),
         device: backend.device(),
-        model_config: Arc::clone(&spec.config),
         stamp,
         signature: backend.signature().clone(),
         scheduler,

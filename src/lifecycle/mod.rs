@@ -45,14 +45,13 @@ pub struct ServingVersion {
     pub version: u64,
     pub backend_name: &'static str,
     pub device: Device,
-    /// The model's `model.toml` as the version was loaded with.
-    pub model_config: Arc<ModelConfig>,
     /// The model file as it was when loaded; a different stamp later means a new copy to load.
     pub stamp: Option<FileStamp>,
     pub signature: Signature,
     pub scheduler: Scheduler,
     pub metrics: VersionMetrics,
-    /// What it was loaded from: an evicted version is loaded again from it.
+    /// What it was loaded from (its file, and its `model.toml` as it was loaded with): an evicted version is
+    /// loaded again from it.
     pub spec: Arc<ModelSpec>,
     /// Bytes its load measured (resident memory before and after, at least the model file's size).
     pub cost: u64,
@@ -113,11 +112,16 @@ impl ModelEntry {
         ModelEntry { name: name.to_owned(), versions: ArcSwap::from_pointee(set), draining: Mutex::new(Vec::new()) }
     }
 
-    /// Records versions taken out of service, forgetting those already freed.
-    fn drain(&self, versions: Vec<(u64, Arc<ServingVersion>)>) {
+    /// The versions still draining, those already freed forgotten.
+    fn live(&self) -> std::sync::MutexGuard<'_, Vec<Draining>> {
         let mut draining = self.draining.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         draining.retain(|d| d.backend.strong_count() > 0);
-        draining.extend(versions.into_iter().map(|(version, serving)| Draining {
+        draining
+    }
+
+    /// Records versions taken out of service.
+    fn drain(&self, versions: Vec<(u64, Arc<ServingVersion>)>) {
+        self.live().extend(versions.into_iter().map(|(version, serving)| Draining {
             version,
             serving: Arc::downgrade(&serving),
             backend: Weak::clone(&serving.backend),
@@ -128,15 +132,12 @@ impl ModelEntry {
     /// (version, requests holding it) of every version still draining. Counting takes no reference, so looking
     /// never delays the free.
     pub fn draining(&self) -> Vec<(u64, usize)> {
-        let mut draining = self.draining.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        draining.retain(|d| d.backend.strong_count() > 0);
-        draining.iter().map(|d| (d.version, d.serving.strong_count())).filter(|&(_, n)| n > 0).collect()
+        self.live().iter().map(|d| (d.version, d.serving.strong_count())).filter(|&(_, n)| n > 0).collect()
     }
 
     /// Bytes and versions out of service whose memory is not freed yet (requests or instances still hold them).
     fn draining_cost(&self) -> (u64, usize) {
-        let mut draining = self.draining.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        draining.retain(|d| d.backend.strong_count() > 0);
+        let draining = self.live();
         (draining.iter().map(|d| d.cost).sum(), draining.len())
     }
 }

@@ -1,9 +1,10 @@
-//! On-demand loading: a listed version loads on its first request, which waits for it. Loads are serialised by
-//! the table's control lock, so concurrent first requests share one load: the first to get the lock loads, the
-//! others find the version ready. Before a load, idle versions are evicted, least recently used first, to fit the
+//! On-demand loading: a listed version loads on its first request, which waits for it. The requests for one
+//! version share one pending load; loads run one at a time under the table's control lock, so each load's memory
+//! is measured alone. Before a load, idle versions are evicted, least recently used first, to fit the
 //! budget (`budget::plan`); an evicted version goes back to [`Listed`] with its cost and statistics, and drains
 //! like an unloaded one when requests still hold it.
 
+use std::path::Path;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -156,8 +157,8 @@ impl ModelTable {
                 );
                 return Err(LookupError::Unavailable { model: model.to_owned(), reason });
             }
-            let estimate = estimate(&listed, &snapshot);
-            if let Room::NotYet = self.make_room(estimate, None) {
+            let estimate = estimate(listed.cost, &listed.spec.model_path, &snapshot);
+            if let Room::NotYet = self.make_room(snapshot, estimate, None) {
                 drop(control);
                 if Instant::now() + ROOM_POLL >= deadline {
                     return Err(timed_out(model, version));
@@ -174,12 +175,7 @@ impl ModelTable {
     async fn load_listed(&self, entry: &Arc<ModelEntry>, version: u64, listed: Listed) -> LoadOutcome {
         let model = entry.name.as_str();
         // Listed still, so that requests arriving meanwhile wait for this load rather than being refused.
-        let loading = VersionState::Listed(Listed { loading: true, ..listed.clone() });
-        entry.versions.rcu(|set| {
-            let mut next = VersionSet::clone(set);
-            next.versions.insert(version, loading.clone());
-            next
-        });
+        put_state(entry, version, VersionState::Listed(Listed { loading: true, ..listed.clone() }));
         self.telemetry.set_version_state(model, version, "loading");
         let spec = ModelSpec::clone(&listed.spec);
         let options = LoadOptions {
@@ -205,11 +201,7 @@ impl ModelTable {
         };
         self.telemetry.on_demand.load(result.is_ok());
         self.telemetry.set_version_state(model, version, state.name());
-        entry.versions.rcu(|set| {
-            let mut next = VersionSet::clone(set);
-            next.versions.insert(version, state.clone());
-            next
-        });
+        put_state(entry, version, state);
         if result.is_ok() {
             // It measured more than was guessed: idle versions make up the difference.
             for (victim, victim_version) in budget::trim(&self.snapshot(), (model, version), self.limits()) {
@@ -220,17 +212,16 @@ impl ModelTable {
         result
     }
 
-    /// Evicts idle versions (least recently used first) until a load of `estimate` bytes fits; `NotYet` when what
-    /// drains must be freed first, or nothing can be evicted now. `applying`: a model whose listing is being
-    /// applied, whose versions are not evicted, and the costs of those it loaded that are not stored yet. The
-    /// caller holds `control`.
-    fn make_room(&self, estimate: u64, applying: Option<(&str, &[u64])>) -> Room {
+    /// Evicts idle versions (least recently used first) until a load of `estimate` bytes fits, as `snapshot` (taken
+    /// under `control`) shows what is loaded; `NotYet` when what drains must be freed first, or nothing can be
+    /// evicted now. `applying`: a model whose listing is being applied, whose versions are not evicted, and the
+    /// costs of those it loaded that are not stored yet. The caller holds `control`.
+    fn make_room(&self, snapshot: Snapshot, estimate: u64, applying: Option<(&str, &[u64])>) -> Room {
         let limits = self.limits();
         if limits.is_unlimited() {
             return Room::Made;
         }
-        let snapshot = || {
-            let mut snapshot = self.snapshot();
+        let adjusted = |mut snapshot: Snapshot| {
             if let Some((model, loaded)) = applying {
                 snapshot.residents.iter_mut().filter(|r| r.model == model).for_each(|r| r.evictable = false);
                 snapshot.residents.extend(loaded.iter().map(|&cost| budget::Resident {
@@ -244,7 +235,7 @@ impl ModelTable {
             }
             snapshot
         };
-        match budget::plan(&snapshot(), estimate, limits) {
+        match budget::plan(&adjusted(snapshot), estimate, limits) {
             Plan::Fits => Room::Made,
             Plan::Wait => Room::NotYet,
             Plan::Evict(victims) => {
@@ -253,7 +244,7 @@ impl ModelTable {
                 }
                 self.publish_budget();
                 // The victims' memory is freed once their instances have stopped; planning again waits for it.
-                match budget::plan(&snapshot(), estimate, limits) {
+                match budget::plan(&adjusted(self.snapshot()), estimate, limits) {
                     Plan::Fits => Room::Made,
                     Plan::Wait | Plan::Evict(_) => Room::NotYet,
                 }
@@ -265,8 +256,10 @@ impl ModelTable {
     /// `model` is applied (`loaded`: the costs of the versions it loaded so far): evicts what the plan says, never
     /// a version of `model`; a load that still does not fit goes ahead over the budget, with a warning. The caller
     /// holds `control`.
-    pub(super) fn make_room_now(&self, model: &str, version: u64, estimate: u64, loaded: &[u64]) {
-        if let Room::NotYet = self.make_room(estimate, Some((model, loaded))) {
+    pub(super) fn make_room_now(&self, model: &str, version: u64, model_path: &Path, loaded: &[u64]) {
+        let snapshot = self.snapshot();
+        let estimate = estimate(None, model_path, &snapshot);
+        if let Room::NotYet = self.make_room(snapshot, estimate, Some((model, loaded))) {
             tracing::warn!(model, version, "no idle version can be evicted now; this load goes over the memory budget");
         }
     }
@@ -288,10 +281,8 @@ impl ModelTable {
             failed: None,
             loading: false,
         };
-        let mut next = VersionSet::clone(&set);
-        next.versions.insert(version, VersionState::Listed(listed));
         drop(set);
-        entry.versions.store(Arc::new(next));
+        put_state(&entry, version, VersionState::Listed(listed));
         self.telemetry.set_version_state(model, version, "listed");
         self.telemetry.on_demand.evictions.inc();
         tracing::info!(model, version, cost = serving.cost, "version evicted to fit the memory budget");
@@ -332,23 +323,28 @@ impl ModelTable {
         metrics.max_loaded_bytes.set(limits.max_bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
         metrics.max_loaded_versions.set(limits.max_versions.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)));
     }
-
-    /// What loading `listed` is guessed to cost: its last load's measure, else the mean of the loaded versions,
-    /// else its model file's size.
-    pub(super) fn estimate_cost(&self, listed: &Listed) -> u64 {
-        estimate(listed, &self.snapshot())
-    }
 }
 
-fn estimate(listed: &Listed, snapshot: &Snapshot) -> u64 {
-    listed.cost.unwrap_or_else(|| {
-        let file = std::fs::metadata(&listed.spec.model_path).map_or(0, |m| m.len());
+/// What loading a version is guessed to cost: its last load's measure (`cost`), else the mean of the on-demand
+/// versions loaded, and at least its model file's size.
+fn estimate(cost: Option<u64>, model_path: &Path, snapshot: &Snapshot) -> u64 {
+    cost.unwrap_or_else(|| {
+        let file = std::fs::metadata(model_path).map_or(0, |m| m.len());
         snapshot.typical_cost(file).max(file)
     })
 }
 
+/// Stores `state` as `version`'s in `entry`'s set. The caller holds `control`.
+fn put_state(entry: &ModelEntry, version: u64, state: VersionState) {
+    entry.versions.rcu(|set| {
+        let mut next = VersionSet::clone(set);
+        next.versions.insert(version, state.clone());
+        next
+    });
+}
+
 /// A listed version whose last load failed: not tried again before its back-off ends.
-fn pending(model: &str, version: u64, listed: &Listed) -> LookupError {
+pub(super) fn pending(model: &str, version: u64, listed: &Listed) -> LookupError {
     LookupError::LoadPending {
         model: model.to_owned(),
         reason: listed.describe(version),

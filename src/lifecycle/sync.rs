@@ -149,7 +149,7 @@ impl ModelTable {
                                 if !reload
                                     && serving.stamp.is_some()
                                     && serving.stamp == FileStamp::of(&spec.model_path)
-                                    && same_serving_config(&serving.model_config, &spec.config)
+                                    && same_serving_config(&serving.spec.config, &spec.config)
                                     && serving.evictable == self.is_on_demand(&spec.config) =>
                             {
                                 set.versions.insert(v.version, VersionState::Ready(serving));
@@ -182,8 +182,7 @@ impl ModelTable {
                     };
                     let evictable = self.is_on_demand(&spec.config);
                     if !self.limits().is_unlimited() {
-                        let estimate = self.estimate_cost(&Listed::new(spec.clone()));
-                        self.make_room_now(name, version, estimate, &loaded_here);
+                        self.make_room_now(name, version, &spec.model_path, &loaded_here);
                     }
                     let options = LoadOptions { evictable, ..LoadOptions::default() };
                     let state = load_spec(spec, &self.backends, &self.telemetry, warming, options).await;

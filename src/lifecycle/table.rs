@@ -251,12 +251,8 @@ fn none_servable(model: &str, set: &VersionSet) -> LookupError {
 
 /// The error for a request to a listed version: load it, unless its last load failed and backs off.
 fn not_loaded(model: &str, version: u64, listed: &Listed) -> LookupError {
-    if listed.may_load_now() {
-        return LookupError::NotLoaded { model: model.to_owned(), version };
-    }
-    LookupError::LoadPending {
-        model: model.to_owned(),
-        reason: listed.describe(version),
-        retry_after: listed.retry_after().unwrap_or_default(),
+    match listed.may_load_now() {
+        true => LookupError::NotLoaded { model: model.to_owned(), version },
+        false => super::on_demand::pending(model, version, listed),
     }
 }
