@@ -168,7 +168,8 @@ async fn route(
             break;
         }
         let started = Instant::now();
-        let loaded = gateway.table.load_on_demand(&model, version, Some(deadline)).await;
+        // Boxed: the request's future would otherwise carry a load's room on every request, loaded or not.
+        let loaded = Box::pin(gateway.table.load_on_demand(&model, version, Some(deadline))).await;
         waited += started.elapsed();
         match loaded {
             Ok(serving) => {

@@ -51,18 +51,19 @@ pub fn generate() -> String {
     let (a, b) = (random_u64(), random_u64());
     let high = (millis << 16) | 0x7000 | (a & 0x0fff);
     let low = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    // Written digit by digit: this runs on every request that brings no id of its own.
+    // Written digit by digit into a buffer: this runs on every request that brings no id of its own.
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(36);
-    for (i, nibble) in
-        (0..32).map(|i| if i < 16 { (high >> (60 - 4 * i)) & 0xf } else { (low >> (124 - 4 * i)) & 0xf }).enumerate()
-    {
+    let mut id = [b'-'; 36];
+    let mut at = 0;
+    for i in 0..32 {
         if matches!(i, 8 | 12 | 16 | 20) {
-            id.push('-');
+            at += 1;
         }
-        id.push(char::from(HEX[nibble as usize]));
+        let nibble = if i < 16 { (high >> (60 - 4 * i)) & 0xf } else { (low >> (124 - 4 * i)) & 0xf };
+        id[at] = HEX[nibble as usize];
+        at += 1;
     }
-    id
+    String::from_utf8(id.to_vec()).unwrap_or_default()
 }
 
 #[cfg(test)]

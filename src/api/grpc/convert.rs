@@ -62,7 +62,7 @@ pub fn infer_request(
             }
             let tensor = match (raw.next(), input.contents) {
                 (Some(bytes), _) => Tensor::new(datatype, shape, bytes).map_err(|e| e.to_string()),
-                (None, Some(contents)) => typed_tensor(datatype, shape, contents),
+                (None, Some(contents)) => typed_tensor(datatype, shape, *contents),
                 (None, None) => Err("it has no contents".to_owned()),
             }
             .map_err(|e| ApiError::malformed(format!("input '{name}': {e}")))?;

@@ -2,6 +2,7 @@
 //! Handlers decode into the transport-agnostic types of [`crate::api`], call the same operations as REST and
 //! encode; [`ApiError`] becomes a gRPC status here and nowhere else.
 
+pub mod codec;
 pub mod convert;
 pub mod health;
 
@@ -9,7 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -42,13 +43,15 @@ pub fn router(
     tonic::service::Routes::new(service).add_service(health).prepare().into_axum_router()
 }
 
-// Metadata keys are built once: a key given as a string is parsed again at every lookup.
+// Metadata keys are built once: a key given as a string is parsed again at every lookup or insertion.
 static API_KEY: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(api::API_KEY_HEADER));
 static AUTHORIZATION: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("authorization"));
 static GRPC_TIMEOUT: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("grpc-timeout"));
 static ROUTING_KEY: LazyLock<AsciiMetadataKey> =
     LazyLock::new(|| AsciiMetadataKey::from_static(api::ROUTING_KEY_HEADER));
 static REQUEST_ID: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(api::REQUEST_ID_HEADER));
+static VARIANT: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(api::VARIANT_HEADER));
+static COLD_START: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(api::COLD_START_HEADER));
 static TRACEPARENT: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(trace::TRACEPARENT));
 static TRACESTATE: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static(trace::TRACESTATE));
 
@@ -133,7 +136,7 @@ fn body_id(request: &proto::ModelInferRequest) -> Option<String> {
 fn with_request_id(mut status: Status, body: Option<String>, transport: Option<&str>) -> Status {
     if let Ok(mut id) = api::request_id::for_refusal(body, transport).parse::<AsciiMetadataValue>() {
         id.set_sensitive(true);
-        status.metadata_mut().insert(api::REQUEST_ID_HEADER, id);
+        status.metadata_mut().insert(REQUEST_ID.clone(), id);
     }
     status
 }
@@ -178,46 +181,45 @@ struct Reply {
     cold_start: Option<std::time::Duration>,
 }
 
-/// One inference, as both the unary and the streaming calls run it, in its request span.
-async fn infer(
-    gateway: &Gateway,
-    request: proto::ModelInferRequest,
-    metadata: &CallMetadata,
-) -> Result<Reply, ApiError> {
+/// One inference, as both the unary and the streaming calls run it, in its request span. The message is decoded
+/// before the future is returned (in the span), so that the future holds the decoded request and not the message
+/// as well: a request's future is moved as it is awaited, and every byte of it is copied each time.
+fn infer<'a>(
+    gateway: &'a Gateway,
+    mut request: proto::ModelInferRequest,
+    metadata: &'a CallMetadata,
+) -> impl Future<Output = Result<Reply, ApiError>> + 'a {
     let span = trace::request_span(Protocol::Grpc, &request.model_name);
     trace::adopt_remote_parent(&span, metadata.traceparent.as_deref(), metadata.tracestate.as_deref());
-    let answered = answer(gateway, request, metadata).instrument(span.clone()).await;
-    trace::record_outcome(&span, answered.as_ref().err().map(ApiError::error_type));
-    answered
-}
-
-async fn answer(
-    gateway: &Gateway,
-    mut request: proto::ModelInferRequest,
-    metadata: &CallMetadata,
-) -> Result<Reply, ApiError> {
     // Taken, not copied: decoding the tensors needs neither.
     let model = std::mem::take(&mut request.model_name);
     let version_text = std::mem::take(&mut request.model_version);
-    let pinned = version(&version_text);
-    let (decoded, targets) =
+    let (decoded, targets) = span.in_scope(|| {
         tracing::debug_span!("decode").in_scope(|| match convert::infer_request(request, &gateway.shared_memory) {
             Ok((request, targets)) => (Ok(request), targets),
             Err(e) => (Err(e), Vec::new()),
-        });
-    let call = Call {
-        model: &model,
-        version: pinned,
-        routing_key: metadata.routing_key.as_deref(),
-        deadline: metadata.deadline,
-        protocol: Protocol::Grpc,
-        request_id: metadata.request_id.as_deref(),
+        })
+    });
+    let answer = async move {
+        let call = Call {
+            model: &model,
+            version: version(&version_text),
+            routing_key: metadata.routing_key.as_deref(),
+            deadline: metadata.deadline,
+            protocol: Protocol::Grpc,
+            request_id: metadata.request_id.as_deref(),
+        };
+        let mut response = pipeline::infer(gateway, call, decoded).await?;
+        let (variant, cold_start) = (response.variant.take(), response.cold_start);
+        let encoded =
+            tracing::debug_span!("encode").in_scope(|| convert::infer_response(response, variant.clone(), &targets))?;
+        Ok(Reply { response: encoded, variant, cold_start })
     };
-    let mut response = pipeline::infer(gateway, call, decoded).await?;
-    let (variant, cold_start) = (response.variant.take(), response.cold_start);
-    let encoded =
-        tracing::debug_span!("encode").in_scope(|| convert::infer_response(response, variant.clone(), &targets))?;
-    Ok(Reply { response: encoded, variant, cold_start })
+    // Combinators, not another `async` block, which would hold the answer's future twice (before and after it is
+    // moved to be awaited).
+    answer
+        .instrument(span.clone())
+        .inspect(move |answered| trace::record_outcome(&span, answered.as_ref().err().map(ApiError::error_type)))
 }
 
 #[tonic::async_trait]
@@ -289,16 +291,16 @@ impl GrpcInferenceService for GrpcApi {
         let id = response.id.parse::<AsciiMetadataValue>().ok();
         let mut response = Response::new(response);
         if let Some(variant) = variant {
-            response.metadata_mut().insert(api::VARIANT_HEADER, variant);
+            response.metadata_mut().insert(VARIANT.clone(), variant);
         }
         if let Some(waited) = cold_start {
-            response.metadata_mut().insert(api::COLD_START_HEADER, api::cold_start_millis(waited).into());
+            response.metadata_mut().insert(COLD_START.clone(), api::cold_start_millis(waited).into());
         }
         if let Some(mut id) = id {
             // Never indexed by HPACK: an id is new in every response, and indexing each one would push the headers
             // every response repeats out of the connection's dynamic table (measured: 10% more CPU per request).
             id.set_sensitive(true);
-            response.metadata_mut().insert(api::REQUEST_ID_HEADER, id);
+            response.metadata_mut().insert(REQUEST_ID.clone(), id);
         }
         Ok(response)
     }
