@@ -102,7 +102,20 @@ pub async fn infer(
     check_limits(&gateway.limits, &request.inputs)?;
     let key = call.routing_key.or(request.routing_key.as_deref());
     request.timeout = shorter(request.timeout, call.deadline);
-    let (routed, cold_start) = route(gateway, &call, key, request.timeout.map(|timeout| arrived + timeout)).await?;
+    let (routed, cold_start) = match gateway.traffic.route(&gateway.table, call.model, call.version, key) {
+        Ok(routed) => {
+            if routed.serving.evictable {
+                gateway.table.telemetry().on_demand.request(true);
+            }
+            (routed, None)
+        }
+        // Boxed: every request's future would otherwise carry a load's room, loaded or not.
+        Err(LookupError::NotLoaded { model, version }) => {
+            let deadline = request.timeout.map(|timeout| arrived + timeout);
+            Box::pin(load_then_route(gateway, &call, key, deadline, (model, version))).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
     routed.serving.touch();
     match gateway.traffic.shadow(&gateway.table, call.model, &routed) {
         Some(Ok(shadow)) => send_shadow(gateway.traffic.metrics(), call.model, shadow, request.clone(), call.protocol),
@@ -137,39 +150,26 @@ pub fn cold_start_millis(waited: Duration) -> u64 {
     u64::try_from(waited.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// Routes the request. A version chosen that is on demand and not loaded is loaded first, the request waiting
-/// until `deadline` (else the cold-start timeout, from now) and answered by it under the variant that chose it; a
-/// version that failed to load makes way for the next variant or the default version. Returns how long the
-/// request waited for loads.
-async fn route(
+/// Loads `target`, the on-demand version routing chose, and answers with it under the variant that chose it, the
+/// request waiting until `deadline` (else the cold-start timeout, from now). A version that fails to load makes way
+/// for the next choice of the traffic policy, or the default version. Returns how long the request waited.
+async fn load_then_route(
     gateway: &Gateway,
     call: &Call<'_>,
     key: Option<&str>,
-    mut deadline: Option<Instant>,
+    deadline: Option<Instant>,
+    mut target: (String, u64),
 ) -> Result<(Routed, Option<Duration>), ApiError> {
     let metrics = &gateway.table.telemetry().on_demand;
+    let deadline = deadline.unwrap_or_else(|| Instant::now() + gateway.table.cold_start_timeout());
     let mut waited = Duration::ZERO;
     let mut failed = None;
     for _ in 0..MAX_LOADS_PER_REQUEST {
-        let (model, version) = match gateway.traffic.route(&gateway.table, call.model, call.version, key) {
-            Ok(routed) if failed.is_none() => {
-                if routed.serving.evictable {
-                    metrics.request(true);
-                }
-                return Ok((routed, None));
-            }
-            // A variant that failed to load made way for another version.
-            Ok(routed) => return Ok((routed, Some(waited))),
-            Err(LookupError::NotLoaded { model, version }) => (model, version),
-            Err(e) => return Err(e.into()),
-        };
-        let deadline = *deadline.get_or_insert_with(|| Instant::now() + gateway.table.cold_start_timeout());
         if Instant::now() >= deadline {
             break;
         }
         let started = Instant::now();
-        // Boxed: the request's future would otherwise carry a load's room on every request, loaded or not.
-        let loaded = Box::pin(gateway.table.load_on_demand(&model, version, Some(deadline))).await;
+        let loaded = gateway.table.load_on_demand(&target.0, target.1, Some(deadline)).await;
         waited += started.elapsed();
         match loaded {
             Ok(serving) => {
@@ -180,6 +180,11 @@ async fn route(
             }
             Err(e) => failed = Some(ApiError::from(e)),
         }
+        target = match gateway.traffic.route(&gateway.table, call.model, call.version, key) {
+            Ok(routed) => return Ok((routed, Some(waited))),
+            Err(LookupError::NotLoaded { model, version }) => (model, version),
+            Err(e) => return Err(e.into()),
+        };
     }
     Err(failed.unwrap_or_else(|| ApiError::LoadPending {
         message: format!("model '{}' could not be loaded in time for this request; retry", call.model),

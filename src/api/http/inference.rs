@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use percent_encoding::percent_decode_str;
 use tracing::Instrument;
 
@@ -58,10 +59,17 @@ pub(super) fn path(path: &str) -> Option<InferPath<'_>> {
     }
 }
 
-/// Answers one inference request (any error as its status), in its request span.
-pub(super) async fn infer<B>(state: &AppState, (model, version): InferPath<'_>, parts: &Parts, body: B) -> Response
+/// Answers one inference request (any error as its status), in its request span. Built of combinators around one
+/// `async` block: an `async fn` awaiting that block would hold its future twice (before and after the move to
+/// await it), and a request's future is copied whole each time it moves.
+pub(super) fn infer<'a, B>(
+    state: &'a AppState,
+    (model, version): InferPath<'a>,
+    parts: &'a Parts,
+    body: B,
+) -> impl Future<Output = Response> + 'a
 where
-    B: axum::body::HttpBody<Data = Bytes>,
+    B: axum::body::HttpBody<Data = Bytes> + 'a,
     B::Error: Into<axum::BoxError>,
 {
     let span = trace::request_span(Protocol::Rest, model);
@@ -69,7 +77,7 @@ where
         let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
         trace::adopt_remote_parent(&span, header(&TRACEPARENT), header(&TRACESTATE));
     }
-    let answer = async {
+    let answer = async move {
         if parts.method != Method::POST {
             return Err(Refused::from(wrong_method(&parts.method, parts.uri.path())));
         }
@@ -78,9 +86,10 @@ where
         let body = read_body(body, state.limits).await;
         run(state, &model, version.as_deref(), &parts.headers, body).await
     };
-    let answered = answer.instrument(span.clone()).await;
-    trace::record_outcome(&span, answered.as_ref().err().map(|refused| refused.error.error_type()));
-    answered.unwrap_or_else(|refused| refused.into_response(&parts.headers))
+    answer.instrument(span.clone()).map(move |answered| {
+        trace::record_outcome(&span, answered.as_ref().err().map(|refused| refused.error.error_type()));
+        answered.unwrap_or_else(|refused| refused.into_response(&parts.headers))
+    })
 }
 
 /// A refused inference, with the id the request brought in its body when it was read that far.
