@@ -63,7 +63,8 @@ pub fn generate() -> String {
         id[at] = HEX[nibble as usize];
         at += 1;
     }
-    String::from_utf8(id.to_vec()).unwrap_or_default()
+    // ASCII, so each byte is one char: one allocation, and nothing that could fail.
+    id.iter().copied().map(char::from).collect()
 }
 
 #[cfg(test)]

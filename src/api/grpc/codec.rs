@@ -2,7 +2,7 @@
 //!
 //! tonic's own codec starts every call's decode and encode buffers at 8 KiB. A tabular model's request and answer
 //! are a few hundred bytes, and two 8 KiB buffers per call are past the size glibc's allocator serves from its
-//! per-thread caches: each took its slow path and merged the freed chunks of the other threads' caches on the way
+//! per-thread caches: each took the arena's slow path, which first merges every small chunk freed meanwhile
 //! (`docs/performance.md`, "Request ids and the payload log"). Here a call starts at [`FIRST_BUFFER_BYTES`], and a
 //! larger message still needs one allocation: the decoder reserves the length the gRPC frame announces, and the
 //! encoder reserves the message's encoded length before writing it.
@@ -15,7 +15,7 @@ use tonic::codec::{BufferSettings, EncodeBuf, Encoder};
 use tonic_prost::ProstDecoder;
 
 /// A call's first buffer, each way: under the 1 KiB from which glibc's allocator leaves its per-thread caches.
-pub const FIRST_BUFFER_BYTES: usize = 512;
+const FIRST_BUFFER_BYTES: usize = 512;
 /// Streamed answers are handed to the connection once this many bytes are encoded (tonic's default).
 const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
 
